@@ -1,0 +1,13 @@
+//! lowsched: a per-node scheduler that keeps a latency-critical service inside its SLO while
+//! best-effort batch jobs use the cores it does not need.
+//!
+//! Data flows one way: samplers → state → policy → commands → actuator.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod cpuset;
+pub mod inventory;
+pub mod job;
+pub mod jobstate;
+pub mod policy;
+pub mod resources;
