@@ -6,8 +6,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod cpuset;
+pub mod eventlog;
 pub mod inventory;
 pub mod job;
 pub mod jobstate;
+pub mod journal;
+pub mod log;
 pub mod policy;
+pub mod protocol;
 pub mod resources;
+pub mod sdnotify;
