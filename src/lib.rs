@@ -5,6 +5,8 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod cli;
+pub mod client;
 pub mod cpuset;
 pub mod eventlog;
 pub mod inventory;

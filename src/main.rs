@@ -1,6 +1,7 @@
 //! The `lowsched` command: parses arguments and hands over to the library.
 
-fn main() -> anyhow::Result<()> {
-    eprintln!("lowsched: daemon not built yet");
-    std::process::exit(2)
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    lowsched::cli::run(argh::from_env())
 }

@@ -312,15 +312,16 @@ pub struct EventRecord {
     pub reason: String,
 }
 
-/// A successful answer's payload.
+/// A successful answer's payload (its fields sit beside `v` and `ok` in the response object).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
     Submitted { id: JobId },
     SubmittedMany { ids: Vec<JobId> },
+    // Before `Job`: untagged matching takes the first variant whose fields are all present.
+    Waited { done: bool, job: JobStatus },
     Job { job: JobStatus },
     Jobs { jobs: Vec<JobStatus> },
-    Waited { done: bool, job: JobStatus },
     Stats { stats: Value },
     Events { events: Vec<EventRecord>, last: u64 },
 }

@@ -1,0 +1,294 @@
+//! The `lowsched` command line: argument definitions (argh) and the client subcommands.
+
+mod format;
+mod submit;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+use crate::client::{Client, ClientError, socket_path};
+use crate::job::JobId;
+use crate::jobstate::JobState;
+use crate::protocol::{self, Reply, Request};
+
+pub use submit::SubmitArgs;
+
+/// Exit codes of `lowsched wait` beyond the job's own (0–255, or 128+N when killed by signal N).
+pub mod exit {
+    /// The client could not talk to the daemon, or the daemon refused the request.
+    pub const ERROR: u8 = 1;
+    /// The job became unschedulable: its scheduling timeout passed before it could start.
+    pub const UNSCHEDULABLE: u8 = 124;
+    /// The job was cancelled.
+    pub const CANCELLED: u8 = 125;
+    /// The job failed without an exit status (it could not be launched, or its end was lost).
+    pub const NO_STATUS: u8 = 126;
+}
+
+/// lowsched: keeps a latency-critical service inside its SLO while batch jobs use the spare cores.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    /// the daemon's socket (default: $LOWSCHED_SOCKET, else /run/lowsched/lowsched.sock)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    #[argh(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+#[allow(clippy::large_enum_variant)] // built once per process; boxing would only add noise
+pub enum Cmd {
+    Daemon(DaemonArgs),
+    Submit(SubmitArgs),
+    Status(StatusArgs),
+    Cancel(CancelArgs),
+    Pause(PauseArgs),
+    Resume(ResumeArgs),
+    Wait(WaitArgs),
+    Stats(StatsArgs),
+    Events(EventsArgs),
+}
+
+/// Run the scheduler daemon (as root).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "daemon")]
+pub struct DaemonArgs {
+    /// TOML config file (default: /etc/lowsched/lowsched.toml if it exists)
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// socket to listen on (overrides the config)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    /// state directory for the journal, event log and job output (overrides the config)
+    #[argh(option)]
+    pub state_dir: Option<PathBuf>,
+    /// cgroup root name or path (overrides the config)
+    #[argh(option)]
+    pub cgroup_root: Option<String>,
+}
+
+/// Show one job, or a table of all jobs.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+pub struct StatusArgs {
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
+    #[argh(positional)]
+    pub id: Option<JobId>,
+}
+
+/// Cancel a job (kills it if it runs).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "cancel")]
+pub struct CancelArgs {
+    #[argh(positional)]
+    pub id: JobId,
+}
+
+/// Pause (freeze) a job until it is resumed.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "pause")]
+pub struct PauseArgs {
+    #[argh(positional)]
+    pub id: JobId,
+}
+
+/// Resume a job paused with `lowsched pause`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "resume")]
+pub struct ResumeArgs {
+    #[argh(positional)]
+    pub id: JobId,
+}
+
+/// Wait for a job to end; exit with its exit code (128+N if killed by signal N, 124 if it became
+/// unschedulable, 125 if cancelled, 126 if it failed without an exit status, 1 on errors).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "wait")]
+pub struct WaitArgs {
+    #[argh(positional)]
+    pub id: JobId,
+}
+
+/// Show the protected service's latency statistics.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "stats")]
+pub struct StatsArgs {
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
+    /// also write the histograms as an HdrHistogram interval log to FILE
+    #[argh(option)]
+    pub hlog: Option<PathBuf>,
+}
+
+/// Show the event log; --follow keeps printing new events.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "events")]
+pub struct EventsArgs {
+    /// keep waiting for new events
+    #[argh(switch)]
+    pub follow: bool,
+    /// print JSON lines
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let socket = socket_path(cli.socket.as_deref());
+    let result = match cli.cmd {
+        Cmd::Daemon(args) => return run_daemon(cli.socket, args),
+        Cmd::Submit(args) => submit::run(&socket, args),
+        Cmd::Status(args) => status(&socket, args),
+        Cmd::Cancel(a) => act(
+            &socket,
+            Request::Cancel(protocol::Target { id: a.id }),
+            "cancelled",
+        ),
+        Cmd::Pause(a) => act(
+            &socket,
+            Request::Pause(protocol::Target { id: a.id }),
+            "paused",
+        ),
+        Cmd::Resume(a) => act(
+            &socket,
+            Request::Resume(protocol::Target { id: a.id }),
+            "resumed",
+        ),
+        Cmd::Wait(args) => wait(&socket, args.id),
+        Cmd::Stats(args) => stats(&socket, args),
+        Cmd::Events(args) => events(&socket, args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("lowsched: {e}");
+        ExitCode::from(exit::ERROR)
+    })
+}
+
+fn run_daemon(_global_socket: Option<PathBuf>, _args: DaemonArgs) -> ExitCode {
+    eprintln!("lowsched: daemon not built yet");
+    ExitCode::from(exit::ERROR)
+}
+
+fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
+    Client::connect(socket)?.call(req)
+}
+
+fn unexpected(reply: Reply) -> ClientError {
+    ClientError::Garbled {
+        why: "unexpected answer".into(),
+        line: format!("{reply:?}"),
+    }
+}
+
+fn status(socket: &Path, args: StatusArgs) -> Result<ExitCode, ClientError> {
+    match call(socket, &Request::Status(protocol::Status { id: args.id }))? {
+        Reply::Job { job } if args.json => println!("{}", to_json(&job)),
+        Reply::Jobs { jobs } if args.json => println!("{}", to_json(&jobs)),
+        Reply::Job { job } => print!("{}", format::job_detail(&job)),
+        Reply::Jobs { jobs } => print!("{}", format::job_table(&jobs)),
+        other => return Err(unexpected(other)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+fn act(socket: &Path, req: Request, done: &str) -> Result<ExitCode, ClientError> {
+    match call(socket, &req)? {
+        Reply::Job { job } => {
+            eprintln!("job {} {done} (now {})", job.id, job.state);
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn wait(socket: &Path, id: JobId) -> Result<ExitCode, ClientError> {
+    let mut client = Client::connect(socket)?;
+    loop {
+        let req = Request::Wait(protocol::Wait {
+            id,
+            timeout_ms: 30_000,
+        });
+        match client.call(&req)? {
+            Reply::Waited { done: true, job } => return Ok(ExitCode::from(wait_code(&job))),
+            Reply::Waited { done: false, .. } => continue,
+            other => return Err(unexpected(other)),
+        }
+    }
+}
+
+/// The exit code `lowsched wait` reports for a finished job.
+pub fn wait_code(job: &protocol::JobStatus) -> u8 {
+    match (job.state, job.exit_code, job.signal) {
+        (JobState::Cancelled, ..) => exit::CANCELLED,
+        (JobState::Unschedulable, ..) => exit::UNSCHEDULABLE,
+        (_, _, Some(sig)) => 128u8.saturating_add(u8::try_from(sig).unwrap_or(127)),
+        (_, Some(code), None) => u8::try_from(code & 0xff).unwrap_or(exit::NO_STATUS),
+        (_, None, None) => exit::NO_STATUS,
+    }
+}
+
+fn stats(socket: &Path, args: StatsArgs) -> Result<ExitCode, ClientError> {
+    let req = Request::Stats(protocol::Stats {
+        histograms: args.hlog.is_some(),
+    });
+    let Reply::Stats { stats } = call(socket, &req)? else {
+        return Err(ClientError::Garbled {
+            why: "expected stats".into(),
+            line: String::new(),
+        });
+    };
+    if args.json {
+        println!("{}", to_json(&stats));
+    } else {
+        print!("{}", format::stats(&stats));
+    }
+    if let Some(path) = args.hlog {
+        format::write_hlog(&stats, &path).map_err(|e| ClientError::Garbled {
+            why: format!("cannot write {}", path.display()),
+            line: e,
+        })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn events(socket: &Path, args: EventsArgs) -> Result<ExitCode, ClientError> {
+    const LIMIT: usize = 10_000;
+    let mut client = Client::connect(socket)?;
+    let mut after = 0;
+    loop {
+        // The first call returns the backlog at once; with --follow later calls long-poll.
+        let timeout_ms = if args.follow && after > 0 { 30_000 } else { 0 };
+        let req = Request::Events(protocol::Events {
+            after,
+            timeout_ms,
+            limit: Some(LIMIT),
+        });
+        let Reply::Events { events, last } = client.call(&req)? else {
+            return Err(ClientError::Garbled {
+                why: "expected events".into(),
+                line: String::new(),
+            });
+        };
+        for e in &events {
+            if args.json {
+                println!("{}", serde_json::to_string(e).unwrap_or_default());
+            } else {
+                println!("{}", format::event_line(e));
+            }
+        }
+        after = last.max(after);
+        if !args.follow && events.len() < LIMIT {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! `lowsched submit`: builds job specs from flags or a job-list file and submits them.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::client::{Client, ClientError};
+use crate::job::JobSpec;
+use crate::protocol::{Reply, Request, Submit, SubmitMany};
+use crate::resources::{Bytes, CoreRange, GpuRequest};
+
+/// Submit a job and print its id: lowsched submit [options] -- CMD [ARGS...]
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "submit")]
+pub struct SubmitArgs {
+    /// job name (default: the command's file name)
+    #[argh(option)]
+    pub name: Option<String>,
+    /// priority; higher runs first (default 0)
+    #[argh(option, default = "0")]
+    pub priority: i32,
+    /// cores: N, or MIN:MAX to start on MIN and widen up to MAX (default 1)
+    #[argh(option)]
+    pub cpus: Option<CoreRange>,
+    /// memory, e.g. 512m, 8G, 1.5G, or bytes
+    #[argh(option)]
+    pub memory: Option<Bytes>,
+    /// GPUs: N, VARIANT or VARIANT:N (e.g. 2, A100, A100:2)
+    #[argh(option)]
+    pub gpus: Option<GpuRequest>,
+    /// expected run time in seconds (used by sjf, ljf and backfill)
+    #[argh(option)]
+    pub estimate: Option<f64>,
+    /// finish within this many seconds of submission (used by edf)
+    #[argh(option)]
+    pub deadline: Option<f64>,
+    /// give up if not started within this many seconds (the job becomes unschedulable)
+    #[argh(option)]
+    pub timeout: Option<f64>,
+    /// file for the job's stdout (default: in the daemon's state dir)
+    #[argh(option)]
+    pub stdout: Option<PathBuf>,
+    /// file for the job's stderr (default: in the daemon's state dir)
+    #[argh(option)]
+    pub stderr: Option<PathBuf>,
+    /// working directory (default: the current directory)
+    #[argh(option)]
+    pub cwd: Option<PathBuf>,
+    /// environment variable K=V for the job (repeatable); the job starts from a clean env
+    #[argh(option)]
+    pub env: Vec<String>,
+    /// run as this user (root only)
+    #[argh(option)]
+    pub user: Option<String>,
+    /// colocation class other jobs can name in --avoid
+    #[argh(option)]
+    pub class: Option<String>,
+    /// job name or class this job must not share a physical core with (repeatable)
+    #[argh(option)]
+    pub avoid: Vec<String>,
+    /// never run on a physical core shared with the protected service
+    #[argh(switch)]
+    pub not_beside_service: bool,
+    /// submit every job of a JSON job list instead of one command
+    #[argh(option)]
+    pub file: Option<PathBuf>,
+    /// print the answer as JSON
+    #[argh(switch)]
+    pub json: bool,
+    /// the command and its arguments (after --)
+    #[argh(positional, greedy)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("no command given: lowsched submit [options] -- CMD [ARGS...]")]
+    NoCommand,
+    #[error("give either --file or a command, not both")]
+    FileAndCommand,
+    #[error("bad --env {0:?}: expected NAME=VALUE")]
+    Env(String),
+    #[error("bad --{flag} {value}: expected a number of seconds >= 0")]
+    Seconds { flag: &'static str, value: f64 },
+    #[error("cannot read job list {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad job list {path}: {why}")]
+    BadFile { path: PathBuf, why: String },
+    #[error("cannot determine the current directory: {0}")]
+    Cwd(std::io::Error),
+}
+
+fn secs(flag: &'static str, v: Option<f64>) -> Result<Option<Duration>, SubmitError> {
+    v.map(|x| Duration::try_from_secs_f64(x).map_err(|_| SubmitError::Seconds { flag, value: x }))
+        .transpose()
+}
+
+/// Makes `p` absolute against `base` (the daemon does not know the client's directory).
+fn absolute(base: &Path, p: Option<PathBuf>) -> Option<PathBuf> {
+    p.map(|p| if p.is_absolute() { p } else { base.join(p) })
+}
+
+/// The job spec the flags describe.
+pub fn spec_from_args(args: &SubmitArgs, here: &Path) -> Result<JobSpec, SubmitError> {
+    if args.command.is_empty() {
+        return Err(SubmitError::NoCommand);
+    }
+    let mut spec = JobSpec::new(args.command.clone());
+    if let Some(name) = &args.name {
+        spec.name = name.clone();
+    }
+    spec.priority = args.priority;
+    spec.cores = args.cpus.unwrap_or_default();
+    spec.memory = args.memory;
+    spec.gpus = args.gpus.clone().unwrap_or_default();
+    spec.estimate = secs("estimate", args.estimate)?;
+    spec.deadline = secs("deadline", args.deadline)?;
+    spec.timeout = secs("timeout", args.timeout)?;
+    spec.stdout = absolute(here, args.stdout.clone());
+    spec.stderr = absolute(here, args.stderr.clone());
+    spec.cwd = absolute(here, args.cwd.clone()).or_else(|| Some(here.to_path_buf()));
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| SubmitError::Env(kv.clone()))?;
+        if k.is_empty() {
+            return Err(SubmitError::Env(kv.clone()));
+        }
+        spec.env.insert(k.to_string(), v.to_string());
+    }
+    spec.colocation.class = args.class.clone();
+    spec.colocation.avoid = args.avoid.clone();
+    spec.colocation.beside_service = !args.not_beside_service;
+    Ok(spec)
+}
+
+/// The jobs of a job-list file, with relative paths made absolute against the current directory.
+pub fn specs_from_file(path: &Path, here: &Path) -> Result<Vec<JobSpec>, SubmitError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SubmitError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut specs: Vec<JobSpec> =
+        serde_json::from_str(&text).map_err(|e| SubmitError::BadFile {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    for s in &mut specs {
+        s.stdout = absolute(here, s.stdout.take());
+        s.stderr = absolute(here, s.stderr.take());
+        s.cwd = absolute(here, s.cwd.take()).or_else(|| Some(here.to_path_buf()));
+    }
+    Ok(specs)
+}
+
+pub fn run(socket: &Path, args: SubmitArgs) -> Result<ExitCode, ClientError> {
+    let fail = |e: SubmitError| {
+        eprintln!("lowsched: {e}");
+        Ok(ExitCode::from(super::exit::ERROR))
+    };
+    let here = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => return fail(SubmitError::Cwd(e)),
+    };
+    let req = match &args.file {
+        Some(_) if !args.command.is_empty() => return fail(SubmitError::FileAndCommand),
+        Some(path) => match specs_from_file(path, &here) {
+            Ok(jobs) => Request::SubmitMany(SubmitMany {
+                jobs,
+                user: args.user.clone(),
+            }),
+            Err(e) => return fail(e),
+        },
+        None => match spec_from_args(&args, &here) {
+            Ok(job) => Request::Submit(Box::new(Submit {
+                job,
+                user: args.user.clone(),
+            })),
+            Err(e) => return fail(e),
+        },
+    };
+    match Client::connect(socket)?.call(&req)? {
+        Reply::Submitted { id } if args.json => println!("{{\"id\":{id}}}"),
+        Reply::Submitted { id } => println!("{id}"),
+        Reply::SubmittedMany { ids } if args.json => {
+            println!("{}", serde_json::json!({ "ids": ids }));
+        }
+        Reply::SubmittedMany { ids } => {
+            for id in ids {
+                println!("{id}");
+            }
+        }
+        other => return Err(super::unexpected(other)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<SubmitArgs, String> {
+        SubmitArgs::from_args(&["submit"], args).map_err(|e| e.output)
+    }
+
+    #[test]
+    fn flags_become_a_spec() {
+        let args = parse(&[
+            "--name",
+            "bs",
+            "--priority",
+            "-3",
+            "--cpus",
+            "1:2",
+            "--memory",
+            "1.5G",
+            "--gpus",
+            "A100:2",
+            "--timeout",
+            "2.5",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--stdout",
+            "out",
+            "--",
+            "stress-ng",
+            "--cpu",
+            "1",
+        ])
+        .unwrap();
+        let spec = spec_from_args(&args, Path::new("/home/u")).unwrap();
+        assert_eq!(spec.name, "bs");
+        assert_eq!(spec.priority, -3);
+        assert_eq!(spec.cores, CoreRange { min: 1, max: 2 });
+        assert_eq!(spec.memory, Some(Bytes(3 << 29)));
+        assert_eq!(spec.gpus.count, 2);
+        assert_eq!(spec.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(spec.env["B"], "x=y");
+        assert_eq!(spec.argv, ["stress-ng", "--cpu", "1"]);
+        assert_eq!(spec.stdout.as_deref(), Some(Path::new("/home/u/out")));
+        assert_eq!(spec.cwd.as_deref(), Some(Path::new("/home/u")));
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn command_options_are_not_taken_as_ours() {
+        let args = parse(&["sleep", "--cpus", "3"]).unwrap();
+        assert_eq!(args.command, ["sleep", "--cpus", "3"]);
+        assert!(args.cpus.is_none());
+    }
+
+    #[test]
+    fn bad_flags_say_what_was_wrong() {
+        let e = parse(&["--memory", "lots", "--", "x"]).unwrap_err();
+        assert!(e.contains("lots"), "{e}");
+        let e = parse(&["--cpus", "3:1", "--", "x"]).unwrap_err();
+        assert!(e.contains("3:1"), "{e}");
+        let args = parse(&["--env", "NOEQUALS", "--", "x"]).unwrap();
+        let e = spec_from_args(&args, Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains("NOEQUALS"));
+        let args = parse(&["--timeout", "-1", "--", "x"]).unwrap();
+        assert!(spec_from_args(&args, Path::new("/")).is_err());
+        let args = parse(&[]).unwrap();
+        assert!(matches!(
+            spec_from_args(&args, Path::new("/")),
+            Err(SubmitError::NoCommand)
+        ));
+    }
+}
