@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod client;
 pub mod cpuset;
+pub mod daemon;
 pub mod eventlog;
 pub mod inventory;
 pub mod job;

@@ -1,0 +1,4 @@
+//! The `lowsched daemon`: wires samplers → state → policy → commands → actuator into one process,
+//! and serves the socket.
+
+pub mod server;

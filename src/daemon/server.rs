@@ -1,0 +1,433 @@
+//! The daemon's Unix socket: accepts connections, identifies callers by SO_PEERCRED, frames
+//! newline-delimited requests and hands them to a [`Handler`].
+//!
+//! Client input can never stall or crash the daemon: at most `max_connections` are served at
+//! once (the next one gets a `busy` error and is closed), a request line over
+//! [`MAX_REQUEST`] gets a `too_large` error and the connection is closed (it cannot be
+//! resynchronised), a client idle or stalled mid-line longer than `idle_timeout` is dropped, and
+//! writes to a client that stopped reading time out. Requests that arrive together on one
+//! connection (pipelining) are handed over as one batch, so their journal writes share an fsync.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::unistd::{Gid, Group, Uid, chown};
+
+use crate::protocol::{ErrorCode, MAX_REQUEST, ProtocolError, Request, Response};
+
+/// The group whose members may use the socket, if it exists.
+pub const SOCKET_GROUP: &str = "lowsched";
+
+/// Who is on the other end of a connection, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+}
+
+impl Caller {
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// Answers requests. Implemented by the daemon; tests use small fakes.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers a batch of requests from one connection, one response per entry, in order.
+    /// Entries that failed to parse arrive as errors and must be answered with them.
+    fn handle_batch(
+        &self,
+        caller: &Caller,
+        reqs: Vec<Result<Request, ProtocolError>>,
+    ) -> Vec<Response>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("another daemon is already listening on {0}")]
+    InUse(PathBuf),
+    #[error("cannot create socket directory {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("cannot remove stale socket {path}: {source}")]
+    Stale { path: PathBuf, source: io::Error },
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot set owner or mode of {path}: {source}")]
+    Permissions { path: PathBuf, source: io::Error },
+}
+
+/// Limits on what clients may do.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// A client silent this long (between requests or inside one) is disconnected.
+    pub idle_timeout: Duration,
+    /// A client that does not read its answers for this long is disconnected.
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 128,
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A bound, listening socket.
+#[derive(Debug)]
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// Binds `path` (mode 0660, group `lowsched` if it exists, else root's), replacing a stale
+    /// socket file but never a live daemon's.
+    pub fn bind(path: &Path, limits: Limits) -> Result<Server, ServerError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| ServerError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse(path.to_path_buf()));
+            }
+            fs::remove_file(path).map_err(|source| ServerError::Stale {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let perm = |source| ServerError::Permissions {
+            path: path.to_path_buf(),
+            source,
+        };
+        let group = Group::from_name(SOCKET_GROUP).ok().flatten().map(|g| g.gid);
+        if Uid::effective().is_root() {
+            chown(
+                path,
+                Some(Uid::from_raw(0)),
+                Some(group.unwrap_or(Gid::from_raw(0))),
+            )
+            .map_err(|e| perm(io::Error::from(e)))?;
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(perm)?;
+        Ok(Server {
+            listener,
+            path: path.to_path_buf(),
+            limits,
+            stop: Arc::new(AtomicBool::new(false)),
+            active: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A flag that makes [`Server::serve`] return (within ~100 ms) when set.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Connections being served right now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Accepts and serves connections until the stop flag is set; then removes the socket file.
+    /// Connections already open finish on their own threads.
+    pub fn serve<H: Handler>(&self, handler: Arc<H>) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(100u16)) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    crate::log::error(&format!("poll on {}: {e}", self.path.display()));
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    crate::log::warn(&format!("accept on {}: {e}", self.path.display()));
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            self.dispatch(stream, &handler);
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+
+    fn dispatch<H: Handler>(&self, stream: UnixStream, handler: &Arc<H>) {
+        let limits = self.limits;
+        let _ = stream.set_write_timeout(Some(limits.write_timeout));
+        if self.active.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            let msg = format!(
+                "too many connections (limit {}); try again",
+                limits.max_connections
+            );
+            let _ = (&stream).write_all(
+                Response::err(ProtocolError::new(ErrorCode::Busy, msg))
+                    .to_line()
+                    .as_bytes(),
+            );
+            return;
+        }
+        let active = self.active.clone();
+        let handler = handler.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lowsched-conn".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                serve_connection(stream, &*handler, limits);
+                active.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            crate::log::error(&format!("cannot start a connection thread: {e}"));
+        }
+    }
+}
+
+/// The credentials of the peer, or `None` if the kernel will not say (then the peer is refused).
+pub fn peer(stream: &UnixStream) -> Option<Caller> {
+    let cred = getsockopt(stream, PeerCredentials).ok()?;
+    Some(Caller {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    })
+}
+
+/// Serves one connection until the client closes it, misbehaves, or goes idle.
+pub fn serve_connection<H: Handler + ?Sized>(stream: UnixStream, handler: &H, limits: Limits) {
+    let Some(caller) = peer(&stream) else {
+        let e = ProtocolError::new(
+            ErrorCode::Forbidden,
+            "cannot identify the caller (SO_PEERCRED)",
+        );
+        let _ = (&stream).write_all(Response::err(e).to_line().as_bytes());
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(limits.idle_timeout));
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 16 * 1024];
+    // When the unfinished line in `buf` began: a client trickling bytes must finish a request
+    // within the idle timeout too, not just send something every so often.
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        let n = match (&stream).read(&mut chunk) {
+            Ok(0) => return, // closed (or half-closed: nothing more will come)
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return, // idle timeout or reset
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut reqs = Vec::new();
+        let mut consumed = 0;
+        while let Some(pos) = memchr::memchr(b'\n', &buf[consumed..]) {
+            let line = &buf[consumed..consumed + pos];
+            consumed += pos + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            reqs.push(Request::parse(line));
+        }
+        buf.drain(..consumed);
+        let too_large = buf.len() >= MAX_REQUEST;
+        partial_since = if buf.is_empty() {
+            None
+        } else {
+            partial_since.or(Some(Instant::now()))
+        };
+        if partial_since.is_some_and(|t| t.elapsed() > limits.idle_timeout) {
+            let e = ProtocolError::new(
+                ErrorCode::BadRequest,
+                "request not finished in time; closing",
+            );
+            let _ = (&stream).write_all(Response::err(e).to_line().as_bytes());
+            return;
+        }
+        if !reqs.is_empty() {
+            let out: String = handler
+                .handle_batch(&caller, reqs)
+                .iter()
+                .map(Response::to_line)
+                .collect();
+            if (&stream).write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+        if too_large {
+            let e = ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("request line exceeds {MAX_REQUEST} bytes; closing the connection"),
+            );
+            let _ = (&stream).write_all(Response::err(e).to_line().as_bytes());
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobId;
+    use crate::protocol::Reply;
+    use std::io::{BufRead, BufReader};
+
+    /// Answers `status` with the caller's uid as the job id; echoes parse errors.
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle_batch(
+            &self,
+            caller: &Caller,
+            reqs: Vec<Result<Request, ProtocolError>>,
+        ) -> Vec<Response> {
+            reqs.into_iter()
+                .map(|r| match r {
+                    Ok(_) => Response::ok(Reply::Submitted {
+                        id: JobId(u64::from(caller.uid)),
+                    }),
+                    Err(e) => Response::err(e),
+                })
+                .collect()
+        }
+    }
+
+    fn start(limits: Limits) -> (tempfile::TempDir, PathBuf, Arc<AtomicBool>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let server = Server::bind(&path, limits).unwrap();
+        let stop = server.stop_flag();
+        std::thread::spawn(move || server.serve(Arc::new(Echo)));
+        (dir, path, stop)
+    }
+
+    fn lines(stream: &UnixStream, n: usize) -> Vec<Response> {
+        let mut r = BufReader::new(stream.try_clone().unwrap());
+        (0..n)
+            .map(|_| {
+                let mut l = String::new();
+                r.read_line(&mut l).unwrap();
+                serde_json::from_str(&l).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn answers_pipelined_requests_in_order_with_peer_uid() {
+        let (_d, path, stop) = start(Limits::default());
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"{\"v\":1,\"verb\":\"status\"}\n\n{bad\n{\"v\":1,\"verb\":\"stats\"}\n")
+            .unwrap();
+        let got = lines(&s, 3);
+        let uid = nix::unistd::getuid().as_raw();
+        assert_eq!(
+            got[0].reply,
+            Some(Reply::Submitted {
+                id: JobId(u64::from(uid))
+            })
+        );
+        assert_eq!(got[1].error.as_ref().unwrap().code, ErrorCode::BadRequest);
+        assert!(got[2].ok);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn oversized_request_gets_an_error_and_a_close() {
+        let (_d, path, stop) = start(Limits::default());
+        let mut s = UnixStream::connect(&path).unwrap();
+        let _ = s.write_all(&vec![b'a'; MAX_REQUEST + 10]);
+        let got = lines(&s, 1);
+        assert_eq!(got[0].error.as_ref().unwrap().code, ErrorCode::TooLarge);
+        // Closed: end of stream, or a reset because our unread bytes were discarded.
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest) {
+            Ok(n) => assert_eq!(n, 0),
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+        }
+        // The daemon still serves others.
+        let mut s2 = UnixStream::connect(&path).unwrap();
+        s2.write_all(b"{\"v\":1,\"verb\":\"stats\"}\n").unwrap();
+        assert!(lines(&s2, 1)[0].ok);
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_told_busy() {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let (_d, path, stop) = start(limits);
+        let held: Vec<UnixStream> = (0..2)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let s = UnixStream::connect(&path).unwrap();
+        assert_eq!(
+            lines(&s, 1)[0].error.as_ref().unwrap().code,
+            ErrorCode::Busy
+        );
+        drop(held);
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn stalled_client_is_dropped_after_the_idle_timeout() {
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let (_d, path, stop) = start(limits);
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"{\"v\":1,\"ve").unwrap();
+        let mut rest = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_live_daemon_is_not_replaced() {
+        let (_d, path, stop) = start(Limits::default());
+        assert!(matches!(
+            Server::bind(&path, Limits::default()),
+            Err(ServerError::InUse(_))
+        ));
+        stop.store(true, Ordering::Relaxed);
+    }
+}
