@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod controller;
 pub mod cpuset;
 pub mod daemon;
 pub mod eventlog;
