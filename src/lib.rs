@@ -20,3 +20,4 @@ pub mod policy;
 pub mod protocol;
 pub mod resources;
 pub mod sdnotify;
+pub mod service;
