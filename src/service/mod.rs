@@ -89,7 +89,7 @@ pub enum ServiceError {
     Affinity {
         pid: u32,
         tid: u32,
-        cores: CpuSet,
+        cores: String,
         source: io::Error,
     },
 }
