@@ -2,3 +2,4 @@
 //! and serves the socket.
 
 pub mod server;
+pub mod table;
