@@ -42,7 +42,7 @@ vm_kernel
 q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
 VM_RUN=$(vm_run_dir guest-a)
-trap vm_cleanup EXIT
+vm_trap_cleanup
 root=$VM_RUN/root
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/vm,proc,sys,dev,tmp,run,root,home/lowsched-test}
 cp /bin/busybox "$root/bin/busybox"

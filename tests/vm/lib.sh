@@ -200,19 +200,33 @@ vm_module_closure() {
     printf '%s\n' "${order[@]}"
 }
 
+# Stops the timeout(1) process PID that runs QEMU: TERM (which timeout passes on to QEMU), then
+# KILL for both if they are still there after 5 s.
+vm_stop_qemu() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+    pkill -KILL -P "$pid" 2>/dev/null
+    kill -KILL "$pid" 2>/dev/null
+}
+
 # vm_run_qemu LOG TIMEOUT NONCE QEMU-ARGS...: runs qemu-system-x86_64 (TCG, q35) with the given
 # extra arguments, streams the serial console to stdout (and LOG), and enforces TIMEOUT seconds.
 # The guest prints "LOWSCHED_VM_RESULT NONCE rc=N" when done. Sets VM_RESULT to N and returns 0
 # when that line came; otherwise says why and returns VM_RC_TIMEOUT or VM_RC_CRASH.
 vm_run_qemu() {
     local log=$1 timeout=$2 nonce=$3; shift 3
-    local -a qemu=(qemu-system-x86_64 -M q35,accel=tcg -cpu max -smp 4 -m 1G
+    # timeout(1) caps QEMU even if this script is killed outright and cannot stop it.
+    local -a qemu=(timeout --kill-after=10 $((timeout + 90))
+        qemu-system-x86_64 -M q35,accel=tcg -cpu max -smp 4 -m 1G
         -nodefaults -no-user-config -nographic -serial stdio -no-reboot "$@")
     : >"$log"
     "${qemu[@]}" </dev/null >>"$log" 2>&1 &
     local qpid=$! start=$SECONDS marker_at="" why=""
     VM_QEMU_PID=$qpid
-    tail -n +1 -f --pid="$qpid" "$log" | sed -u 's/\r$//' &
+    # Shown without carriage returns and terminal escapes (SeaBIOS turns off line wrapping).
+    tail -n +1 -f --pid="$qpid" "$log" | sed -u 's/\r$//; s/\x1bc//g; s/\x1b\[[0-9;?]*[a-zA-Z]//g' &
     local tpid=$!
     local pattern="LOWSCHED_VM_RESULT $nonce rc=[0-9]+"
     while kill -0 "$qpid" 2>/dev/null; do
@@ -229,12 +243,7 @@ vm_run_qemu() {
         fi
         sleep 0.5
     done
-    if kill -0 "$qpid" 2>/dev/null; then
-        kill "$qpid" 2>/dev/null
-        local i
-        for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$qpid" 2>/dev/null || break; sleep 0.5; done
-        kill -9 "$qpid" 2>/dev/null
-    fi
+    vm_stop_qemu "$qpid"
     wait "$qpid" 2>/dev/null
     local qrc=$?
     wait "$tpid" 2>/dev/null
@@ -253,10 +262,17 @@ vm_run_qemu() {
     return "$VM_RC_CRASH"
 }
 
+# Makes INT, TERM and HUP end the script through its EXIT trap (vm_cleanup).
+vm_trap_cleanup() {
+    trap vm_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM HUP
+}
+
 # For an EXIT trap: stops a QEMU this script started and removes the run dir VM_RUN (unless
 # LOWSCHED_VM_KEEP=1).
 vm_cleanup() {
-    if [ -n "${VM_QEMU_PID:-}" ]; then kill -9 "$VM_QEMU_PID" 2>/dev/null; fi
+    if [ -n "${VM_QEMU_PID:-}" ]; then vm_stop_qemu "$VM_QEMU_PID"; fi
     if [ -n "${VM_RUN:-}" ] && [ -d "$VM_RUN" ] && [ "${LOWSCHED_VM_KEEP:-0}" != 1 ]; then
         rm -rf -- "$VM_RUN"
     fi
