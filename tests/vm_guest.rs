@@ -27,7 +27,10 @@ fn in_guest(test: &str) -> bool {
     if std::env::var_os("LOWSCHED_IN_GUEST").is_some() {
         return !common::skip_unless(common::is_root(), "guest tests need root");
     }
-    eprintln!(
+    // Written to the stderr handle, not with eprintln!, so that the test harness does not
+    // capture (and hide) the reason.
+    let _ = writeln!(
+        std::io::stderr(),
         "{test}: not in a VM guest (LOWSCHED_IN_GUEST unset), nothing checked here; \
          this runs inside QEMU guest A in .ci/stages/40-vm-cgroup-v2.sh"
     );
