@@ -137,13 +137,22 @@ vm_kernel() {
     vm_need apt-get apt-cache dpkg-deb depmod
     vm_apt_ready
     local pkg ver dir
-    pkg=$(apt-cache depends linux-image-amd64 | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {print $2; exit}')
-    [ -n "$pkg" ] || vm_die "cannot tell which kernel image linux-image-amd64 depends on"
-    ver=$(apt-cache policy "$pkg" | awk '$1 == "Candidate:" {print $2}')
-    [ -n "$ver" ] && [ "$ver" != "(none)" ] || vm_die "no candidate version for $pkg"
-    dir=$VM_CACHE/kernel/${pkg}_${ver}
-    if [ ! -e "$dir/.done" ]; then
-        vm_locked kernel _vm_kernel_build "$pkg" "$ver" "$dir"
+    _vm_kernel_resolve() {
+        pkg=$(apt-cache depends linux-image-amd64 | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {print $2; exit}')
+        [ -n "$pkg" ] || vm_die "cannot tell which kernel image linux-image-amd64 depends on"
+        ver=$(apt-cache policy "$pkg" | awk '$1 == "Candidate:" {print $2}')
+        [ -n "$ver" ] && [ "$ver" != "(none)" ] || vm_die "no candidate version for $pkg"
+        dir=$VM_CACHE/kernel/${pkg}_${ver}
+    }
+    _vm_kernel_resolve
+    if [ ! -e "$dir/.done" ] && ! vm_locked kernel _vm_kernel_build "$pkg" "$ver" "$dir"; then
+        # Stale package lists name a kernel the archive no longer has (security updates
+        # replace it): refresh them once and take the current one.
+        vm_say "kernel: retrying after apt-get update"
+        apt-get update -qq || vm_die "apt-get update failed"
+        _vm_kernel_resolve
+        [ -e "$dir/.done" ] || vm_locked kernel _vm_kernel_build "$pkg" "$ver" "$dir" \
+            || vm_die "cannot get the kernel $pkg $ver"
     fi
     VM_KVER=$(cat "$dir/kver")
     VM_KERNEL=$dir/vmlinuz
@@ -159,7 +168,11 @@ _vm_kernel_build() {
     mkdir -p "$tmp/deb"
     (cd "$tmp/deb" && apt-get download -q=2 "$pkg=$ver" 2>&1 | grep -v 'unsandboxed as root' >&2 || true)
     deb=$(ls "$tmp"/deb/*.deb 2>/dev/null | head -n1)
-    [ -n "$deb" ] || vm_die "apt-get download $pkg=$ver produced no .deb"
+    if [ -z "$deb" ]; then
+        vm_say "kernel: apt-get download $pkg=$ver got nothing"
+        rm -rf -- "$tmp"
+        return 1
+    fi
     dpkg-deb -x "$deb" "$tmp" || vm_die "dpkg-deb -x $deb failed"
     rm -rf -- "$tmp/deb"
     kver=$(ls "$tmp/lib/modules" | head -n1)
