@@ -4,7 +4,7 @@ set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
     echo "the test command must run as root (it creates cgroups and starts VMs)"; exit 1
 fi
-packages=(memcached stress-ng qemu-system-x86 busybox-static cpio mmdebstrap e2fsprogs)
+packages=(memcached stress-ng qemu-system-x86 busybox-static cpio mmdebstrap e2fsprogs kmod)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
