@@ -5,6 +5,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod cgroup;
 pub mod cpuset;
 pub mod inventory;
 pub mod job;
