@@ -5,11 +5,16 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod actuator;
 pub mod cgroup;
 pub mod cpuset;
+pub mod credentials;
+pub mod exit;
 pub mod inventory;
 pub mod job;
 pub mod jobstate;
 pub mod policy;
 pub mod resources;
+pub mod shim;
+pub mod statedir;
 pub mod sys;

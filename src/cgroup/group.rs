@@ -279,8 +279,22 @@ impl JobGroup {
         let JobGroup { paths, .. } = self;
         let mut dirs = paths.dirs();
         dirs.dedup();
+        let start = std::time::Instant::now();
         for dir in dirs.iter().rev() {
-            remove_dir(dir)?;
+            // A process that was just killed (or a waiter finishing its record) may take a
+            // moment to leave the group: rmdir says EBUSY until then.
+            loop {
+                match remove_dir(dir) {
+                    Err(e)
+                        if e.os_error().and_then(std::io::Error::raw_os_error)
+                            == Some(libc::EBUSY)
+                            && start.elapsed() < timeout =>
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    other => break other?,
+                }
+            }
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -185,4 +185,10 @@ pub fn parse_pids(text: &str) -> Vec<nix::unistd::Pid> {
         .filter_map(|w| w.parse().ok())
         .map(nix::unistd::Pid::from_raw)
         .collect()
+}
+
+impl AsRawFd for Knob {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
 }

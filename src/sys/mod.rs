@@ -5,10 +5,12 @@
 
 pub mod child;
 pub mod clone;
+pub mod fd;
 pub mod pidfd;
 
 pub use child::{ChildPlan, ChildStage, OpenSpec, RawCreds, SpawnError};
 pub use clone::{SpawnMode, Spawned, spawn};
+pub use fd::take_inherited;
 pub use pidfd::{pidfd_open, pidfd_send_signal};
 
 #[cfg(test)]
