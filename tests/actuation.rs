@@ -83,7 +83,7 @@ impl Env {
     }
 
     fn run(&mut self, id: u64, argv: &[&str], cores: &str) -> JobId {
-        self.run_as(id, argv, cores, &Credentials::by_uid(0).unwrap(), |_| {})
+        self.run_as(id, argv, cores, &root(), |_| {})
     }
 
     fn run_as(
@@ -341,6 +341,12 @@ fn exit_codes_signals_and_start_failures_are_captured() {
     }
 }
 
+/// Root, also in a minimal guest without a passwd file.
+fn root() -> Credentials {
+    Credentials::by_uid(0).unwrap_or_else(|_| Credentials::from_ids(0, 0))
+}
+
+/// `nobody`, or uid 65534 where no passwd entry names it.
 fn nobody() -> Credentials {
     Credentials::by_name("nobody")
         .or_else(|_| Credentials::by_uid(65534))
@@ -461,7 +467,7 @@ fn commands_apply_in_order_and_failures_are_reported() {
         return;
     };
     let (a, b) = env.cores();
-    let root = Credentials::by_uid(0).unwrap();
+    let root = root();
     let spec = JobSpec::new(vec!["/bin/sleep".into(), "30".into()]);
     let job = JobId(40);
     let reason = String::from("test");

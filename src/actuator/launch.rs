@@ -10,7 +10,7 @@ use std::path::Path;
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use super::ActuationError;
-use crate::cgroup::{JobGroup, JobPaths, Knob, Mode, PROCS};
+use crate::cgroup::{JobGroup, JobPaths};
 use crate::credentials::Credentials;
 use crate::inventory::GpuSet;
 use crate::job::{JobId, JobSpec};
@@ -94,7 +94,9 @@ fn default_cwd(user: &Credentials) -> std::path::PathBuf {
 }
 
 /// Starts the waiter: clone3 (vfork-style, so cheap for a big daemon) straight into the job's
-/// unified group; on v1 cpuset hosts the child also joins the job's cpuset group before exec.
+/// unified group. On v1 cpuset hosts the waiter joins the job's cpuset group itself, before it
+/// starts the job: a write to `cgroup.procs` waits for an RCU grace period (milliseconds; see
+/// cgroups/DESIGN.md), which belongs on the waiter's time, not the daemon's.
 /// Its stdin, stdout and stderr are /dev/null, its request is on fd 3, it leads a new session.
 pub fn start_waiter(
     shim: &Path,
@@ -122,14 +124,6 @@ pub fn start_waiter(
         job,
         what: format!("write: {e}"),
     })?;
-    let paths = group.paths();
-    let join = match paths.mode {
-        Mode::Unified => None,
-        Mode::Hybrid | Mode::Legacy => Some(
-            Knob::open_write(paths.cpuset.join(PROCS))
-                .map_err(|e| ActuationError::cgroup(job, e))?,
-        ),
-    };
     let dirfd = group
         .unified_dir()
         .map_err(|e| ActuationError::cgroup(job, e))?;
@@ -141,7 +135,6 @@ pub fn start_waiter(
     let program =
         CString::new(shim.as_os_str().as_encoded_bytes()).map_err(|_| bad("waiter path"))?;
     let plan = ChildPlan {
-        join: join.iter().map(|k| k.as_raw_fd()).collect(),
         new_session: true,
         dups: vec![
             (null, 0),

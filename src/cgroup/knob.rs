@@ -8,13 +8,20 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, ppoll};
+use nix::sys::time::TimeSpec;
 
 use super::CgroupError;
 
-/// How often a wait re-reads its file even without a notification: a safety net against a
-/// missed wake-up, and what lets waits on fake (regular-file) trees observe changes.
+/// Longest sleep between two reads of a file a wait watches, with or without a notification.
+///
+/// cgroupfs rate-limits change notifications to one per 10 ms per file (a second change
+/// within 10 ms is announced only when a timer fires), so a freeze right after a thaw of the
+/// same group would sleep up to 10 ms in poll. Waits therefore re-read after a short sleep
+/// that doubles from [`FIRST_RECHECK`] up to this. It also lets waits on fake (regular-file)
+/// trees see changes.
 const RECHECK: Duration = Duration::from_millis(10);
+const FIRST_RECHECK: Duration = Duration::from_micros(20);
 
 /// A cgroup file opened once and written or read at offset 0 on every use.
 #[derive(Debug)]
@@ -111,6 +118,7 @@ impl Knob {
     /// cgroupfs signals on every change; reading re-arms the notification.
     pub fn wait_key(&self, key: &str, want: &str, timeout: Duration) -> Result<(), CgroupError> {
         let start = Instant::now();
+        let mut slice = FIRST_RECHECK;
         loop {
             let text = self.read()?;
             let value = keyed(&text, key).ok_or_else(|| CgroupError::Parse {
@@ -129,10 +137,10 @@ impl Knob {
                     waited: start.elapsed(),
                 });
             }
-            let slice = left.min(RECHECK);
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLPRI)];
-            let ms = u16::try_from(slice.as_millis().max(1)).unwrap_or(u16::MAX);
-            match poll(&mut fds, PollTimeout::from(ms)) {
+            let wait = TimeSpec::from_duration(left.min(slice));
+            slice = (slice * 2).min(RECHECK);
+            match ppoll(&mut fds, Some(wait), None) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(CgroupError::io("poll", &self.path, e.into())),
             }

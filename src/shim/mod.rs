@@ -140,6 +140,13 @@ fn cstring(what: &str, s: impl AsRef<[u8]>) -> Result<CString, String> {
 /// before exec; as its user; in its directory; stdin from /dev/null, stdout and stderr to its
 /// files opened with the user's permissions. Returns its pid, or why it could not start.
 fn start(req: &ShimRequest) -> Result<Pid, String> {
+    if req.group.mode != Mode::Unified {
+        // v1 cpuset: the daemon left joining to the waiter (see actuator::launch); the job,
+        // forked below, inherits the group. Writing "0" moves the writer.
+        Knob::open_write(req.group.cpuset.join(PROCS))
+            .and_then(|k| k.write("0"))
+            .map_err(|e| format!("join the job's cpuset group: {e}"))?;
+    }
     prepare_output_dir(req)?;
     let mut plan = ChildPlan {
         new_session: true,
