@@ -91,6 +91,26 @@ fn bench(legacy: bool, n: usize) {
     launch.print();
     round.print();
 
+    // The same with the groups made ahead (Actuator::prepare), as a daemon does for the jobs
+    // at the head of its queue.
+    let mut prepared = Stats::new(format!("{mode}: launch /bin/true, prepared groups"));
+    for i in 0..n {
+        let id = JobId(3_000_000 + i as u64);
+        act.prepare(id, &true_spec).unwrap();
+        let req = LaunchRequest {
+            id,
+            spec: &true_spec,
+            user: &root,
+            gpus: GpuSet::default(),
+        };
+        let ((), d) = timed(|| act.run(&req, one).map(|_| ()).unwrap());
+        prepared.samples.push(d);
+        let ev = events.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(ev.status.success(), "{ev:?}");
+        act.release(ev.job).unwrap();
+    }
+    prepared.print();
+
     breakdown(&act, one, n, &mode);
 
     let spin = JobSpec::new(vec![

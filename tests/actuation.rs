@@ -546,3 +546,34 @@ fn service_group_takes_pids_and_cores() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn prepared_groups_are_used_by_run_and_found_after_restart() {
+    let Some(mut env) = Env::new("prepare", false) else {
+        return;
+    };
+    let (core, _) = env.cores();
+    let spec = JobSpec::new(vec!["/bin/sleep".into(), "30".into()]);
+    env.act().prepare(JobId(50), &spec).unwrap();
+    env.act().prepare(JobId(51), &spec).unwrap();
+    assert!(env.act().tree().job_paths(JobId(50)).task.exists());
+    let id = env.run(50, &["/bin/sleep", "30"], &core);
+    let pid = env.pids(id, 1)[0];
+    assert_eq!(status_field(pid, "Cpus_allowed_list"), core);
+    // A restart finds job 50 running and job 51 still prepared.
+    drop(env.act.take());
+    let (act, events) = Actuator::open(&env.cfg).unwrap();
+    env.act = Some(act);
+    env.events = events;
+    let found = env.act().adopt().unwrap();
+    assert_eq!(found.prepared, vec![JobId(51)]);
+    assert_eq!(
+        found.running.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    env.act().release(JobId(51)).unwrap();
+    assert!(!env.act().tree().job_paths(JobId(51)).task.exists());
+    env.act().kill(id).unwrap();
+    assert_eq!(env.exit().status, ExitStatus::Signaled(9));
+    env.act().release(id).unwrap();
+}

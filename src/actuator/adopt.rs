@@ -34,6 +34,11 @@ pub struct Adoption {
     /// Ended while no daemon watched (or their waiter is gone): call
     /// [`Actuator::release`] once recorded.
     pub ended: Vec<ExitEvent>,
+    /// Groups made by [`Actuator::prepare`] whose job never started (no waiter, no record, no
+    /// processes): kept as prepared; `run` uses them, `release` drops them. A daemon that
+    /// believes one of these jobs was started lost it in the instant between its start and
+    /// the waiter's first step.
+    pub prepared: Vec<JobId>,
 }
 
 impl Actuator {
@@ -49,7 +54,7 @@ impl Actuator {
         ids.extend(self.state.recorded_jobs()?);
         let mut found = Adoption::default();
         for id in ids {
-            if self.jobs.contains_key(&id) {
+            if self.jobs.contains_key(&id) || self.prepared.contains_key(&id) {
                 continue;
             }
             let record = self.state.exit_record(id);
@@ -62,6 +67,15 @@ impl Actuator {
             // waiter found gone means the record is final (or will never be).
             let waiter = group.as_ref().and_then(live_waiter);
             let recorded = read_record(&record);
+            if let (Some(g), None, false) = (&group, &waiter, record.exists()) {
+                if g.pids().is_ok_and(|p| p.is_empty()) {
+                    found.prepared.push(id);
+                    if let Some(g) = group {
+                        self.prepared.insert(id, g);
+                    }
+                    continue;
+                }
+            }
             match (recorded, waiter, group.as_mut()) {
                 (Err(_), Some((pid, pidfd)), Some(g)) => {
                     let err = |e| ActuationError::cgroup(id, e);

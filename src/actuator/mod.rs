@@ -29,7 +29,7 @@ use crate::cgroup::{
 };
 use crate::cpuset::CpuSet;
 use crate::exit::ExitEvent;
-use crate::job::{JobError, JobId};
+use crate::job::{JobError, JobId, JobSpec};
 use crate::policy::Command;
 use crate::statedir::{StateDir, StateDirError};
 use crate::sys::SpawnError;
@@ -134,6 +134,8 @@ pub struct Actuator {
     null: OwnedFd,
     timeout: Duration,
     jobs: HashMap<JobId, Job>,
+    /// Groups made ahead of a start ([`Actuator::prepare`]).
+    prepared: HashMap<JobId, JobGroup>,
     reaper: Reaper,
 }
 
@@ -162,6 +164,7 @@ impl Actuator {
             null,
             timeout: cfg.timeout,
             jobs: HashMap::new(),
+            prepared: HashMap::new(),
             reaper,
         };
         Ok((actuator, rx))
@@ -199,11 +202,19 @@ impl Actuator {
         req.spec
             .validate()
             .map_err(|source| ActuationError::BadSpec { job, source })?;
-        let memory = req.spec.memory.map(|m| m.get());
-        let group = self
-            .tree
-            .create_job(job, &cores, memory)
-            .map_err(|e| ActuationError::cgroup(job, e))?;
+        let group = match self.prepared.remove(&job) {
+            Some(group) => match group.set_cores(&cores) {
+                Ok(()) => group,
+                Err(e) => {
+                    let _ = group.remove(self.timeout);
+                    return Err(ActuationError::cgroup(job, e));
+                }
+            },
+            None => self
+                .tree
+                .create_job(job, &cores, req.spec.memory.map(|m| m.get()))
+                .map_err(|e| ActuationError::cgroup(job, e))?,
+        };
         let request = launch::shim_request(req, &self.state, group.paths().clone());
         match launch::start_waiter(&self.shim, self.null.as_fd(), &group, &request) {
             Ok(spawned) => {
@@ -227,6 +238,26 @@ impl Actuator {
                 Err(e)
             }
         }
+    }
+
+    /// Creates job `id`'s groups ahead of [`Actuator::run`] (on all of lowsched's cores, with
+    /// the spec's memory limit), so that starting it only sets its cores and clones: creating
+    /// groups is most of a launch's cost. Call it for the jobs about to start; undo with
+    /// [`Actuator::release`].
+    pub fn prepare(&mut self, job: JobId, spec: &JobSpec) -> Result<(), ActuationError> {
+        if self.jobs.contains_key(&job) {
+            return Err(ActuationError::AlreadyRunning(job));
+        }
+        if self.prepared.contains_key(&job) {
+            return Ok(());
+        }
+        let cores = self.tree.root_cores().map_err(ActuationError::Tree)?;
+        let group = self
+            .tree
+            .create_job(job, &cores, spec.memory.map(|m| m.get()))
+            .map_err(|e| ActuationError::cgroup(job, e))?;
+        self.prepared.insert(job, group);
+        Ok(())
     }
 
     fn group(&mut self, job: JobId) -> Result<(&mut Job, Duration), ActuationError> {
@@ -344,8 +375,14 @@ impl Actuator {
     }
 
     /// After a job's exit event (and after the daemon has recorded it): kills any stragglers,
-    /// removes the job's groups and marks its exit record collected.
+    /// removes the job's groups and marks its exit record collected. Also drops the groups of
+    /// a prepared job that will not run.
     pub fn release(&mut self, job: JobId) -> Result<(), ActuationError> {
+        if let Some(group) = self.prepared.remove(&job) {
+            group
+                .remove(self.timeout)
+                .map_err(|e| ActuationError::cgroup(job, e))?;
+        }
         if let Some(j) = self.jobs.remove(&job) {
             if let Some(group) = j.group {
                 group
