@@ -47,10 +47,13 @@ impl ExitStatus {
         }
     }
 
-    /// Parses a record. An empty record means "started, not ended yet": `Ok(None)`.
+    /// Parses a record: its last line decides. An empty record (the waiter is setting the job
+    /// up) or a `started PID` line (the job runs) means "not ended yet": `Ok(None)`.
     pub fn from_record(text: &str) -> Result<Option<Self>, String> {
-        let line = text.trim();
-        if line.is_empty() {
+        let Some(line) = text.lines().map(str::trim).rfind(|l| !l.is_empty()) else {
+            return Ok(None);
+        };
+        if line.starts_with("started ") {
             return Ok(None);
         }
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
@@ -67,6 +70,16 @@ impl ExitStatus {
             _ => Err(format!("bad exit record {line:?}")),
         }
     }
+}
+
+/// The record line a waiter writes once the job has exec'd.
+pub fn started_line(pid: i32) -> String {
+    format!("started {pid}\n")
+}
+
+/// Whether a record says the job was started (or already ended): anything but empty.
+pub fn record_shows_start(text: &str) -> bool {
+    !text.trim().is_empty()
 }
 
 impl fmt::Display for ExitStatus {
@@ -106,6 +119,13 @@ mod tests {
             assert_eq!(ExitStatus::from_record(&s.to_record()), Ok(Some(s)));
         }
         assert_eq!(ExitStatus::from_record(""), Ok(None));
+        assert_eq!(ExitStatus::from_record(&started_line(42)), Ok(None));
+        let both = started_line(42) + &ExitStatus::Exited(3).to_record();
+        assert_eq!(
+            ExitStatus::from_record(&both),
+            Ok(Some(ExitStatus::Exited(3)))
+        );
+        assert!(record_shows_start(&started_line(1)) && !record_shows_start(""));
         assert!(
             ExitStatus::from_record("exited x")
                 .unwrap_err()

@@ -26,7 +26,7 @@ struct Env {
     act: Option<Actuator>,
     events: Receiver<ExitEvent>,
     cfg: ActuatorConfig,
-    _state: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     waiters: Vec<Pid>,
 }
 
@@ -58,6 +58,9 @@ impl Env {
             return None;
         }
         let state = tempfile::tempdir().unwrap();
+        // Job users must be able to reach their output files under the state dir.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut cfg = ActuatorConfig::new(state.path().join("state"));
         cfg.tree = TreeConfig {
             root: RootName::Named(format!(
@@ -73,7 +76,7 @@ impl Env {
             act: Some(act),
             events,
             cfg,
-            _state: state,
+            tmp: state,
             waiters: Vec::new(),
         })
     }
@@ -177,7 +180,20 @@ fn lands_in_its_cgroup(legacy: bool) {
         return;
     };
     let (core, _) = env.cores();
-    let id = env.run(1, &["/bin/sleep", "30"], &core);
+    let user = root();
+    let id = env.run_as(1, &["/bin/sleep", "30"], &core, &user, |s| {
+        s.memory = Some("64m".parse().unwrap())
+    });
+    // The memory limit is set where the host enforces it (pure v2), and nowhere else.
+    let limit = env.act().tree().job_paths(id).cpuset.join("memory.max");
+    if env.act().tree().memory_enforced() {
+        assert_eq!(
+            std::fs::read_to_string(&limit).unwrap().trim(),
+            (64u64 << 20).to_string()
+        );
+    } else {
+        assert!(!limit.exists() || std::fs::read_to_string(&limit).unwrap().trim() == "max");
+    }
     let pid = env.pids(id, 1)[0];
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let root = env.act().tree().root().to_path_buf();
@@ -378,7 +394,9 @@ fn job_runs_as_its_user_and_writes_its_outputs() {
     env.act().release(id).unwrap();
 
     // The outputs are opened with the user's rights: root's directories are off limits.
-    let forbidden = PathBuf::from(format!("/etc/lowsched-test-{}", std::process::id()));
+    let root_only = env.tmp.path().join("root-only");
+    std::fs::create_dir(&root_only).unwrap();
+    let forbidden = root_only.join("shadow");
     let f = forbidden.clone();
     let id = env.run_as(21, &["/bin/true"], &core, &user, move |s| {
         s.stdout = Some(f)

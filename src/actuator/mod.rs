@@ -315,8 +315,21 @@ impl Actuator {
 
     /// Kills every process of the job (frozen or not, descendants included) and returns once
     /// none is left. Its exit event (signaled 9) follows from the waiter.
+    ///
+    /// Right after `run` the waiter may not have started the job yet (task/ still empty):
+    /// killing then would miss the job, so this first waits (up to the timeout) until the
+    /// waiter's record shows the job started or ended.
     pub fn kill(&mut self, job: JobId) -> Result<(), ActuationError> {
+        let record = self.state.exit_record(job);
         let (j, timeout) = self.group(job)?;
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_micros(50);
+        while start.elapsed() < timeout
+            && !std::fs::read_to_string(&record).is_ok_and(|t| crate::exit::record_shows_start(&t))
+        {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
         let Some(group) = j.group.as_mut() else {
             return Err(ActuationError::UnknownJob(job));
         };

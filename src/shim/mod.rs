@@ -57,7 +57,12 @@ pub fn main() -> i32 {
     // Orphaned descendants of the job come to the waiter, which reaps them.
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let status = match start(&req) {
-        Ok(pid) => wait_for(pid),
+        Ok(pid) => {
+            // Tells the daemon the job is in place: a kill issued before this line would find
+            // task/ empty and must wait for it (see Actuator::kill).
+            let _ = record.write_all(crate::exit::started_line(pid.as_raw()).as_bytes());
+            wait_for(pid)
+        }
         Err(why) => ExitStatus::NotStarted(why),
     };
     let written = write_record(&mut record, &status);
