@@ -5,175 +5,20 @@
 //! where a v1 freezer exists.
 
 mod common;
+#[path = "actuation/harness.rs"]
+mod harness;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use lowsched::actuator::{ActuationError, Actuator, ActuatorConfig, LaunchRequest, SHIM_ENV};
-use lowsched::cgroup::{Layout, RootName, TreeConfig};
+use harness::{Env, cpu_time_ns, nobody, root, status_field};
+use lowsched::actuator::{ActuationError, Actuator, LaunchRequest};
 use lowsched::cpuset::CpuSet;
-use lowsched::credentials::Credentials;
 use lowsched::exit::{ExitEvent, ExitStatus};
 use lowsched::inventory::GpuSet;
 use lowsched::job::{JobId, JobSpec};
 use lowsched::policy::Command;
 use nix::unistd::Pid;
-
-/// One test's private tree (`lowsched-test-act-<pid>-<name>`), removed on drop.
-struct Env {
-    act: Option<Actuator>,
-    events: Receiver<ExitEvent>,
-    cfg: ActuatorConfig,
-    tmp: tempfile::TempDir,
-    waiters: Vec<Pid>,
-}
-
-fn shim() -> PathBuf {
-    std::env::var_os(SHIM_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lowsched-shim")))
-}
-
-fn has_v1_freezer() -> bool {
-    matches!(
-        Layout::detect(Path::new("/proc")),
-        Ok(Layout::Hybrid {
-            freezer: Some(_),
-            ..
-        } | Layout::Legacy { .. })
-    )
-}
-
-impl Env {
-    /// `None` when the test cannot run here (not root) or the mode does not exist on this
-    /// host (the v1 freezer on pure v2).
-    fn new(name: &str, legacy: bool) -> Option<Self> {
-        if common::skip_unless(common::is_root(), "actuation tests need root (cgroups)") {
-            return None;
-        }
-        if legacy && !has_v1_freezer() {
-            eprintln!("no v1 freezer on this host: the legacy-freezer variant does not apply");
-            return None;
-        }
-        let state = tempfile::tempdir().unwrap();
-        // Job users must be able to reach their output files under the state dir.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut cfg = ActuatorConfig::new(state.path().join("state"));
-        cfg.tree = TreeConfig {
-            root: RootName::Named(format!(
-                "lowsched-test-act-{}-{name}{}",
-                std::process::id(),
-                if legacy { "-v1" } else { "" }
-            )),
-            legacy_freezer: legacy,
-        };
-        cfg.shim = shim();
-        let (act, events) = Actuator::open(&cfg).unwrap();
-        Some(Self {
-            act: Some(act),
-            events,
-            cfg,
-            tmp: state,
-            waiters: Vec::new(),
-        })
-    }
-
-    fn act(&mut self) -> &mut Actuator {
-        self.act.as_mut().unwrap()
-    }
-
-    fn run(&mut self, id: u64, argv: &[&str], cores: &str) -> JobId {
-        self.run_as(id, argv, cores, &root(), |_| {})
-    }
-
-    fn run_as(
-        &mut self,
-        id: u64,
-        argv: &[&str],
-        cores: &str,
-        user: &Credentials,
-        edit: impl FnOnce(&mut JobSpec),
-    ) -> JobId {
-        let mut spec = JobSpec::new(argv.iter().map(|s| s.to_string()).collect());
-        edit(&mut spec);
-        let req = LaunchRequest {
-            id: JobId(id),
-            spec: &spec,
-            user,
-            gpus: GpuSet::default(),
-        };
-        let waiter = self.act().run(&req, cores.parse().unwrap()).unwrap();
-        self.waiters.push(waiter);
-        JobId(id)
-    }
-
-    /// The next exit event, within 20 s.
-    fn exit(&self) -> ExitEvent {
-        self.events
-            .recv_timeout(Duration::from_secs(20))
-            .expect("no exit event within 20 s")
-    }
-
-    /// The job's processes once there are at least `n`.
-    fn pids(&mut self, id: JobId, n: usize) -> Vec<Pid> {
-        let start = Instant::now();
-        loop {
-            let pids = self.act().pids(id).unwrap();
-            if pids.len() >= n {
-                return pids;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "job {id} has {pids:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Two distinct cores to use (the last two the tree may use; one if there is only one).
-    fn cores(&mut self) -> (String, String) {
-        let all = self.act().tree().root_cores().unwrap().to_vec();
-        let last = all[all.len() - 1];
-        let other = all[all.len().saturating_sub(2)];
-        (last.to_string(), other.to_string())
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let act = self
-            .act
-            .take()
-            .or_else(|| Actuator::open(&self.cfg).ok().map(|(a, _)| a));
-        if let Some(act) = act {
-            let tree = act.tree().clone();
-            drop(act);
-            if let Err(e) = tree.destroy(Duration::from_secs(5)) {
-                eprintln!("cleanup: {e}");
-            }
-        }
-        for w in &self.waiters {
-            let _ = nix::sys::wait::waitpid(*w, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        }
-    }
-}
-
-fn status_field(pid: Pid, field: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn cpu_time_ns(pid: Pid) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
-    text.split_whitespace().next().unwrap().parse().unwrap()
-}
 
 fn lands_in_its_cgroup(legacy: bool) {
     let Some(mut env) = Env::new("lands", legacy) else {
@@ -355,18 +200,6 @@ fn exit_codes_signals_and_start_failures_are_captured() {
     for e in got {
         env.act().release(e.job).unwrap();
     }
-}
-
-/// Root, also in a minimal guest without a passwd file.
-fn root() -> Credentials {
-    Credentials::by_uid(0).unwrap_or_else(|_| Credentials::from_ids(0, 0))
-}
-
-/// `nobody`, or uid 65534 where no passwd entry names it.
-fn nobody() -> Credentials {
-    Credentials::by_name("nobody")
-        .or_else(|_| Credentials::by_uid(65534))
-        .unwrap_or_else(|_| Credentials::from_ids(65534, 65534))
 }
 
 #[test]
@@ -594,4 +427,27 @@ fn prepared_groups_are_used_by_run_and_found_after_restart() {
     env.act().kill(id).unwrap();
     assert_eq!(env.exit().status, ExitStatus::Signaled(9));
     env.act().release(id).unwrap();
+}
+
+#[test]
+fn pause_and_kill_right_after_run_end_the_job() {
+    let Some(mut env) = Env::new("early", false) else {
+        return;
+    };
+    let (core, _) = env.cores();
+    for id in 60..64 {
+        let job = env.run(id, &["/bin/sleep", "30"], &core);
+        if id % 2 == 0 {
+            env.act().pause(job).unwrap();
+        }
+        env.act().kill(job).unwrap();
+        assert_eq!(
+            env.exit(),
+            ExitEvent {
+                job,
+                status: ExitStatus::Signaled(9)
+            }
+        );
+        env.act().release(job).unwrap();
+    }
 }

@@ -321,14 +321,22 @@ impl Actuator {
     /// waiter's record shows the job started or ended.
     pub fn kill(&mut self, job: JobId) -> Result<(), ActuationError> {
         let record = self.state.exit_record(job);
+        let started =
+            || std::fs::read_to_string(&record).is_ok_and(|t| crate::exit::record_shows_start(&t));
         let (j, timeout) = self.group(job)?;
-        let start = std::time::Instant::now();
-        let mut pause = Duration::from_micros(50);
-        while start.elapsed() < timeout
-            && !std::fs::read_to_string(&record).is_ok_and(|t| crate::exit::record_shows_start(&t))
-        {
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+        if !started() {
+            // Paused before its waiter could start it: the job would be born frozen and the
+            // waiter stuck until a thaw, so thaw first.
+            if let (true, Some(group)) = (j.paused, j.group.as_mut()) {
+                let _ = group.thaw(timeout);
+                j.paused = false;
+            }
+            let start = std::time::Instant::now();
+            let mut pause = Duration::from_micros(50);
+            while start.elapsed() < timeout && !started() {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
         }
         let Some(group) = j.group.as_mut() else {
             return Err(ActuationError::UnknownJob(job));
