@@ -71,46 +71,23 @@ fn bench(legacy: bool, n: usize) {
     let two: lowsched::cpuset::CpuSet = format!("{a},{b}").parse().unwrap();
 
     let true_spec = JobSpec::new(vec!["/bin/true".into()]);
-    let mut launch = Stats::new(format!("{mode}: launch /bin/true (run returns)"));
-    let mut round = Stats::new(format!("{mode}: launch → exit event of /bin/true"));
-    for i in 0..n {
-        let req = LaunchRequest {
-            id: JobId(1_000_000 + i as u64),
-            spec: &true_spec,
-            user: &root,
-            gpus: GpuSet::default(),
-        };
-        let t = Instant::now();
-        act.run(&req, one).unwrap();
-        launch.samples.push(t.elapsed());
-        let ev = events.recv_timeout(Duration::from_secs(10)).unwrap();
-        round.samples.push(t.elapsed());
-        assert!(ev.status.success(), "{ev:?}");
-        act.release(ev.job).unwrap();
-    }
-    launch.print();
-    round.print();
-
-    // The same with the groups made ahead (Actuator::prepare), as a daemon does for the jobs
-    // at the head of its queue.
-    let mut prepared = Stats::new(format!("{mode}: launch /bin/true, prepared groups"));
-    for i in 0..n {
-        let id = JobId(3_000_000 + i as u64);
-        act.prepare(id, &true_spec).unwrap();
-        let req = LaunchRequest {
-            id,
-            spec: &true_spec,
-            user: &root,
-            gpus: GpuSet::default(),
-        };
-        let ((), d) = timed(|| act.run(&req, one).map(|_| ()).unwrap());
-        prepared.samples.push(d);
-        let ev = events.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert!(ev.status.success(), "{ev:?}");
-        act.release(ev.job).unwrap();
-    }
-    prepared.print();
-
+    launches(&mut act, &events, &true_spec, one, n, &mode, "");
+    drop(act);
+    // The same, waiting in run for the waiter's exec (ActuatorConfig::wait_for_exec).
+    let mut sync_cfg = cfg.clone();
+    sync_cfg.wait_for_exec = true;
+    let (mut sync_act, sync_events) = Actuator::open(&sync_cfg).unwrap();
+    launches(
+        &mut sync_act,
+        &sync_events,
+        &true_spec,
+        one,
+        n,
+        &mode,
+        ", vfork wait",
+    );
+    drop(sync_act);
+    let (mut act, events) = Actuator::open(&cfg).unwrap();
     breakdown(&act, one, n, &mode);
 
     let spin = JobSpec::new(vec![
@@ -155,6 +132,51 @@ fn bench(legacy: bool, n: usize) {
     tree.destroy(Duration::from_secs(5)).unwrap();
 }
 
+/// Launches of /bin/true, one at a time: time until `run` returns (groups made at run, then
+/// made ahead with `prepare`), and until the exit event.
+fn launches(
+    act: &mut Actuator,
+    events: &crossbeam_channel::Receiver<lowsched::exit::ExitEvent>,
+    spec: &JobSpec,
+    cores: lowsched::cpuset::CpuSet,
+    n: usize,
+    mode: &str,
+    how: &str,
+) {
+    let root = Credentials::by_uid(0).unwrap_or_else(|_| Credentials::from_ids(0, 0));
+    let mut launch = Stats::new(format!("{mode}: launch /bin/true{how}"));
+    let mut round = Stats::new(format!("{mode}: launch → exit event{how}"));
+    let mut prepared = Stats::new(format!("{mode}: launch, prepared groups{how}"));
+    for i in 0..2 * n {
+        let id = JobId(1_000_000 + i as u64);
+        let ahead = i >= n;
+        if ahead {
+            act.prepare(id, spec).unwrap();
+        }
+        let req = LaunchRequest {
+            id,
+            spec,
+            user: &root,
+            gpus: GpuSet::default(),
+        };
+        let t = Instant::now();
+        act.run(&req, cores).unwrap();
+        let d = t.elapsed();
+        let ev = events.recv_timeout(Duration::from_secs(10)).unwrap();
+        if ahead {
+            prepared.samples.push(d);
+        } else {
+            launch.samples.push(d);
+            round.samples.push(t.elapsed());
+        }
+        assert!(ev.status.success(), "{ev:?}");
+        act.release(ev.job).unwrap();
+    }
+    launch.print();
+    prepared.print();
+    round.print();
+}
+
 /// Where launch time goes: creating the job's groups (mkdirs, cores), removing them, and the
 /// vfork-style clone3 + exec alone (of /bin/true, straight into a group).
 fn breakdown(act: &Actuator, cores: lowsched::cpuset::CpuSet, n: usize, mode: &str) {
@@ -176,7 +198,7 @@ fn breakdown(act: &Actuator, cores: lowsched::cpuset::CpuSet, n: usize, mode: &s
         let dir = group.unified_dir().unwrap();
         let (child, d) = timed(|| {
             lowsched::sys::spawn(
-                &plan,
+                plan.clone(),
                 lowsched::sys::SpawnMode::Vfork,
                 dir.as_ref().map(|f| f.as_fd()),
             )

@@ -451,3 +451,50 @@ fn pause_and_kill_right_after_run_end_the_job() {
         env.act().release(job).unwrap();
     }
 }
+
+#[test]
+fn a_waiter_that_cannot_start_is_reported_either_way() {
+    for wait in [false, true] {
+        let name = if wait { "badshim-sync" } else { "badshim" };
+        let Some(mut env) = Env::with(name, false, |cfg, tmp| {
+            let bad = tmp.join("not-a-program");
+            std::fs::write(&bad, "no interpreter line\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
+            cfg.shim = bad;
+            cfg.wait_for_exec = wait;
+        }) else {
+            return;
+        };
+        let (core, _) = env.cores();
+        let spec = JobSpec::new(vec!["/bin/true".into()]);
+        let user = root();
+        let req = LaunchRequest {
+            id: JobId(70),
+            spec: &spec,
+            user: &user,
+            gpus: GpuSet::default(),
+        };
+        let result = env.act().run(&req, core.parse().unwrap());
+        if wait {
+            let err = result.unwrap_err().to_string();
+            assert!(
+                err.contains("not-a-program") && err.contains("ENOEXEC"),
+                "{err}"
+            );
+            assert!(!env.act().tree().job_paths(JobId(70)).task.exists());
+        } else {
+            result.unwrap();
+            match env.exit().status {
+                ExitStatus::NotStarted(why) => {
+                    assert!(
+                        why.contains("not-a-program") && why.contains("ENOEXEC"),
+                        "{why}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+            env.act().release(JobId(70)).unwrap();
+        }
+    }
+}

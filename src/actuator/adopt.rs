@@ -86,11 +86,7 @@ impl Actuator {
                         pids: g.pids().map_err(err)?,
                         waiter: pid,
                     };
-                    self.reaper.watch(Watch {
-                        job: id,
-                        pidfd,
-                        record,
-                    });
+                    self.reaper.watch(Watch::new(id, pidfd, record));
                     found.running.push(job.clone());
                     self.jobs.insert(
                         id,

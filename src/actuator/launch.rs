@@ -16,7 +16,7 @@ use crate::inventory::GpuSet;
 use crate::job::{JobId, JobSpec};
 use crate::shim::{DEFAULT_PATH, REQUEST_FD, ShimRequest};
 use crate::statedir::StateDir;
-use crate::sys::{self, ChildPlan, SpawnMode, Spawned};
+use crate::sys::{self, ChildPlan, PendingSpawn, SpawnMode, Spawned};
 
 /// What the daemon knows about a job it wants started.
 #[derive(Clone, Copy, Debug)]
@@ -98,12 +98,19 @@ fn default_cwd(user: &Credentials) -> std::path::PathBuf {
 /// starts the job: a write to `cgroup.procs` waits for an RCU grace period (milliseconds; see
 /// cgroups/DESIGN.md), which belongs on the waiter's time, not the daemon's.
 /// Its stdin, stdout and stderr are /dev/null, its request is on fd 3, it leads a new session.
+///
+/// With `wait_for_exec` the calling thread waits (CLONE_VFORK) until the waiter has exec'd
+/// and a failed exec is returned here. Without, it returns as soon as the waiter exists in its
+/// group, and the returned [`PendingSpawn`] tells later whether the exec worked: on this host
+/// the vfork wait is most of a launch (the child must be scheduled first; see
+/// cgroups/DESIGN.md).
 pub fn start_waiter(
     shim: &Path,
     null: BorrowedFd<'_>,
     group: &JobGroup,
     request: &ShimRequest,
-) -> Result<Spawned, ActuationError> {
+    wait_for_exec: bool,
+) -> Result<(Spawned, Option<PendingSpawn>), ActuationError> {
     let job = request.job;
     let json = serde_json::to_vec(request).map_err(|e| ActuationError::Request {
         job,
@@ -149,12 +156,16 @@ pub fn start_waiter(
         ],
         ..ChildPlan::default()
     };
-    sys::spawn(&plan, SpawnMode::Vfork, dirfd.as_ref().map(|f| f.as_fd())).map_err(|source| {
-        ActuationError::Launch {
-            job,
-            shim: shim.to_path_buf(),
-            source,
-        }
+    let cgroup = dirfd.as_ref().map(|f| f.as_fd());
+    let result = if wait_for_exec {
+        sys::spawn(plan, SpawnMode::Vfork, cgroup).map(|s| (s, None))
+    } else {
+        sys::spawn_async(plan, cgroup).map(|(s, p)| (s, Some(p)))
+    };
+    result.map_err(|source| ActuationError::Launch {
+        job,
+        shim: shim.to_path_buf(),
+        source,
     })
 }
 

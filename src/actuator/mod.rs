@@ -88,6 +88,10 @@ pub struct ActuatorConfig {
     pub shim: PathBuf,
     /// Longest wait for a freeze, thaw or kill to be confirmed.
     pub timeout: Duration,
+    /// Make `run` wait until the waiter has exec'd (CLONE_VFORK), so that a waiter that cannot
+    /// be exec'd is an error of `run` rather than a `NotStarted` exit event. Slower: see
+    /// cgroups/DESIGN.md.
+    pub wait_for_exec: bool,
 }
 
 impl ActuatorConfig {
@@ -101,6 +105,7 @@ impl ActuatorConfig {
             state_dir: state_dir.into(),
             shim: default_shim(),
             timeout: DEFAULT_TIMEOUT,
+            wait_for_exec: false,
         }
     }
 }
@@ -133,6 +138,7 @@ pub struct Actuator {
     shim: PathBuf,
     null: OwnedFd,
     timeout: Duration,
+    wait_for_exec: bool,
     jobs: HashMap<JobId, Job>,
     /// Groups made ahead of a start ([`Actuator::prepare`]).
     prepared: HashMap<JobId, JobGroup>,
@@ -163,6 +169,7 @@ impl Actuator {
             shim: cfg.shim.clone(),
             null,
             timeout: cfg.timeout,
+            wait_for_exec: cfg.wait_for_exec,
             jobs: HashMap::new(),
             prepared: HashMap::new(),
             reaper,
@@ -216,12 +223,18 @@ impl Actuator {
                 .map_err(|e| ActuationError::cgroup(job, e))?,
         };
         let request = launch::shim_request(req, &self.state, group.paths().clone());
-        match launch::start_waiter(&self.shim, self.null.as_fd(), &group, &request) {
-            Ok(spawned) => {
+        match launch::start_waiter(
+            &self.shim,
+            self.null.as_fd(),
+            &group,
+            &request,
+            self.wait_for_exec,
+        ) {
+            Ok((spawned, pending)) => {
                 self.reaper.watch(Watch {
-                    job,
-                    pidfd: spawned.pidfd,
-                    record: request.record,
+                    pending,
+                    shim: self.shim.clone(),
+                    ..Watch::new(job, spawned.pidfd, request.record)
                 });
                 self.jobs.insert(
                     job,

@@ -15,6 +15,7 @@ use nix::unistd::{pipe2, read, write};
 
 use crate::exit::{ExitEvent, ExitStatus};
 use crate::job::JobId;
+use crate::sys::PendingSpawn;
 
 /// A waiter to watch: its pidfd and where its job's record is.
 #[derive(Debug)]
@@ -22,6 +23,32 @@ pub struct Watch {
     pub job: JobId,
     pub pidfd: OwnedFd,
     pub record: PathBuf,
+    /// A waiter started without waiting for its exec: whether the exec worked is still to be
+    /// read (and its memory freed) here.
+    pub pending: Option<PendingSpawn>,
+    /// The waiter binary, for messages.
+    pub shim: PathBuf,
+}
+
+impl Watch {
+    pub fn new(job: JobId, pidfd: OwnedFd, record: PathBuf) -> Self {
+        Self {
+            job,
+            pidfd,
+            record,
+            pending: None,
+            shim: PathBuf::new(),
+        }
+    }
+
+    /// Collects the exec outcome of a pending waiter; `Some(why)` if it could not start.
+    fn settle(&mut self) -> Option<String> {
+        let pending = self.pending.take()?;
+        pending
+            .finish()
+            .err()
+            .map(|e| format!("cannot start its waiter {}: {e}", self.shim.display()))
+    }
 }
 
 enum Msg {
@@ -80,30 +107,49 @@ impl Drop for Reaper {
 
 fn run(rx: &Receiver<Msg>, wake: &OwnedFd, events: &Sender<ExitEvent>) {
     let mut watches: Vec<Watch> = Vec::new();
+    // Per watch: why its waiter could not start, once known.
+    let mut failed: Vec<Option<String>> = Vec::new();
     loop {
-        let (woken, ended) = {
+        let (woken, ended, settled) = {
+            // [wake, pidfd per watch, pending exec pipe per watch (or the pidfd again)]
             let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
             fds.extend(
                 watches
                     .iter()
                     .map(|w| PollFd::new(w.pidfd.as_fd(), PollFlags::POLLIN)),
             );
+            fds.extend(watches.iter().map(|w| match &w.pending {
+                Some(p) => PollFd::new(p.fd(), PollFlags::POLLIN),
+                None => PollFd::new(w.pidfd.as_fd(), PollFlags::empty()),
+            }));
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
             }
-            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-            let ended: Vec<usize> = fds[1..]
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| ready(f))
-                .map(|(i, _)| i)
+            let ready = |f: &PollFd<'_>| {
+                f.revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
+            };
+            let n = watches.len();
+            let ended: Vec<usize> = (0..n).filter(|&i| ready(&fds[1 + i])).collect();
+            let settled: Vec<usize> = (0..n)
+                .filter(|&i| watches[i].pending.is_some() && ready(&fds[1 + n + i]))
                 .collect();
-            (ready(&fds[0]), ended)
+            (ready(&fds[0]), ended, settled)
         };
+        for i in settled {
+            failed[i] = watches[i].settle();
+        }
         for i in ended.into_iter().rev() {
-            let w = watches.swap_remove(i);
-            let status = finish(&w);
+            let mut w = watches.swap_remove(i);
+            let why = failed.swap_remove(i).or_else(|| w.settle());
+            let status = match why {
+                Some(why) => {
+                    reap(&w);
+                    ExitStatus::NotStarted(why)
+                }
+                None => finish(&w),
+            };
             let _ = events.send(ExitEvent { job: w.job, status });
         }
         if woken {
@@ -111,7 +157,10 @@ fn run(rx: &Receiver<Msg>, wake: &OwnedFd, events: &Sender<ExitEvent>) {
             while matches!(read(wake, &mut buf), Ok(n) if n > 0) {}
             for msg in rx.try_iter() {
                 match msg {
-                    Msg::Watch(w) => watches.push(w),
+                    Msg::Watch(w) => {
+                        watches.push(w);
+                        failed.push(None);
+                    }
                     Msg::Stop => return,
                 }
             }
@@ -119,16 +168,21 @@ fn run(rx: &Receiver<Msg>, wake: &OwnedFd, events: &Sender<ExitEvent>) {
     }
 }
 
-/// The job's status once its waiter ended: the record, or `Lost` saying what the waiter did.
-fn finish(w: &Watch) -> ExitStatus {
-    // Reap the waiter if it is our child (a waiter adopted after a restart is not: ECHILD).
-    let waiter = match waitid(
+/// Reaps the waiter if it is our child (a waiter adopted after a restart is not: ECHILD) and
+/// says how it ended.
+fn reap(w: &Watch) -> String {
+    match waitid(
         Id::PIDFd(w.pidfd.as_fd()),
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
     ) {
         Ok(ws) => format!("{ws:?}"),
         Err(e) => format!("not our child: {e}"),
-    };
+    }
+}
+
+/// The job's status once its waiter ended: the record, or `Lost` saying what the waiter did.
+fn finish(w: &Watch) -> ExitStatus {
+    let waiter = reap(w);
     read_record(&w.record).unwrap_or_else(|why| {
         ExitStatus::Lost(format!(
             "its waiter ended ({waiter}) without recording the job's exit: {why}"

@@ -211,7 +211,7 @@ fn start(req: &ShimRequest) -> Result<Pid, String> {
     if let Some(k) = &join {
         plan.join.push(k.as_raw_fd());
     }
-    match sys::spawn(&plan, SpawnMode::Fork, dirfd.as_ref().map(|f| f.as_fd())) {
+    match sys::spawn(plan, SpawnMode::Fork, dirfd.as_ref().map(|f| f.as_fd())) {
         Ok(child) => Ok(child.pid),
         Err(e) => Err(describe(req, &opens, &e)),
     }

@@ -13,6 +13,8 @@ use std::os::fd::RawFd;
 
 use nix::errno::Errno;
 
+use super::raw::syscall as sys;
+
 /// Which step of the child program failed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u32)]
@@ -99,7 +101,7 @@ pub struct RawCreds {
 /// (`dup2(src, dst)`; `src` must not be the `dst` of an earlier entry), reset signal
 /// dispositions and unblock all signals if `reset_signals`, then execve each of `programs` in
 /// turn (a PATH search done in advance) with `argv` and `envp`.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ChildPlan {
     pub join: Vec<RawFd>,
     pub new_session: bool,
@@ -113,26 +115,33 @@ pub struct ChildPlan {
     pub envp: Vec<CString>,
 }
 
-/// A plan with its argv/envp pointer arrays, ready for the child. Built in the parent.
-pub(crate) struct Prepared<'a> {
-    pub plan: &'a ChildPlan,
+/// A plan with its argv/envp pointer arrays, ready for the child. Built in the parent; the
+/// pointers point into the plan's own strings, whose heap buffers do not move with this value.
+pub(crate) struct Prepared {
+    pub plan: ChildPlan,
     pub argv: Vec<*const c_char>,
     pub envp: Vec<*const c_char>,
     pub report: RawFd,
 }
 
-impl<'a> Prepared<'a> {
-    pub fn new(plan: &'a ChildPlan, report: RawFd) -> Self {
-        let ptrs = |v: &'a [CString]| {
+// SAFETY: the raw pointers point into the plan's own strings, which move with it; nothing
+// else aliases them, so the whole value can move to another thread (the reaper frees it there).
+unsafe impl Send for Prepared {}
+
+impl Prepared {
+    pub fn new(plan: ChildPlan, report: RawFd) -> Self {
+        let ptrs = |v: &[CString]| {
             v.iter()
                 .map(|s| s.as_ptr())
                 .chain(std::iter::once(std::ptr::null()))
                 .collect()
         };
+        let argv = ptrs(&plan.argv);
+        let envp = ptrs(&plan.envp);
         Self {
             plan,
-            argv: ptrs(&plan.argv),
-            envp: ptrs(&plan.envp),
+            argv,
+            envp,
             report,
         }
     }
@@ -155,49 +164,72 @@ pub(crate) fn decode_report(buf: &[u8]) -> Option<SpawnError> {
 }
 
 /// The child's entry point. `arg` points to a [`Prepared`] that stays valid and unchanged
-/// until the child execs or exits (the parent is suspended under `CLONE_VFORK`, or the child
-/// has its own copy after a fork).
+/// until the child execs or exits (the parent is suspended under `CLONE_VFORK`, owns it until
+/// the error pipe closes in the asynchronous mode, or the child has its own copy after a fork).
+/// Only raw syscalls from here on: no errno, no thread-locals, no allocation.
 pub(crate) extern "C" fn child_main(arg: *mut c_void) -> ! {
     // SAFETY: the caller passes a pointer to a live `Prepared` (see above); the child only
     // reads through it.
-    let prep = unsafe { &*(arg as *const Prepared<'_>) };
+    let prep = unsafe { &*(arg as *const Prepared) };
     let Err((stage, errno, index)) = run(prep);
     let mut buf = [0u8; 12];
     buf[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
     buf[4..8].copy_from_slice(&errno.to_ne_bytes());
     buf[8..].copy_from_slice(&index.to_ne_bytes());
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; `buf` is on this stack. A failed
-    // report write cannot be reported anywhere, so its result is ignored.
+    // SAFETY: write(2) and exit_group(2) with a buffer on this stack. A failed report write
+    // cannot be reported anywhere, so its result is ignored.
     unsafe {
-        libc::write(prep.report, buf.as_ptr().cast(), buf.len());
-        libc::_exit(127)
+        sys(
+            libc::SYS_write,
+            [
+                prep.report as usize,
+                buf.as_ptr() as usize,
+                buf.len(),
+                0,
+                0,
+                0,
+            ],
+        );
+        sys(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
     }
+    #[allow(clippy::empty_loop)]
+    loop {}
 }
 
-fn errno() -> i32 {
-    Errno::last_raw()
-}
-
-fn check(ret: libc::c_long, stage: ChildStage, index: u32) -> Result<(), (ChildStage, i32, u32)> {
+fn check(ret: isize, stage: ChildStage, index: u32) -> Result<(), (ChildStage, i32, u32)> {
     if ret < 0 {
-        Err((stage, errno(), index))
+        Err((stage, -ret as i32, index))
     } else {
         Ok(())
     }
 }
 
-fn run(prep: &Prepared<'_>) -> Result<Infallible, (ChildStage, i32, u32)> {
-    let plan = prep.plan;
+/// The kernel's `struct sigaction` for rt_sigaction: SIG_DFL, no flags, empty mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+fn run(prep: &Prepared) -> Result<Infallible, (ChildStage, i32, u32)> {
+    let plan = &prep.plan;
     for (i, &fd) in plan.join.iter().enumerate() {
-        // SAFETY: `fd` is an open cgroup.procs descriptor owned by the parent and inherited;
-        // the one-byte buffer is a static string.
-        let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-        check(n as libc::c_long, ChildStage::JoinCgroup, i as u32)?;
+        // SAFETY: `fd` is an open cgroup.procs descriptor inherited from the parent; the
+        // one-byte buffer is a static string.
+        let n = unsafe {
+            sys(
+                libc::SYS_write,
+                [fd as usize, b"0".as_ptr() as usize, 1, 0, 0, 0],
+            )
+        };
+        check(n, ChildStage::JoinCgroup, i as u32)?;
     }
     if plan.new_session {
-        // SAFETY: setsid takes no arguments; it fails only if already a group leader.
-        let r = unsafe { libc::setsid() };
-        check(r as libc::c_long, ChildStage::NewSession, 0)?;
+        // SAFETY: setsid takes no arguments.
+        let r = unsafe { sys(libc::SYS_setsid, [0; 6]) };
+        check(r, ChildStage::NewSession, 0)?;
     }
     if let Some(c) = &plan.creds {
         // Raw syscalls: glibc's setgroups/setresgid/setresuid broadcast to every thread of the
@@ -205,72 +237,120 @@ fn run(prep: &Prepared<'_>) -> Result<Infallible, (ChildStage, i32, u32)> {
         // single-threaded process, so changing the calling thread changes the whole process.
         // SAFETY: `c.groups` is a live slice the child only reads; the kernel copies it.
         let r = unsafe {
-            libc::syscall(
+            sys(
                 libc::SYS_setgroups,
-                c.groups.len() as libc::size_t,
-                c.groups.as_ptr(),
+                [c.groups.len(), c.groups.as_ptr() as usize, 0, 0, 0, 0],
             )
         };
         check(r, ChildStage::SetGroups, 0)?;
+        let g = c.gid as usize;
         // SAFETY: plain integer arguments.
-        let r = unsafe { libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) };
+        let r = unsafe { sys(libc::SYS_setresgid, [g, g, g, 0, 0, 0]) };
         check(r, ChildStage::SetGid, 0)?;
+        let u = c.uid as usize;
         // SAFETY: plain integer arguments.
-        let r = unsafe { libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) };
+        let r = unsafe { sys(libc::SYS_setresuid, [u, u, u, 0, 0, 0]) };
         check(r, ChildStage::SetUid, 0)?;
     }
     if let Some(cwd) = &plan.cwd {
         // SAFETY: `cwd` is a NUL-terminated string owned by the plan.
-        let r = unsafe { libc::chdir(cwd.as_ptr()) };
-        check(r as libc::c_long, ChildStage::Chdir, 0)?;
+        let r = unsafe { sys(libc::SYS_chdir, [cwd.as_ptr() as usize, 0, 0, 0, 0, 0]) };
+        check(r, ChildStage::Chdir, 0)?;
     }
     for (i, o) in plan.opens.iter().enumerate() {
-        // SAFETY: `o.path` is NUL-terminated and owned by the plan; open is async-signal-safe.
-        let fd = unsafe { libc::open(o.path.as_ptr(), o.flags | libc::O_CLOEXEC, o.mode) };
-        check(fd as libc::c_long, ChildStage::Open, i as u32)?;
-        if fd != o.target {
-            // SAFETY: both are descriptor numbers; dup2 clears close-on-exec on the target.
-            let r = unsafe { libc::dup2(fd, o.target) };
-            check(r as libc::c_long, ChildStage::Open, i as u32)?;
+        let flags = (o.flags | libc::O_CLOEXEC) as usize;
+        // SAFETY: `o.path` is NUL-terminated and owned by the plan.
+        let fd = unsafe {
+            sys(
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as usize,
+                    o.path.as_ptr() as usize,
+                    flags,
+                    o.mode as usize,
+                    0,
+                    0,
+                ],
+            )
+        };
+        check(fd, ChildStage::Open, i as u32)?;
+        if fd as RawFd != o.target {
+            // SAFETY: descriptor numbers only; dup3 without flags clears close-on-exec.
+            let r = unsafe { sys(libc::SYS_dup3, [fd as usize, o.target as usize, 0, 0, 0, 0]) };
+            check(r, ChildStage::Open, i as u32)?;
         }
     }
     for (i, &(src, dst)) in plan.dups.iter().enumerate() {
-        // SAFETY: descriptor numbers only. dup2(fd, fd) would keep close-on-exec, so the
-        // same-number case clears the flag instead.
+        // SAFETY: descriptor numbers only. dup3 refuses src == dst, and a descriptor kept in
+        // place must lose close-on-exec instead.
         let r = unsafe {
             if src == dst {
-                libc::fcntl(src, libc::F_SETFD, 0)
+                sys(
+                    libc::SYS_fcntl,
+                    [src as usize, libc::F_SETFD as usize, 0, 0, 0, 0],
+                )
             } else {
-                libc::dup2(src, dst)
+                sys(libc::SYS_dup3, [src as usize, dst as usize, 0, 0, 0, 0])
             }
         };
-        check(r as libc::c_long, ChildStage::Dup, i as u32)?;
+        check(r, ChildStage::Dup, i as u32)?;
     }
     if plan.reset_signals {
-        for sig in 1..libc::SIGRTMAX() {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        let dfl = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64usize {
+            if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
                 continue;
             }
-            // SAFETY: signal(2) through sigaction is async-signal-safe. glibc refuses its two
-            // internal signals (EINVAL); their handlers are reset by exec anyway.
-            unsafe { libc::signal(sig, libc::SIG_DFL) };
+            // SAFETY: `dfl` lives on this stack; the old action is not asked for.
+            unsafe {
+                sys(
+                    libc::SYS_rt_sigaction,
+                    [sig, &dfl as *const _ as usize, 0, 8, 0, 0],
+                );
+            }
         }
-        // SAFETY: `empty` is a local sigset initialised by sigemptyset before use.
+        let empty: u64 = 0;
+        // SAFETY: `empty` is an 8-byte kernel sigset on this stack.
         let r = unsafe {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut())
+            sys(
+                libc::SYS_rt_sigprocmask,
+                [
+                    libc::SIG_SETMASK as usize,
+                    &empty as *const u64 as usize,
+                    0,
+                    8,
+                    0,
+                    0,
+                ],
+            )
         };
-        check(r as libc::c_long, ChildStage::Signals, 0)?;
+        check(r, ChildStage::Signals, 0)?;
     }
     // Like execvp: a missing candidate moves on to the next; a permission error is remembered
     // and reported if nothing else works; any other error stops at once.
     let mut saved = (libc::ENOENT, 0u32);
     for (i, prog) in plan.programs.iter().enumerate() {
-        // SAFETY: `prog` and the argv/envp arrays are NUL-terminated and owned by the parent,
-        // which is suspended (vfork) or was copied (fork); execve only reads them.
-        unsafe { libc::execve(prog.as_ptr(), prep.argv.as_ptr(), prep.envp.as_ptr()) };
-        let e = errno();
+        // SAFETY: `prog` and the argv/envp arrays are NUL-terminated and owned by `prep`,
+        // which outlives the child's use of it; execve only reads them.
+        let r = unsafe {
+            sys(
+                libc::SYS_execve,
+                [
+                    prog.as_ptr() as usize,
+                    prep.argv.as_ptr() as usize,
+                    prep.envp.as_ptr() as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+        let e = -r as i32;
         match e {
             libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
             libc::EACCES => saved = (e, i as u32),

@@ -7,9 +7,10 @@ pub mod child;
 pub mod clone;
 pub mod fd;
 pub mod pidfd;
+mod raw;
 
 pub use child::{ChildPlan, ChildStage, OpenSpec, RawCreds, SpawnError};
-pub use clone::{SpawnMode, Spawned, spawn};
+pub use clone::{PendingSpawn, SpawnMode, Spawned, spawn, spawn_async};
 pub use fd::take_inherited;
 pub use pidfd::{pidfd_open, pidfd_send_signal};
 
@@ -44,7 +45,7 @@ mod tests {
     #[test]
     fn spawns_in_both_modes_and_reports_exit() {
         for mode in [SpawnMode::Vfork, SpawnMode::Fork] {
-            let s = spawn(&plan(&["/bin/sh", "-c", "exit 7"]), mode, None).unwrap();
+            let s = spawn(plan(&["/bin/sh", "-c", "exit 7"]), mode, None).unwrap();
             assert!(s.pid.as_raw() > 0);
             assert_eq!(exit_code(&s), 7, "{mode:?}");
         }
@@ -53,7 +54,7 @@ mod tests {
     #[test]
     fn exec_failure_comes_back_with_stage_and_errno() {
         for mode in [SpawnMode::Vfork, SpawnMode::Fork] {
-            let err = spawn(&plan(&["/nonexistent/prog"]), mode, None).unwrap_err();
+            let err = spawn(plan(&["/nonexistent/prog"]), mode, None).unwrap_err();
             assert_eq!(
                 err,
                 SpawnError::Child {
@@ -64,7 +65,7 @@ mod tests {
                 "{mode:?}"
             );
         }
-        let err = spawn(&plan(&["/etc/hostname"]), SpawnMode::Vfork, None).unwrap_err();
+        let err = spawn(plan(&["/etc/hostname"]), SpawnMode::Vfork, None).unwrap_err();
         assert!(err.to_string().contains("exec"), "{err}");
     }
 
@@ -75,7 +76,7 @@ mod tests {
             CString::new("/nonexistent/true").unwrap(),
             CString::new("/bin/true").unwrap(),
         ];
-        let s = spawn(&p, SpawnMode::Vfork, None).unwrap();
+        let s = spawn(p, SpawnMode::Vfork, None).unwrap();
         assert_eq!(exit_code(&s), 0);
     }
 
@@ -83,7 +84,7 @@ mod tests {
     fn chdir_failure_names_the_stage() {
         let mut p = plan(&["/bin/true"]);
         p.cwd = Some(CString::new("/nonexistent-dir").unwrap());
-        let err = spawn(&p, SpawnMode::Fork, None).unwrap_err();
+        let err = spawn(p, SpawnMode::Fork, None).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -94,6 +95,27 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn async_spawn_reports_exec_and_failure_later() {
+        let (s, pending) = spawn_async(plan(&["/bin/sh", "-c", "exit 5"]), None).unwrap();
+        assert_eq!(pending.finish(), Ok(()));
+        assert_eq!(exit_code(&s), 5);
+        let (s, pending) = spawn_async(plan(&["/nonexistent/prog"]), None).unwrap();
+        assert!(matches!(
+            pending.finish(),
+            Err(SpawnError::Child {
+                stage: ChildStage::Exec,
+                errno: Errno::ENOENT,
+                ..
+            })
+        ));
+        assert_eq!(exit_code(&s), 127);
+        // Dropped unfinished: waits for the child before freeing its memory.
+        let (s, pending) = spawn_async(plan(&["/bin/true"]), None).unwrap();
+        drop(pending);
+        assert_eq!(exit_code(&s), 0);
     }
 
     #[test]

@@ -44,6 +44,15 @@ impl Env {
     /// `None` when the test cannot run here (not root) or the mode does not exist on this
     /// host (the v1 freezer on pure v2).
     pub fn new(name: &str, legacy: bool) -> Option<Self> {
+        Self::with(name, legacy, |_, _| {})
+    }
+
+    /// As `new`, letting `edit` change the configuration (given the test's temp dir).
+    pub fn with(
+        name: &str,
+        legacy: bool,
+        edit: impl FnOnce(&mut ActuatorConfig, &Path),
+    ) -> Option<Self> {
         if common::skip_unless(common::is_root(), "actuation tests need root (cgroups)") {
             return None;
         }
@@ -65,6 +74,7 @@ impl Env {
             legacy_freezer: legacy,
         };
         cfg.shim = shim();
+        edit(&mut cfg, state.path());
         let (act, events) = Actuator::open(&cfg).unwrap();
         Some(Self {
             act: Some(act),
