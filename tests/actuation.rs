@@ -262,10 +262,11 @@ fn exit_is_recorded_for_a_job_whose_daemon_restarted() {
     let record = env.act().state_dir().exit_record(ended);
     drop(env.act.take());
     let start = Instant::now();
-    while std::fs::read_to_string(&record)
-        .unwrap_or_default()
-        .is_empty()
-    {
+    let ended_now = || {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        matches!(ExitStatus::from_record(&text), Ok(Some(_)))
+    };
+    while !ended_now() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "job 30 never ended"

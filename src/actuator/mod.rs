@@ -68,6 +68,10 @@ pub enum ActuationError {
     Reaper(std::io::Error),
     #[error("cannot open /dev/null: {0}")]
     DevNull(nix::errno::Errno),
+    #[error(
+        "the job waiter {0} is not a file (set {SHIM_ENV} or install lowsched-shim next to lowsched)"
+    )]
+    NoShim(PathBuf),
 }
 
 impl ActuationError {
@@ -149,6 +153,9 @@ impl Actuator {
     /// Opens the cgroup tree and the state dir and starts the exit watcher. Running jobs are
     /// not touched: call [`Actuator::adopt`] to take them over.
     pub fn open(cfg: &ActuatorConfig) -> Result<(Self, Receiver<ExitEvent>), ActuationError> {
+        if !cfg.shim.is_file() {
+            return Err(ActuationError::NoShim(cfg.shim.clone()));
+        }
         let layout = match &cfg.layout {
             Some(l) => l.clone(),
             None => Layout::detect(&cfg.proc_root).map_err(ActuationError::Tree)?,

@@ -85,15 +85,27 @@ pub fn spawn(
     }
 }
 
-/// Reads the error pipe until EOF (the child exec'd: its copy of the write end closed on exec)
-/// or a report (it failed).
+/// Reads the error pipe until EOF: the child's copy of the write end closes when it execs
+/// (close-on-exec) or when it exits. A report before EOF means it failed.
+///
+/// Reading on to EOF after a report matters for children that share our memory: the child
+/// still runs (on the stack we own) between writing its report and exiting. EOF comes only
+/// once it closed its descriptors at exit, which the kernel does after it has left our address
+/// space; and at exec, after it has switched to the new program's.
 fn wait_exec(rd: &OwnedFd) -> Result<(), SpawnError> {
     let mut buf = [0u8; 12];
     let mut got = 0;
-    while got < buf.len() {
-        match read(rd, &mut buf[got..]) {
+    loop {
+        let mut scratch = [0u8; 16];
+        let into: &mut [u8] = if got < buf.len() {
+            &mut buf[got..]
+        } else {
+            &mut scratch
+        };
+        match read(rd, into) {
             Ok(0) => break,
-            Ok(n) => got += n,
+            Ok(n) if got < buf.len() => got += n,
+            Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(SpawnError::Pipe(e)),
         }

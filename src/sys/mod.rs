@@ -102,16 +102,20 @@ mod tests {
         let (s, pending) = spawn_async(plan(&["/bin/sh", "-c", "exit 5"]), None).unwrap();
         assert_eq!(pending.finish(), Ok(()));
         assert_eq!(exit_code(&s), 5);
-        let (s, pending) = spawn_async(plan(&["/nonexistent/prog"]), None).unwrap();
-        assert!(matches!(
-            pending.finish(),
-            Err(SpawnError::Child {
-                stage: ChildStage::Exec,
-                errno: Errno::ENOENT,
-                ..
-            })
-        ));
-        assert_eq!(exit_code(&s), 127);
+        // The failed child still runs on memory `finish` frees after the report: it must wait
+        // until the child is gone (a child that outlived its stack died of SIGSEGV here).
+        for _ in 0..50 {
+            let (s, pending) = spawn_async(plan(&["/nonexistent/prog"]), None).unwrap();
+            assert!(matches!(
+                pending.finish(),
+                Err(SpawnError::Child {
+                    stage: ChildStage::Exec,
+                    errno: Errno::ENOENT,
+                    ..
+                })
+            ));
+            assert_eq!(exit_code(&s), 127);
+        }
         // Dropped unfinished: waits for the child before freeing its memory.
         let (s, pending) = spawn_async(plan(&["/bin/true"]), None).unwrap();
         drop(pending);
