@@ -185,7 +185,9 @@ fn breakdown(act: &Actuator, cores: lowsched::cpuset::CpuSet, n: usize, mode: &s
     let tree = act.tree();
     let mut create = Stats::new(format!("{mode}: part: create job groups + set cores"));
     let mut remove = Stats::new(format!("{mode}: part: remove job groups"));
-    let mut clone = Stats::new(format!("{mode}: part: clone3 vfork+exec into group"));
+    let mut clone = Stats::new(format!(
+        "{mode}: part: clone3 vfork+exec (into unified group)"
+    ));
     let plan = lowsched::sys::ChildPlan {
         programs: vec![CString::new("/bin/true").unwrap()],
         argv: vec![CString::new("true").unwrap()],
