@@ -5,12 +5,16 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod actuator;
+pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod controller;
 pub mod cpuset;
+pub mod credentials;
 pub mod daemon;
 pub mod eventlog;
+pub mod exit;
 pub mod inventory;
 pub mod job;
 pub mod jobstate;
@@ -21,3 +25,6 @@ pub mod protocol;
 pub mod resources;
 pub mod sdnotify;
 pub mod service;
+pub mod shim;
+pub mod statedir;
+pub mod sys;

@@ -1,0 +1,364 @@
+//! The program a new child runs between clone and exec: join cgroups, start a session, become
+//! the user, enter the working directory, open its files, reset signals, exec.
+//!
+//! The plan is built (allocated) in the parent; the child only reads it and makes raw,
+//! async-signal-safe calls: no allocation, no locks, no panics. With `CLONE_VM` the child runs
+//! on the parent's memory while the parent is suspended, so it also must not write to anything
+//! but its own stack (and errno, which is the suspended parent thread's).
+
+use std::convert::Infallible;
+use std::ffi::{CString, c_char, c_void};
+use std::fmt;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+
+use super::raw::syscall as sys;
+
+/// Which step of the child program failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u32)]
+pub enum ChildStage {
+    JoinCgroup = 1,
+    NewSession = 2,
+    SetGroups = 3,
+    SetGid = 4,
+    SetUid = 5,
+    Chdir = 6,
+    Open = 7,
+    Dup = 8,
+    Signals = 9,
+    Exec = 10,
+}
+
+impl ChildStage {
+    fn from_u32(v: u32) -> Option<Self> {
+        use ChildStage::*;
+        [
+            JoinCgroup, NewSession, SetGroups, SetGid, SetUid, Chdir, Open, Dup, Signals, Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+}
+
+impl fmt::Display for ChildStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::JoinCgroup => "join its cgroup",
+            Self::NewSession => "start a new session",
+            Self::SetGroups => "set supplementary groups",
+            Self::SetGid => "set group id",
+            Self::SetUid => "set user id",
+            Self::Chdir => "enter working directory",
+            Self::Open => "open file",
+            Self::Dup => "set up file descriptors",
+            Self::Signals => "reset signals",
+            Self::Exec => "exec",
+        })
+    }
+}
+
+/// Why a child could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create the child's error pipe: {0}")]
+    Pipe(Errno),
+    #[error("cannot map the child's stack: {0}")]
+    Stack(Errno),
+    #[error("clone3 failed: {0}")]
+    Clone(Errno),
+    /// The child reported a failure before exec. `index` says which open (for `Open`) or which
+    /// program candidate (for `Exec`) failed.
+    #[error("child could not {stage}: {errno}")]
+    Child {
+        stage: ChildStage,
+        errno: Errno,
+        index: u32,
+    },
+}
+
+/// A file the child opens after it has become the user, then moves to `target`.
+#[derive(Debug, Clone)]
+pub struct OpenSpec {
+    pub path: CString,
+    pub flags: libc::c_int,
+    pub mode: libc::mode_t,
+    pub target: RawFd,
+}
+
+/// Credentials to switch to, with supplementary groups precomputed (getgrouplist) because
+/// initgroups is not async-signal-safe.
+#[derive(Debug, Clone)]
+pub struct RawCreds {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// Everything the child does, in this order: write "0" to each `join` fd (a `cgroup.procs`
+/// file: the writer moves itself), `setsid`, drop to `creds`, `chdir(cwd)`, `opens`, `dups`
+/// (`dup2(src, dst)`; `src` must not be the `dst` of an earlier entry), reset signal
+/// dispositions and unblock all signals if `reset_signals`, then execve each of `programs` in
+/// turn (a PATH search done in advance) with `argv` and `envp`.
+#[derive(Clone, Debug, Default)]
+pub struct ChildPlan {
+    pub join: Vec<RawFd>,
+    pub new_session: bool,
+    pub creds: Option<RawCreds>,
+    pub cwd: Option<CString>,
+    pub opens: Vec<OpenSpec>,
+    pub dups: Vec<(RawFd, RawFd)>,
+    pub reset_signals: bool,
+    pub programs: Vec<CString>,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+}
+
+/// A plan with its argv/envp pointer arrays, ready for the child. Built in the parent; the
+/// pointers point into the plan's own strings, whose heap buffers do not move with this value.
+pub(crate) struct Prepared {
+    pub plan: ChildPlan,
+    pub argv: Vec<*const c_char>,
+    pub envp: Vec<*const c_char>,
+    pub report: RawFd,
+}
+
+// SAFETY: the raw pointers point into the plan's own strings, which move with it; nothing
+// else aliases them, so the whole value can move to another thread (the reaper frees it there).
+unsafe impl Send for Prepared {}
+
+impl Prepared {
+    pub fn new(plan: ChildPlan, report: RawFd) -> Self {
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        let argv = ptrs(&plan.argv);
+        let envp = ptrs(&plan.envp);
+        Self {
+            plan,
+            argv,
+            envp,
+            report,
+        }
+    }
+}
+
+/// Decodes the 12-byte report a failed child writes: stage, errno, index.
+pub(crate) fn decode_report(buf: &[u8]) -> Option<SpawnError> {
+    let word = |i: usize| {
+        buf.get(i * 4..i * 4 + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_ne_bytes)
+    };
+    let stage = ChildStage::from_u32(word(0)?)?;
+    let errno = Errno::from_raw(i32::try_from(word(1)?).ok()?);
+    Some(SpawnError::Child {
+        stage,
+        errno,
+        index: word(2)?,
+    })
+}
+
+/// The child's entry point. `arg` points to a [`Prepared`] that stays valid and unchanged
+/// until the child execs or exits (the parent is suspended under `CLONE_VFORK`, owns it until
+/// the error pipe closes in the asynchronous mode, or the child has its own copy after a fork).
+/// Only raw syscalls from here on: no errno, no thread-locals, no allocation.
+pub(crate) extern "C" fn child_main(arg: *mut c_void) -> ! {
+    // SAFETY: the caller passes a pointer to a live `Prepared` (see above); the child only
+    // reads through it.
+    let prep = unsafe { &*(arg as *const Prepared) };
+    let Err((stage, errno, index)) = run(prep);
+    let mut buf = [0u8; 12];
+    buf[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
+    buf[4..8].copy_from_slice(&errno.to_ne_bytes());
+    buf[8..].copy_from_slice(&index.to_ne_bytes());
+    // SAFETY: write(2) and exit_group(2) with a buffer on this stack. A failed report write
+    // cannot be reported anywhere, so its result is ignored.
+    unsafe {
+        sys(
+            libc::SYS_write,
+            [
+                prep.report as usize,
+                buf.as_ptr() as usize,
+                buf.len(),
+                0,
+                0,
+                0,
+            ],
+        );
+        sys(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
+    }
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+fn check(ret: isize, stage: ChildStage, index: u32) -> Result<(), (ChildStage, i32, u32)> {
+    if ret < 0 {
+        Err((stage, -ret as i32, index))
+    } else {
+        Ok(())
+    }
+}
+
+/// The kernel's `struct sigaction` for rt_sigaction: SIG_DFL, no flags, empty mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+fn run(prep: &Prepared) -> Result<Infallible, (ChildStage, i32, u32)> {
+    let plan = &prep.plan;
+    for (i, &fd) in plan.join.iter().enumerate() {
+        // SAFETY: `fd` is an open cgroup.procs descriptor inherited from the parent; the
+        // one-byte buffer is a static string.
+        let n = unsafe {
+            sys(
+                libc::SYS_write,
+                [fd as usize, b"0".as_ptr() as usize, 1, 0, 0, 0],
+            )
+        };
+        check(n, ChildStage::JoinCgroup, i as u32)?;
+    }
+    if plan.new_session {
+        // SAFETY: setsid takes no arguments.
+        let r = unsafe { sys(libc::SYS_setsid, [0; 6]) };
+        check(r, ChildStage::NewSession, 0)?;
+    }
+    if let Some(c) = &plan.creds {
+        // Raw syscalls: glibc's setgroups/setresgid/setresuid broadcast to every thread of the
+        // process (setxid), which is wrong and unsafe in a CLONE_VM child. This child is a
+        // single-threaded process, so changing the calling thread changes the whole process.
+        // SAFETY: `c.groups` is a live slice the child only reads; the kernel copies it.
+        let r = unsafe {
+            sys(
+                libc::SYS_setgroups,
+                [c.groups.len(), c.groups.as_ptr() as usize, 0, 0, 0, 0],
+            )
+        };
+        check(r, ChildStage::SetGroups, 0)?;
+        let g = c.gid as usize;
+        // SAFETY: plain integer arguments.
+        let r = unsafe { sys(libc::SYS_setresgid, [g, g, g, 0, 0, 0]) };
+        check(r, ChildStage::SetGid, 0)?;
+        let u = c.uid as usize;
+        // SAFETY: plain integer arguments.
+        let r = unsafe { sys(libc::SYS_setresuid, [u, u, u, 0, 0, 0]) };
+        check(r, ChildStage::SetUid, 0)?;
+    }
+    if let Some(cwd) = &plan.cwd {
+        // SAFETY: `cwd` is a NUL-terminated string owned by the plan.
+        let r = unsafe { sys(libc::SYS_chdir, [cwd.as_ptr() as usize, 0, 0, 0, 0, 0]) };
+        check(r, ChildStage::Chdir, 0)?;
+    }
+    for (i, o) in plan.opens.iter().enumerate() {
+        let flags = (o.flags | libc::O_CLOEXEC) as usize;
+        // SAFETY: `o.path` is NUL-terminated and owned by the plan.
+        let fd = unsafe {
+            sys(
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as usize,
+                    o.path.as_ptr() as usize,
+                    flags,
+                    o.mode as usize,
+                    0,
+                    0,
+                ],
+            )
+        };
+        check(fd, ChildStage::Open, i as u32)?;
+        if fd as RawFd != o.target {
+            // SAFETY: descriptor numbers only; dup3 without flags clears close-on-exec.
+            let r = unsafe { sys(libc::SYS_dup3, [fd as usize, o.target as usize, 0, 0, 0, 0]) };
+            check(r, ChildStage::Open, i as u32)?;
+        }
+    }
+    for (i, &(src, dst)) in plan.dups.iter().enumerate() {
+        // SAFETY: descriptor numbers only. dup3 refuses src == dst, and a descriptor kept in
+        // place must lose close-on-exec instead.
+        let r = unsafe {
+            if src == dst {
+                sys(
+                    libc::SYS_fcntl,
+                    [src as usize, libc::F_SETFD as usize, 0, 0, 0, 0],
+                )
+            } else {
+                sys(libc::SYS_dup3, [src as usize, dst as usize, 0, 0, 0, 0])
+            }
+        };
+        check(r, ChildStage::Dup, i as u32)?;
+    }
+    if plan.reset_signals {
+        let dfl = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64usize {
+            if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
+                continue;
+            }
+            // SAFETY: `dfl` lives on this stack; the old action is not asked for.
+            unsafe {
+                sys(
+                    libc::SYS_rt_sigaction,
+                    [sig, &dfl as *const _ as usize, 0, 8, 0, 0],
+                );
+            }
+        }
+        let empty: u64 = 0;
+        // SAFETY: `empty` is an 8-byte kernel sigset on this stack.
+        let r = unsafe {
+            sys(
+                libc::SYS_rt_sigprocmask,
+                [
+                    libc::SIG_SETMASK as usize,
+                    &empty as *const u64 as usize,
+                    0,
+                    8,
+                    0,
+                    0,
+                ],
+            )
+        };
+        check(r, ChildStage::Signals, 0)?;
+    }
+    // Like execvp: a missing candidate moves on to the next; a permission error is remembered
+    // and reported if nothing else works; any other error stops at once.
+    let mut saved = (libc::ENOENT, 0u32);
+    for (i, prog) in plan.programs.iter().enumerate() {
+        // SAFETY: `prog` and the argv/envp arrays are NUL-terminated and owned by `prep`,
+        // which outlives the child's use of it; execve only reads them.
+        let r = unsafe {
+            sys(
+                libc::SYS_execve,
+                [
+                    prog.as_ptr() as usize,
+                    prep.argv.as_ptr() as usize,
+                    prep.envp.as_ptr() as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+        let e = -r as i32;
+        match e {
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            libc::EACCES => saved = (e, i as u32),
+            _ => return Err((ChildStage::Exec, e, i as u32)),
+        }
+        if saved.0 != libc::EACCES {
+            saved = (e, i as u32);
+        }
+    }
+    Err((ChildStage::Exec, saved.0, saved.1))
+}
