@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 # The integration test targets (tests/NAME.rs) that run inside guest A. Add yours here.
 GUEST_A_TESTS=(
     vm_guest
+    actuation
 )
 
 built=$(tests/vm/build-static-tests.sh "${GUEST_A_TESTS[@]}") || exit $?
