@@ -11,3 +11,4 @@ pub mod job;
 pub mod jobstate;
 pub mod policy;
 pub mod resources;
+pub mod sys;
