@@ -10,5 +10,7 @@ pub mod inventory;
 pub mod job;
 pub mod jobstate;
 pub mod policy;
+pub mod procstat;
 pub mod resources;
+pub mod seqcell;
 pub mod sys;
