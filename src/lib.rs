@@ -12,5 +12,6 @@ pub mod jobstate;
 pub mod policy;
 pub mod procstat;
 pub mod resources;
+pub mod sampler;
 pub mod seqcell;
 pub mod sys;
