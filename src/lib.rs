@@ -9,6 +9,7 @@ pub mod cpuset;
 pub mod inventory;
 pub mod job;
 pub mod jobstate;
+pub mod latency;
 pub mod policy;
 pub mod procstat;
 pub mod resources;
