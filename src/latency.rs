@@ -274,6 +274,16 @@ impl WindowedLatency {
         }
     }
 
+    /// Number of the window in progress.
+    pub fn current_index(&self) -> u64 {
+        self.index
+    }
+
+    /// When the window in progress ends.
+    pub fn next_boundary_ns(&self) -> u64 {
+        self.start_ns + (self.index + 1) * self.window_ns
+    }
+
     /// The window in progress (no histogram attached).
     pub fn current(&self) -> WindowSummary {
         self.summary_of(self.index, &self.current, self.current_errors, false)
