@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod job;
 pub mod jobstate;
 pub mod latency;
+pub mod loadgen;
 pub mod memcache;
 pub mod policy;
 pub mod probe;
