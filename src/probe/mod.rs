@@ -45,6 +45,9 @@ pub struct ProbeConfig {
     pub history: usize,
     /// Pin the probe thread to this CPU.
     pub cpu: Option<usize>,
+    /// Run the probe thread `SCHED_FIFO` at this priority, so its own scheduling delays stay
+    /// out of the measurement (a failure to switch is reported in `last_error`).
+    pub realtime: Option<i32>,
 }
 
 impl Default for ProbeConfig {
@@ -63,6 +66,7 @@ impl Default for ProbeConfig {
             backoff_max: Duration::from_secs(1),
             history: 300,
             cpu: None,
+            realtime: None,
         }
     }
 }

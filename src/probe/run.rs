@@ -41,6 +41,7 @@ struct Probe {
     server: Option<ServerInfo>,
     signal: ProbeSignal,
     window_refreshed: u64,
+    reported_index: u64,
     started_ns: u64,
     started_unix_s: f64,
 }
@@ -49,6 +50,11 @@ pub(super) fn run(cfg: ProbeConfig, shared: Arc<Shared>, epoll: Epoll) {
     if let Some(cpu) = cfg.cpu {
         core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
     }
+    let rt_error = cfg.realtime.and_then(|prio| {
+        crate::sys::sched::set_fifo(prio)
+            .err()
+            .map(|e| format!("cannot run the probe at SCHED_FIFO {prio}: {e}"))
+    });
     // Sub-millisecond waits must end on time; the default slack is 50 µs.
     let _ = crate::sys::sched::set_timer_slack_ns(1_000);
     let now = monotonic_ns();
@@ -74,9 +80,11 @@ pub(super) fn run(cfg: ProbeConfig, shared: Arc<Shared>, epoll: Epoll) {
         server: None,
         signal: ProbeSignal::default(),
         window_refreshed: 0,
+        reported_index: 0,
         started_ns: now,
         started_unix_s: unix_time_s(),
     };
+    p.last_error = rt_error;
     p.refresh_report(now);
     while !p.shared.stop.load(Ordering::Relaxed) {
         p.step();
@@ -94,7 +102,10 @@ fn resolve(server: &str) -> Result<SocketAddr, String> {
 impl Probe {
     fn step(&mut self) {
         let now = monotonic_ns();
-        if self.windows.advance(now) > 0 {
+        self.windows.advance(now);
+        // Windows also close when an answer lands past a boundary: refresh on any change.
+        if self.windows.current_index() != self.reported_index {
+            self.reported_index = self.windows.current_index();
             self.refresh_report(now);
         }
         if self.conn.is_none() && now >= self.next_connect {
