@@ -254,7 +254,7 @@ fn median(mut v: Vec<u64>) -> u64 {
 /// Waits for `n` more completed windows and returns their SLO quantile (p95).
 fn window_p95s(probe: &ProbeHandle, n: u64) -> Vec<u64> {
     let first = probe.signal().windows_total;
-    wait_for("windows", probe, 30, |s| s.windows_total >= first + n + 1);
+    wait_for("windows", probe, 30, |s| s.windows_total > first + n);
     probe
         .report()
         .windows
