@@ -189,7 +189,7 @@ pub(super) fn run(ctx: Ctx) {
             fds.push(fd);
             fds.len() - 1
         });
-        let ring_ok = ring.run(next, &fds).is_ok();
+        let ring_ok = ring.run(Some(next), &fds).is_ok();
         drop(fds);
         let now = monotonic_ns();
         if !ring_ok {

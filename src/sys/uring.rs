@@ -69,21 +69,24 @@ impl DeadlineReads {
 
     /// Sleeps until `deadline_ns` (absolute, `CLOCK_MONOTONIC`; a past deadline fires at once),
     /// then reads `fds[i]` at offset 0 into slot `i`. One `io_uring_enter` in the common case.
-    pub fn run(&mut self, deadline_ns: u64, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    /// Without a deadline the reads are issued at once.
+    pub fn run(&mut self, deadline_ns: Option<u64>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let n = fds.len().min(self.bufs.len());
-        *self.deadline = types::Timespec::new()
-            .sec(deadline_ns / 1_000_000_000)
-            .nsec((deadline_ns % 1_000_000_000) as u32);
         let mut entries = Vec::with_capacity(n + 1);
-        let timeout = opcode::Timeout::new(&*self.deadline)
-            .flags(types::TimeoutFlags::ABS)
-            .build()
-            .user_data(TIMEOUT_TAG);
-        entries.push(if n > 0 {
-            timeout.flags(squeue::Flags::IO_HARDLINK)
-        } else {
-            timeout
-        });
+        if let Some(deadline_ns) = deadline_ns {
+            *self.deadline = types::Timespec::new()
+                .sec(deadline_ns / 1_000_000_000)
+                .nsec((deadline_ns % 1_000_000_000) as u32);
+            let timeout = opcode::Timeout::new(&*self.deadline)
+                .flags(types::TimeoutFlags::ABS)
+                .build()
+                .user_data(TIMEOUT_TAG);
+            entries.push(if n > 0 {
+                timeout.flags(squeue::Flags::IO_HARDLINK)
+            } else {
+                timeout
+            });
+        }
         for (i, fd) in fds.iter().take(n).enumerate() {
             let buf = &mut self.bufs[i];
             let read = opcode::Read::new(
@@ -94,11 +97,15 @@ impl DeadlineReads {
             .offset(0)
             .build()
             .user_data(i as u64);
-            entries.push(if i + 1 < n {
+            let linked = deadline_ns.is_some() && i + 1 < n;
+            entries.push(if linked {
                 read.flags(squeue::Flags::IO_HARDLINK)
             } else {
                 read
             });
+        }
+        if entries.is_empty() {
+            return Ok(());
         }
         for r in &mut self.results {
             *r = -libc::ECANCELED;
@@ -164,7 +171,7 @@ mod tests {
         let f = File::open("/proc/stat").unwrap();
         let mut ring = DeadlineReads::new(1, 8192).unwrap();
         let t0 = super::super::clock::monotonic_ns();
-        ring.run(t0 + 3_000_000, &[f.as_fd()]).unwrap();
+        ring.run(Some(t0 + 3_000_000), &[f.as_fd()]).unwrap();
         let t1 = super::super::clock::monotonic_ns();
         assert!(t1 - t0 >= 3_000_000, "woke after {} ns", t1 - t0);
         let data = ring.result(0).unwrap();
@@ -174,7 +181,9 @@ mod tests {
             String::from_utf8_lossy(data)
         );
         // A second period reads again from offset 0.
-        ring.run(0, &[f.as_fd()]).unwrap();
+        ring.run(Some(0), &[f.as_fd()]).unwrap();
+        assert!(ring.result(0).unwrap().starts_with(b"cpu "));
+        ring.run(None, &[f.as_fd()]).unwrap();
         assert!(ring.result(0).unwrap().starts_with(b"cpu "));
     }
 
@@ -183,7 +192,7 @@ mod tests {
         let dir = File::open("/proc").unwrap(); // reading a directory fails with EISDIR
         let f = File::open("/proc/stat").unwrap();
         let mut ring = DeadlineReads::new(2, 4096).unwrap();
-        ring.run(0, &[dir.as_fd(), f.as_fd()]).unwrap();
+        ring.run(Some(0), &[dir.as_fd(), f.as_fd()]).unwrap();
         assert_eq!(
             ring.result(0).unwrap_err().raw_os_error(),
             Some(libc::EISDIR)
