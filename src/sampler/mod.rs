@@ -35,12 +35,19 @@ pub const DEFAULT_SMOOTHING: Duration = Duration::from_millis(150);
 /// How often the per-pid fallback relists the service's threads, in periods (1 s by default).
 pub const PID_RESCAN_PERIODS: u32 = 20;
 
+/// The CPUs the kernel could ever bring online, under the sysfs root.
+pub const CPU_POSSIBLE: &str = "devices/system/cpu/possible";
+
 /// How the samplers run. All roots are injectable.
 #[derive(Clone, Debug)]
 pub struct SamplerConfig {
     /// Where procfs is mounted (`/proc`).
     pub proc_root: PathBuf,
-    /// Cores to sample; `None` samples every CPU `/proc/stat` lists at start.
+    /// Where sysfs is mounted (`/sys`).
+    pub sys_root: PathBuf,
+    /// Cores to sample; `None` samples every possible CPU (sysfs `cpu/possible`, or the CPUs
+    /// `/proc/stat` lists when that file is missing), so a CPU hot-plugged later already has
+    /// its sampler: until it comes online it reports `online: false`.
     pub cores: Option<CpuSet>,
     pub period: Duration,
     /// EWMA time constant of the `smoothed` figures.
@@ -57,6 +64,7 @@ impl Default for SamplerConfig {
     fn default() -> Self {
         Self {
             proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
             cores: None,
             period: DEFAULT_PERIOD,
             smoothing: DEFAULT_SMOOTHING,
@@ -317,9 +325,13 @@ impl SamplerSet {
         if cfg.period < Duration::from_millis(1) || cfg.period > Duration::from_secs(60) {
             return Err(SamplerError::Config("period must be between 1 ms and 60 s"));
         }
-        let cpus: Vec<usize> = match &cfg.cores {
-            Some(set) => set.iter().collect(),
-            None => {
+        let possible = std::fs::read_to_string(cfg.sys_root.join(CPU_POSSIBLE))
+            .ok()
+            .and_then(|t| t.trim().parse::<CpuSet>().ok());
+        let cpus: Vec<usize> = match (&cfg.cores, possible) {
+            (Some(set), _) => set.iter().collect(),
+            (None, Some(set)) if !set.is_empty() => set.iter().collect(),
+            (None, _) => {
                 let path = cfg.proc_root.join(crate::procstat::PROC_STAT);
                 let text = std::fs::read(&path).map_err(|source| SamplerError::Io {
                     path: path.clone(),

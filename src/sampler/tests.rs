@@ -29,6 +29,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 fn fake_cfg(root: &Path, period_ms: u64) -> SamplerConfig {
     SamplerConfig {
         proc_root: root.to_path_buf(),
+        sys_root: root.join("sys"),
         period: Duration::from_millis(period_ms),
         pin: false,
         ..SamplerConfig::default()
@@ -86,6 +87,30 @@ fn publishes_utilization_per_core_and_survives_offline_and_hotplug() {
         (set.core(0)?.anomalies > before).then_some(())
     });
     set.stop();
+}
+
+#[test]
+fn possible_cpus_get_samplers_before_they_come_online() {
+    let root = tempfile::tempdir().unwrap();
+    write_stat(root.path(), &[(0, 10, 10)]);
+    let possible = root.path().join("sys").join(CPU_POSSIBLE);
+    std::fs::create_dir_all(possible.parent().unwrap()).unwrap();
+    std::fs::write(&possible, "0-2\n").unwrap();
+    let set = SamplerSet::start(fake_cfg(root.path(), 20)).unwrap();
+    assert_eq!(set.cpus(), vec![0, 1, 2]);
+    wait_for("cpu2 offline", || {
+        set.core(2).filter(|c| c.at_ns > 0 && !c.online)
+    });
+    // cpu2 is hot-plugged.
+    let (mut b, mut i) = (0, 0);
+    wait_for("cpu2 sampled", || {
+        b += 1;
+        i += 1;
+        write_stat(root.path(), &[(0, 10, 10), (2, b, i)]);
+        std::thread::sleep(Duration::from_millis(30));
+        set.core(2)
+            .filter(|c| c.online && c.utilization == Some(0.5))
+    });
 }
 
 #[test]
