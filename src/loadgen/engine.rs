@@ -12,7 +12,7 @@ use super::{LoadgenConfig, LoadgenError};
 use crate::latency::Percentiles;
 use crate::memcache::Conn;
 use crate::memcache::proto::{self, Reply};
-use crate::sys::clock::{monotonic_ns, thread_cpu_ns, unix_time_s};
+use crate::sys::clock::{monotonic_ns, realtime_ns, thread_cpu_ns, unix_time_s};
 use crate::sys::epoll::{Epoll, Interest, Ready};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -26,6 +26,34 @@ struct Lane {
     retry_at: u64,
     writing: bool,
     dirty: bool,
+    /// The kernel stamps this connection's answers: read them lazily, without a wake-up each.
+    stamped: bool,
+}
+
+/// How late an answer may be read when nothing else wakes the loop (kernel timestamps keep
+/// the timing exact; only answers read together share the last one's stamp).
+const LAZY_READ_NS: u64 = 1_000_000;
+
+/// What a lane's socket is watched for: answers only when they are not stamped.
+fn interest(lane: &Lane) -> Interest {
+    Interest {
+        read: !lane.stamped,
+        write: lane.writing,
+    }
+}
+
+fn open_lane(
+    epoll: &Epoll,
+    token: usize,
+    addr: &SocketAddr,
+    lane: &mut Lane,
+) -> std::io::Result<()> {
+    let c = Conn::connect(addr, CONNECT_TIMEOUT)?;
+    lane.stamped = c.enable_rx_timestamps().is_ok();
+    lane.writing = false;
+    epoll.add(c.fd(), token as u64, interest(lane))?;
+    lane.conn = Some(c);
+    Ok(())
 }
 
 fn check(cfg: &LoadgenConfig) -> Result<(), LoadgenError> {
@@ -115,18 +143,17 @@ pub(super) fn run(
     let mut epoll = Epoll::new(cfg.connections.min(256)).map_err(LoadgenError::Epoll)?;
     let mut lanes = Vec::with_capacity(cfg.connections);
     for i in 0..cfg.connections {
-        let conn = Conn::connect(&addr, CONNECT_TIMEOUT)
-            .map_err(|source| LoadgenError::Connect { addr, source })?;
-        epoll
-            .add(conn.fd(), i as u64, Interest::READ)
-            .map_err(LoadgenError::Epoll)?;
-        lanes.push(Lane {
-            conn: Some(conn),
+        let mut lane = Lane {
+            conn: None,
             waiting: VecDeque::new(),
             retry_at: 0,
             writing: false,
             dirty: false,
-        });
+            stamped: false,
+        };
+        open_lane(&epoll, i, &addr, &mut lane)
+            .map_err(|source| LoadgenError::Connect { addr, source })?;
+        lanes.push(lane);
     }
     let mut rng = SplitMix64::new(cfg.seed);
     let tick_ns = cfg.tick.as_nanos() as u64;
@@ -196,11 +223,7 @@ pub(super) fn run(
         for (i, lane) in lanes.iter_mut().enumerate() {
             if lane.conn.is_none() && now >= lane.retry_at && now < send_end {
                 lane.retry_at = now + RECONNECT_NS;
-                if let Ok(c) = Conn::connect(&addr, CONNECT_TIMEOUT) {
-                    if epoll.add(c.fd(), i as u64, Interest::READ).is_ok() {
-                        lane.conn = Some(c);
-                    }
-                }
+                let _ = open_lane(&epoll, i, &addr, lane);
             }
         }
         // Intervals before the oldest outstanding request (and before the next send) are final.
@@ -221,6 +244,8 @@ pub(super) fn run(
         for l in &lanes {
             if l.conn.is_none() {
                 wake = wake.min(l.retry_at);
+            } else if l.stamped && !l.waiting.is_empty() {
+                wake = wake.min(now + LAZY_READ_NS);
             }
         }
         let timeout = Duration::from_nanos(wake.saturating_sub(now));
@@ -228,10 +253,9 @@ pub(super) fn run(
         epoll
             .wait(Some(timeout), |r| ready.push(r))
             .map_err(LoadgenError::Epoll)?;
-        if ready.is_empty() {
-            continue;
-        }
         let recv_ns = monotonic_ns();
+        // Kernel stamps are CLOCK_REALTIME; answers are timed on CLOCK_MONOTONIC.
+        let real_minus_mono = realtime_ns().wrapping_sub(recv_ns);
         for r in &ready {
             let i = r.token as usize;
             let Some(lane) = lanes.get_mut(i) else {
@@ -240,8 +264,15 @@ pub(super) fn run(
             if r.writable && lane.writing {
                 flush(&mut epoll, i, lane, &mut iv, recv_ns);
             }
-            if r.readable || r.closed {
-                answered += read_answers(&mut epoll, lane, &mut iv, recv_ns);
+            if (r.readable || r.closed) && !lane.stamped {
+                answered += read_answers(&mut epoll, lane, &mut iv, recv_ns, None);
+            } else if r.closed {
+                answered += read_answers(&mut epoll, lane, &mut iv, recv_ns, Some(real_minus_mono));
+            }
+        }
+        for lane in &mut lanes {
+            if lane.stamped && !lane.waiting.is_empty() {
+                answered += read_answers(&mut epoll, lane, &mut iv, recv_ns, Some(real_minus_mono));
             }
         }
     }
@@ -321,11 +352,27 @@ fn flush(epoll: &mut Epoll, token: usize, lane: &mut Lane, iv: &mut Intervals, n
     }
 }
 
-fn read_answers(epoll: &mut Epoll, lane: &mut Lane, iv: &mut Intervals, recv_ns: u64) -> u64 {
+/// Reads and times a lane's answers. With `real_minus_mono`, the lane's answers carry kernel
+/// arrival stamps (CLOCK_REALTIME), converted to monotonic time with that offset; without, an
+/// answer is timed at `recv_ns`, when the loop woke for it.
+fn read_answers(
+    epoll: &mut Epoll,
+    lane: &mut Lane,
+    iv: &mut Intervals,
+    recv_ns: u64,
+    real_minus_mono: Option<u64>,
+) -> u64 {
     let Some(c) = lane.conn.as_mut() else {
         return 0;
     };
-    let filled = c.fill();
+    let (filled, arrived) = match real_minus_mono {
+        None => (c.fill().map(|_| ()), recv_ns),
+        Some(off) => match c.fill_stamped() {
+            Ok((_, Some(stamp))) => (Ok(()), stamp.wrapping_sub(off).min(recv_ns)),
+            Ok((_, None)) => (Ok(()), recv_ns),
+            Err(e) => (Err(e), recv_ns),
+        },
+    };
     let mut used = 0;
     let mut answered = 0;
     let mut broken = filled.is_err();
@@ -340,7 +387,7 @@ fn read_answers(epoll: &mut Epoll, lane: &mut Lane, iv: &mut Intervals, recv_ns:
                 match reply {
                     Reply::Failed { .. } => iv.error(sched),
                     _ => {
-                        iv.record(sched, recv_ns.saturating_sub(sched) / 1000);
+                        iv.record(sched, arrived.saturating_sub(sched) / 1000);
                         answered += 1;
                     }
                 }

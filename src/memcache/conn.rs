@@ -3,6 +3,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+
 use std::time::Duration;
 
 /// Read chunk size; replies to small gets are ~30 bytes, so one read takes many.
@@ -66,6 +67,68 @@ impl Conn {
     /// Reads what is available (one read, which is enough for a level-triggered loop). Returns
     /// the bytes read; the peer closing is an `UnexpectedEof` error.
     pub fn fill(&mut self) -> io::Result<usize> {
+        self.compact();
+        let len = self.inbuf.len();
+        self.inbuf.resize(len + READ_CHUNK, 0);
+        let r = loop {
+            match self.stream.read(&mut self.inbuf[len..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r.map(|n| (n, None)),
+            }
+        };
+        self.finish_fill(len, r).map(|(n, _)| n)
+    }
+
+    /// Asks the kernel to stamp received data with its arrival time (`SO_TIMESTAMPNS`), for
+    /// [`Conn::fill_stamped`].
+    pub fn enable_rx_timestamps(&self) -> io::Result<()> {
+        nix::sys::socket::setsockopt(
+            &self.stream,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        )
+        .map_err(io::Error::from)
+    }
+
+    /// Like [`Conn::fill`], also returning the kernel's arrival time (`CLOCK_REALTIME` ns) of
+    /// the last segment read, when timestamps are enabled.
+    pub fn fill_stamped(&mut self) -> io::Result<(usize, Option<u64>)> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        self.compact();
+        let len = self.inbuf.len();
+        self.inbuf.resize(len + READ_CHUNK, 0);
+        let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+        let r = loop {
+            let mut iov = [io::IoSliceMut::new(&mut self.inbuf[len..])];
+            match recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => break Err(io::Error::from(e)),
+                Ok(msg) => {
+                    let mut stamp = None;
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                                stamp = Some(
+                                    (ts.tv_sec() as u64)
+                                        .saturating_mul(1_000_000_000)
+                                        .saturating_add(ts.tv_nsec() as u64),
+                                );
+                            }
+                        }
+                    }
+                    break Ok((msg.bytes, stamp));
+                }
+            }
+        };
+        self.finish_fill(len, r)
+    }
+
+    fn compact(&mut self) {
         if self.in_start > 0 && self.in_start == self.inbuf.len() {
             self.inbuf.clear();
             self.in_start = 0;
@@ -73,30 +136,29 @@ impl Conn {
             self.inbuf.drain(..self.in_start);
             self.in_start = 0;
         }
-        let len = self.inbuf.len();
-        self.inbuf.resize(len + READ_CHUNK, 0);
-        let r = loop {
-            match self.stream.read(&mut self.inbuf[len..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => break r,
-            }
-        };
+    }
+
+    fn finish_fill(
+        &mut self,
+        len: usize,
+        r: io::Result<(usize, Option<u64>)>,
+    ) -> io::Result<(usize, Option<u64>)> {
         match r {
-            Ok(0) => {
+            Ok((0, _)) => {
                 self.inbuf.truncate(len);
                 Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "memcached closed the connection",
                 ))
             }
-            Ok(n) => {
+            Ok((n, stamp)) => {
                 self.inbuf.truncate(len + n);
-                Ok(n)
+                Ok((n, stamp))
             }
             Err(e) => {
                 self.inbuf.truncate(len);
                 if e.kind() == io::ErrorKind::WouldBlock {
-                    Ok(0)
+                    Ok((0, None))
                 } else {
                     Err(e)
                 }
@@ -111,5 +173,35 @@ impl Conn {
 
     pub fn consume(&mut self, n: usize) {
         self.in_start = (self.in_start + n).min(self.inbuf.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn stamps_received_data_with_its_arrival_time() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = Conn::connect(&l.local_addr().unwrap(), Duration::from_secs(1)).unwrap();
+        c.enable_rx_timestamps().unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        assert_eq!(c.fill_stamped().unwrap(), (0, None), "nothing yet");
+        let before = crate::sys::clock::unix_time_s();
+        peer.write_all(b"END\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let (n, stamp) = c.fill_stamped().unwrap();
+        let after = crate::sys::clock::unix_time_s();
+        assert_eq!(n, 5);
+        let t = stamp.expect("a kernel timestamp") as f64 / 1e9;
+        assert!(
+            t >= before - 0.001 && t <= after - 0.015,
+            "{before} <= {t} <= {after} - 20 ms"
+        );
+        assert_eq!(c.pending(), b"END\r\n");
+        c.consume(5);
+        drop(peer);
+        assert!(c.fill_stamped().is_err(), "EOF is an error");
     }
 }

@@ -17,6 +17,11 @@ pub fn process_cpu_ns() -> u64 {
     read(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
+/// Nanoseconds of `CLOCK_REALTIME` (the clock of kernel receive timestamps).
+pub fn realtime_ns() -> u64 {
+    read(libc::CLOCK_REALTIME)
+}
+
 /// Wall-clock seconds since the Unix epoch (for log headers only; never for intervals).
 pub fn unix_time_s() -> f64 {
     let ns = read(libc::CLOCK_REALTIME);
