@@ -11,11 +11,13 @@ use crate::latency::{EncodedHistogram, RecentLatency, WindowedLatency};
 use crate::memcache::Conn;
 use crate::memcache::proto::{self, Reply};
 use crate::statsdump::ServerInfo;
-use crate::sys::clock::{monotonic_ns, unix_time_s};
+use crate::sys::clock::{monotonic_ns, realtime_ns, unix_time_s};
 use crate::sys::epoll::{Epoll, Interest};
 
 const PROBE: u64 = 1;
 const STATS: u64 = 2;
+/// How late a stamped answer may be read when no send wakes the loop.
+const LAZY_READ_NS: u64 = 1_000_000;
 /// How often the current window's percentiles are recomputed for the signal.
 const WINDOW_REFRESH_NS: u64 = 100_000_000;
 
@@ -24,6 +26,8 @@ struct Probe {
     shared: Arc<Shared>,
     epoll: Epoll,
     conn: Option<Conn>,
+    /// The probe connection's answers carry kernel arrival stamps.
+    stamped: bool,
     waiting: VecDeque<u64>,
     next_send: u64,
     interval_ns: u64,
@@ -67,6 +71,7 @@ pub(super) fn run(cfg: ProbeConfig, shared: Arc<Shared>, epoll: Epoll) {
         shared,
         epoll,
         conn: None,
+        stamped: false,
         waiting: VecDeque::new(),
         next_send: now,
         next_connect: now,
@@ -132,6 +137,9 @@ impl Probe {
         }
         if let Some(&oldest) = self.waiting.front() {
             deadline = deadline.min(oldest + self.cfg.timeout.as_nanos() as u64 + 1);
+            if self.stamped {
+                deadline = deadline.min(now + LAZY_READ_NS);
+            }
         }
         // Never sleep long, so a stop request is seen promptly.
         let wait = deadline.saturating_sub(monotonic_ns()).min(100_000_000);
@@ -149,6 +157,9 @@ impl Probe {
             return;
         }
         let recv_ns = monotonic_ns();
+        if self.stamped && !self.waiting.is_empty() {
+            self.read_replies(recv_ns);
+        }
         for &(token, readable, closed) in &ready[..n] {
             match token {
                 PROBE if readable || closed => self.read_replies(recv_ns),
@@ -164,8 +175,15 @@ impl Probe {
                 .map_err(|e| format!("cannot connect to {}: {e}", self.cfg.server))
         });
         match r.and_then(|c| {
+            // With kernel arrival stamps, answers need no wake-up of their own: they are read
+            // at the next send (every 1 ms at the default rate), timed exactly all the same.
+            self.stamped = c.enable_rx_timestamps().is_ok();
+            let interest = Interest {
+                read: !self.stamped,
+                write: false,
+            };
             self.epoll
-                .add(c.fd(), PROBE, Interest::READ)
+                .add(c.fd(), PROBE, interest)
                 .map_err(|e| format!("epoll: {e}"))
                 .map(|()| c)
         }) {
@@ -227,11 +245,23 @@ impl Probe {
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
     }
 
+    /// Reads and times answers: by their kernel arrival stamp when the connection has them
+    /// (`real_minus_mono` converts CLOCK_REALTIME stamps), else at `recv_ns`.
     fn read_replies(&mut self, recv_ns: u64) {
+        let stamped = self.stamped;
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let fill = conn.fill();
+        let (fill, arrived) = if stamped {
+            let off = realtime_ns().wrapping_sub(monotonic_ns());
+            match conn.fill_stamped() {
+                Ok((_, Some(stamp))) => (Ok(0), stamp.wrapping_sub(off).min(recv_ns)),
+                Ok((n, None)) => (Ok(n), recv_ns),
+                Err(e) => (Err(e), recv_ns),
+            }
+        } else {
+            (conn.fill(), recv_ns)
+        };
         let mut used = 0;
         let mut broken: Option<(ProbeStatus, String)> = None;
         loop {
@@ -244,15 +274,15 @@ impl Probe {
                     };
                     match reply {
                         Reply::Values { .. } => {
-                            let us = recv_ns.saturating_sub(sched) / 1000;
-                            self.windows.record(recv_ns, us);
-                            self.recent.record(recv_ns, us);
+                            let us = arrived.saturating_sub(sched) / 1000;
+                            self.windows.record(arrived, us);
+                            self.recent.record(arrived, us);
                             self.status = ProbeStatus::Up;
                             self.backoff = self.cfg.backoff_min;
                         }
                         _ => {
-                            self.windows.record_error(recv_ns);
-                            self.recent.record_error(recv_ns);
+                            self.windows.record_error(arrived);
+                            self.recent.record_error(arrived);
                         }
                     }
                 }
