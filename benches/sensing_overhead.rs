@@ -5,10 +5,11 @@
 //! 2. the period and smoothing choice: noise of a core's utilization at several periods under a
 //!    steady 50 % load;
 //! 3. the load generator's own CPU per 10 k QPS (and p95) at 10 k, 20 k, 50 k QPS, and the send
-//!    tick's effect at 50 k.
+//!    tick's effect at 50 k;
+//! 4. the probe's own CPU at its default rate.
 //!
 //! Run as root with memcached and stress-ng installed:
-//! `cargo bench --bench sensing_overhead` (or `... -- sampler`, `-- period`, `-- loadgen`).
+//! `cargo bench --bench sensing_overhead` (or `... -- sampler`, `-- period`, `-- loadgen`, `-- probe`).
 //! Under `cargo test` it only says it was skipped (the runs take minutes).
 
 use std::net::{TcpListener, TcpStream};
@@ -219,7 +220,7 @@ fn loadgen_cpu() {
         ..LoadgenConfig::default()
     };
     println!(
-        "## loadgen CPU (pinned to CPU 1, SCHED_FIFO 50; memcached -t 1 on CPU 0; 3 runs x 5 s)"
+        "## loadgen CPU (pinned to CPU 1, SCHED_FIFO 50; memcached -t 1 on CPU 0 in a heavy CPU group; 3 runs x 5 s)"
     );
     println!(
         "{:>8} {:>8} {:>12} {:>10} {:>16} {:>8}",
@@ -247,6 +248,38 @@ fn loadgen_cpu() {
     }
 }
 
+fn probe_cpu() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _mc = start_memcached(port);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut pct = Vec::new();
+    for _ in 0..3 {
+        let p = lowsched::probe::Probe::start(lowsched::probe::ProbeConfig {
+            server: format!("127.0.0.1:{port}"),
+            cpu: Some(1),
+            ..lowsched::probe::ProbeConfig::default()
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let c0 = lowsched::sys::clock::process_cpu_ns();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(5));
+        let c1 = lowsched::sys::clock::process_cpu_ns();
+        pct.push((c1 - c0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0);
+        p.stop();
+    }
+    println!(
+        "## probe at the default 1000 gets/s: median {:.2} % of a core (3 runs x 5 s) {pct:.2?}",
+        median(pct.clone())
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -271,5 +304,8 @@ fn main() {
     }
     if want("loadgen") {
         loadgen_cpu();
+    }
+    if want("probe") {
+        probe_cpu();
     }
 }
