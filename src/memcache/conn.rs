@@ -91,7 +91,9 @@ impl Conn {
     }
 
     /// Like [`Conn::fill`], also returning the kernel's arrival time (`CLOCK_REALTIME` ns) of
-    /// the last segment read, when timestamps are enabled.
+    /// the last segment read, when timestamps are enabled. Right after the first socket on the
+    /// host enables them the kernel may stamp nothing for a moment (it switches stamping on
+    /// through deferred work): callers fall back to their own clock then.
     pub fn fill_stamped(&mut self) -> io::Result<(usize, Option<u64>)> {
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
         self.compact();
@@ -188,6 +190,8 @@ mod tests {
         c.enable_rx_timestamps().unwrap();
         let (mut peer, _) = l.accept().unwrap();
         assert_eq!(c.fill_stamped().unwrap(), (0, None), "nothing yet");
+        // The kernel may switch receive stamping on a moment later (a deferred static key).
+        std::thread::sleep(Duration::from_millis(50));
         let before = crate::sys::clock::unix_time_s();
         peer.write_all(b"END\r\n").unwrap();
         std::thread::sleep(Duration::from_millis(20));

@@ -10,8 +10,9 @@
 //! ~80–110 µs of CPU on this kind of VM, so 50 ms keeps a sampler near 0.2 % of a core (20 ms
 //! came to ~0.45 %, too close to the 0.5 % goal); and `/proc/stat` advances in 10 ms ticks, so a
 //! shorter period mostly adds quantization noise. The service's cgroup counter has µs resolution
-//! and is exact at any period. Smoothing: an EWMA with a 150 ms time constant (see the noise
-//! table in the README).
+//! and is exact at any period. Smoothing: an EWMA with a 150 ms time constant, about three
+//! periods, which averages the tick quantization out while still following a change within a
+//! few hundred milliseconds.
 
 mod percpu;
 pub mod service;
