@@ -10,7 +10,7 @@
 //!
 //! Run as root with memcached and stress-ng installed:
 //! `cargo bench --bench sensing_overhead` (or `... -- sampler`, `-- period`, `-- loadgen`, `-- probe`).
-//! Under `cargo test` it only says it was skipped (the runs take minutes).
+//! Under `cargo test` it only prints that it did not run (the runs take minutes).
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -284,7 +284,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
         println!(
-            "sensing_overhead: skipped (runs for minutes; use `cargo bench --bench sensing_overhead`)"
+            "sensing_overhead: not run under cargo test (it takes minutes); use `cargo bench --bench sensing_overhead`"
         );
         return;
     }
