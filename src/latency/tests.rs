@@ -1,3 +1,5 @@
+//! Window rotation, SLO accounting and fast-signal tests with a fake clock.
+
 use super::*;
 
 const MS: u64 = 1_000_000;

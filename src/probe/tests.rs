@@ -1,3 +1,5 @@
+//! Probe tests against a fake memcached: timing, garbage, stalls, outages.
+
 use super::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

@@ -1,3 +1,5 @@
+//! /proc/stat parser tests on fixtures: variants, offline and hot-plugged CPUs, anomalies.
+
 use super::*;
 
 const HOST: &[u8] = include_bytes!("../../tests/fixtures/procstat/host_2cpu.txt");

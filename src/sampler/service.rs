@@ -17,6 +17,14 @@ pub const CPUACCT_USAGE: &str = "cpuacct.usage";
 pub const SCHEDSTAT: &str = "schedstat";
 /// A process's cgroup membership.
 pub const PROC_CGROUP: &str = "cgroup";
+/// A process's thread directory.
+pub const PROC_TASKS: &str = "task";
+/// Present in every cgroup v2 directory.
+pub const CGROUP_CONTROLLERS: &str = "cgroup.controllers";
+/// Where hybrid hosts mount the v2 tree, under the cgroup root.
+pub const UNIFIED_DIR: &str = "unified";
+/// The v1 CPU accounting controller.
+pub const CPUACCT: &str = "cpuacct";
 
 /// Where the service's CPU use comes from. Settable while the samplers run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -187,7 +195,7 @@ impl PidCounter {
     pub fn new(proc_root: &Path, pid: u32, rescan_every: u32) -> Result<Self, ServiceError> {
         let mut me = Self {
             pid,
-            task_dir: proc_root.join(pid.to_string()).join("task"),
+            task_dir: proc_root.join(pid.to_string()).join(PROC_TASKS),
             tasks: Vec::new(),
             total_ns: 0,
             reads_since_scan: 0,
@@ -290,12 +298,12 @@ pub fn cgroup_of_pid(
             continue;
         };
         let rel = rel.trim_start_matches('/');
-        if ctrls.split(',').any(|c| c == "cpuacct") {
+        if ctrls.split(',').any(|c| c == CPUACCT) {
             let dir = cgroup_root.join(ctrls).join(rel);
             if dir.exists() {
                 return Ok(dir);
             }
-            let dir = cgroup_root.join("cpuacct").join(rel);
+            let dir = cgroup_root.join(CPUACCT).join(rel);
             if dir.exists() {
                 return Ok(dir);
             }
@@ -310,8 +318,8 @@ pub fn cgroup_of_pid(
             what: "no cpuacct or cgroup2 line",
         });
     };
-    let unified = cgroup_root.join("unified");
-    let base = if unified.join("cgroup.controllers").exists() {
+    let unified = cgroup_root.join(UNIFIED_DIR);
+    let base = if unified.join(CGROUP_CONTROLLERS).exists() {
         unified
     } else {
         cgroup_root.to_path_buf()

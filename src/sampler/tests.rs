@@ -1,3 +1,5 @@
+//! Sampler tests on fake proc roots and on the real machine.
+
 use super::*;
 use std::path::Path;
 use std::time::Instant;

@@ -1,3 +1,5 @@
+//! Stats dump tests: the table, JSON round trips and interval logs.
+
 use super::*;
 use crate::latency::{WindowedLatency, new_histogram};
 use base64::Engine;

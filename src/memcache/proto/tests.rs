@@ -1,3 +1,5 @@
+//! Protocol parser tests on captured replies, split reads and garbage.
+
 use super::*;
 
 const HIT: &[u8] = include_bytes!("../../../tests/fixtures/memcache/get_hit.bin");
