@@ -2,8 +2,8 @@
 //! Whole-system figures for the sensing stack (not criterion: each is a run of seconds):
 //!
 //! 1. sampler overhead at the default period, as % of a core per sampler thread;
-//! 2. the period and smoothing choice: noise of a core's utilization at several periods under a
-//!    steady 50 % load;
+//! 2. the period and smoothing choice: error of a core's utilization at several periods,
+//!    against the µs-resolution cpuidle residency counters, under a 50 % load;
 //! 3. the load generator's own CPU per 10 k QPS (and p95) at 10 k, 20 k, 50 k QPS, and the send
 //!    tick's effect at 50 k;
 //! 4. the probe's own CPU at its default rate.
@@ -23,13 +23,6 @@ use lowsched::sampler::{SamplerConfig, SamplerSet, ServiceSource};
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let n = v.len().max(1) as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n;
-    (m, var.sqrt())
 }
 
 fn sampler_overhead() {
@@ -85,15 +78,33 @@ fn sampler_overhead() {
     }
 }
 
+/// CPU 1's idle time in µs from cpuidle residency counters (µs resolution, unlike
+/// /proc/stat's 10 ms ticks): the reference the sampler's figures are compared with.
+fn cpuidle_us(cpu: usize) -> Option<u64> {
+    let dir = format!("/sys/devices/system/cpu/cpu{cpu}/cpuidle");
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).ok()? {
+        let t = std::fs::read_to_string(e.ok()?.path().join("time")).ok()?;
+        total += t.trim().parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 fn period_noise() {
     println!(
-        "## utilization noise on CPU 1 under `stress-ng --cpu 1 --cpu-load 50` (5 s per period)"
+        "## /proc/stat utilization of CPU 1 against cpuidle residency (µs), `stress-ng --cpu 1 --cpu-load 50` on it, 8 s per period"
     );
-    println!("(the machine is shared: other load on CPU 1 raises the mean; compare the spreads)");
     println!(
-        "{:>9} {:>10} {:>9} {:>13} {:>11}",
-        "period", "raw mean", "raw sd", "smoothed mean", "smoothed sd"
+        "error = sampler figure - reference over the same span; the smoothed one is compared with the reference smoothed alike"
     );
+    println!(
+        "{:>9} {:>8} {:>10} {:>14} {:>18}",
+        "period", "samples", "mean busy", "raw RMS error", "smoothed RMS error"
+    );
+    if cpuidle_us(1).is_none() {
+        println!("(no cpuidle counters on this host: skipped)");
+        return;
+    }
     let mut hog = Command::new("taskset")
         .args([
             "-c",
@@ -111,6 +122,7 @@ fn period_noise() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
+    let tau = lowsched::sampler::DEFAULT_SMOOTHING;
     for ms in [10u64, 20, 50, 100, 200] {
         let mut cores = CpuSet::new();
         cores.insert(1);
@@ -120,26 +132,38 @@ fn period_noise() {
             ..SamplerConfig::default()
         })
         .unwrap();
-        let (mut raw, mut smooth, mut last_at) = (Vec::new(), Vec::new(), 0);
+        let (mut raw_err, mut smooth_err, mut truths) = (Vec::new(), Vec::new(), Vec::new());
+        let mut last: Option<(u64, u64)> = None; // (at_ns, idle_us)
+        let mut ref_smooth: Option<f64> = None;
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
+        while t0.elapsed() < Duration::from_secs(8) {
             let c = set.core(1).unwrap();
-            if c.at_ns != last_at {
-                last_at = c.at_ns;
-                if let (Some(u), Some(s)) = (c.utilization, c.smoothed) {
-                    if t0.elapsed() > Duration::from_millis(500) {
-                        raw.push(u);
-                        smooth.push(s);
+            let idle = cpuidle_us(1).unwrap_or(0);
+            if last.is_none_or(|(at, _)| at != c.at_ns) {
+                if let (Some((at0, idle0)), Some(u), Some(s)) = (last, c.utilization, c.smoothed) {
+                    let dt_us = (c.at_ns - at0) as f64 / 1e3;
+                    let truth = (1.0 - (idle - idle0) as f64 / dt_us).clamp(0.0, 1.0);
+                    let r = lowsched::sampler::ewma(ref_smooth, truth, c.at_ns - at0, tau);
+                    ref_smooth = Some(r);
+                    if t0.elapsed() > Duration::from_secs(1) {
+                        raw_err.push(u - truth);
+                        truths.push(truth);
+                        smooth_err.push(s - r);
                     }
                 }
+                last = Some((c.at_ns, idle));
             }
-            std::thread::sleep(Duration::from_millis(ms / 4).max(Duration::from_millis(2)));
+            std::thread::sleep(Duration::from_millis(1));
         }
-        let (rm, rs) = mean_sd(&raw);
-        let (sm, ss) = mean_sd(&smooth);
+        let rms = |v: &[f64]| (v.iter().map(|e| e * e).sum::<f64>() / v.len().max(1) as f64).sqrt();
+        let mean = truths.iter().sum::<f64>() / truths.len().max(1) as f64;
         println!(
-            "{:>7} ms {:>10.3} {:>9.3} {:>13.3} {:>11.3}",
-            ms, rm, rs, sm, ss
+            "{:>6} ms {:>8} {:>10.2} {:>14.3} {:>18.3}",
+            ms,
+            raw_err.len(),
+            mean,
+            rms(&raw_err),
+            rms(&smooth_err)
         );
         set.stop();
     }
