@@ -243,7 +243,9 @@ pub(super) fn run(
         }
         for l in &lanes {
             if l.conn.is_none() {
-                wake = wake.min(l.retry_at);
+                if pending_send.is_some() {
+                    wake = wake.min(l.retry_at.max(now));
+                }
             } else if l.stamped && !l.waiting.is_empty() {
                 wake = wake.min(now + LAZY_READ_NS);
             }
@@ -455,4 +457,115 @@ fn preload(
         k += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::Schedule;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// A fake memcached: answers `get`s with `END` and `set`s with `STORED`; the first
+    /// connection is cut after `cut_after` requests.
+    fn fake_server(cut_after: usize) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for (n, stream) in l.incoming().enumerate() {
+                let Ok(stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut w = stream.try_clone().unwrap();
+                    let mut served = 0;
+                    let mut lines = BufReader::new(stream).lines();
+                    while let Some(Ok(line)) = lines.next() {
+                        let reply: &[u8] = if line.starts_with("get ") {
+                            b"END\r\n"
+                        } else if line.starts_with("set ") {
+                            let _ = lines.next(); // the value line
+                            b"STORED\r\n"
+                        } else {
+                            b"ERROR\r\n"
+                        };
+                        served += 1;
+                        if n == 0 && served > cut_after {
+                            return; // drops the connection with requests outstanding
+                        }
+                        if w.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn cfg(server: String) -> LoadgenConfig {
+        LoadgenConfig {
+            server,
+            duration: Duration::from_millis(1500),
+            schedule: Schedule::fixed(2000.0).unwrap(),
+            connections: 1,
+            keys: 100,
+            interval: Duration::from_millis(500),
+            ..LoadgenConfig::default()
+        }
+    }
+
+    #[test]
+    fn answers_are_counted_and_intervals_cover_the_run() {
+        let r = run(
+            &LoadgenConfig {
+                set_ratio: 0.3,
+                preload: true,
+                ..cfg(fake_server(usize::MAX))
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.errors, 0, "{r:?}");
+        assert_eq!(r.sent, r.answered);
+        assert!((r.qps - 2000.0).abs() < 100.0, "{r:?}");
+        assert_eq!(r.intervals.len(), 3);
+        assert!(r.intervals.iter().all(|i| i.hist.is_some()));
+    }
+
+    #[test]
+    fn a_dropped_connection_counts_failures_and_reconnects() {
+        let r = run(&cfg(fake_server(500)), None).unwrap();
+        assert!(r.errors > 0, "{r:?}");
+        assert!(r.answered > 1000, "reconnected and kept going: {r:?}");
+        assert_eq!(r.sent, r.answered + r.errors);
+    }
+
+    #[test]
+    fn stops_early_on_request_and_rejects_bad_settings() {
+        let stop = AtomicBool::new(true);
+        let r = run(&cfg(fake_server(usize::MAX)), Some(&stop)).unwrap();
+        assert!(r.sent <= 2, "{r:?}");
+        for bad in [
+            LoadgenConfig {
+                connections: 0,
+                ..cfg("127.0.0.1:1".into())
+            },
+            LoadgenConfig {
+                key_size: 2,
+                ..cfg("127.0.0.1:1".into())
+            },
+            LoadgenConfig {
+                set_ratio: 2.0,
+                ..cfg("127.0.0.1:1".into())
+            },
+        ] {
+            assert!(matches!(run(&bad, None), Err(LoadgenError::Config(_))));
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = run(&cfg(format!("127.0.0.1:{port}")), None).unwrap_err();
+        assert!(matches!(err, LoadgenError::Connect { .. }), "{err}");
+    }
 }
