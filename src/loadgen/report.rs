@@ -71,6 +71,8 @@ pub(super) struct Intervals {
     start_ns: u64,
     interval_ns: u64,
     open: VecDeque<Open>,
+    /// Intervals created so far (open or done).
+    created: u64,
     pub cumulative: Histogram<u64>,
     pub sent: u64,
     pub errors: u64,
@@ -83,6 +85,7 @@ impl Intervals {
             start_ns,
             interval_ns: interval_ns.max(1),
             open: VecDeque::new(),
+            created: 0,
             cumulative: new_histogram(),
             sent: 0,
             errors: 0,
@@ -92,19 +95,21 @@ impl Intervals {
 
     fn slot(&mut self, sched_ns: u64) -> &mut Open {
         let index = sched_ns.saturating_sub(self.start_ns) / self.interval_ns;
-        let first = self.open.front().map_or(index, |o| o.index);
         // A request older than every open interval (cannot happen: intervals close only once
         // nothing scheduled in them is outstanding) goes into the oldest open one.
+        let first = self.open.front().map_or(self.created, |o| o.index);
         let index = index.max(first);
-        while self.open.back().is_none_or(|o| o.index < index) {
-            let next = self.open.back().map_or(index, |o| o.index + 1);
+        // Intervals in which nothing was scheduled (rate 0) still appear, empty.
+        while self.created <= index {
             self.open.push_back(Open {
-                index: next,
+                index: self.created,
                 hist: new_histogram(),
                 sent: 0,
                 errors: 0,
             });
+            self.created += 1;
         }
+        let first = self.open.front().map_or(index, |o| o.index);
         let pos = (index - first) as usize;
         &mut self.open[pos]
     }
@@ -141,6 +146,11 @@ impl Intervals {
 
     /// Closes everything; the last interval is cut at `end_ns` (the end of the schedule).
     pub fn close_all(&mut self, end_ns: u64) {
+        // Trailing intervals with nothing scheduled (the schedule ended at rate 0).
+        let last = end_ns.saturating_sub(self.start_ns + 1) / self.interval_ns;
+        if end_ns > self.start_ns && last >= self.created {
+            self.slot(end_ns - 1);
+        }
         while let Some(o) = self.open.pop_front() {
             let start = self.start_ns + o.index * self.interval_ns;
             let len = end_ns.saturating_sub(start).clamp(1, self.interval_ns);
@@ -256,6 +266,18 @@ mod tests {
         assert!((last.qps - 1.0 / 0.06).abs() < 1e-6);
         assert_eq!(iv.cumulative.len(), 10);
         assert_eq!((iv.sent, iv.errors), (11, 1));
+    }
+
+    #[test]
+    fn a_pause_after_closed_intervals_still_shows() {
+        let mut iv = Intervals::new(0, 100 * MS);
+        iv.sent(5);
+        iv.record(5, 10);
+        iv.close_before(150 * MS);
+        iv.sent(350 * MS);
+        iv.close_all(600 * MS);
+        let starts: Vec<f64> = iv.done.iter().map(|i| i.start_s).collect();
+        assert_eq!(starts, vec![0.0, 0.1, 0.2, 0.3, 0.4, 0.5]);
     }
 
     #[test]
