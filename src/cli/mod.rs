@@ -50,6 +50,7 @@ pub enum Cmd {
     Wait(WaitArgs),
     Stats(StatsArgs),
     Events(EventsArgs),
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 /// Run the scheduler daemon (as root).
@@ -163,6 +164,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Cmd::Wait(args) => wait(&socket, args.id),
         Cmd::Stats(args) => stats(&socket, args),
         Cmd::Events(args) => events(&socket, args),
+        Cmd::Loadgen(args) => {
+            return match crate::loadgen::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lowsched loadgen: {e}");
+                    ExitCode::from(exit::ERROR)
+                }
+            };
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("lowsched: {e}");

@@ -1,13 +1,18 @@
 //! Every `unsafe` call of the crate: raw Linux syscalls nix does not wrap (clone3, pidfd_open,
-//! pidfd_send_signal) and the async-signal-safe child programs that run between clone and exec.
+//! pidfd_send_signal, io_uring submission, epoll with ns timeouts, clocks, SCHED_FIFO) and the
+//! async-signal-safe child programs that run between clone and exec.
 //!
 //! Nothing outside this module uses `unsafe`. Each block names the invariant it relies on.
 
 pub mod child;
+pub mod clock;
 pub mod clone;
+pub mod epoll;
 pub mod fd;
 pub mod pidfd;
 mod raw;
+pub mod sched;
+pub mod uring;
 
 pub use child::{ChildPlan, ChildStage, OpenSpec, RawCreds, SpawnError};
 pub use clone::{PendingSpawn, SpawnMode, Spawned, spawn, spawn_async};
