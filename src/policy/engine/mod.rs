@@ -1,0 +1,384 @@
+//! The decision engine every policy shares: policies differ only in how they rank jobs.
+//!
+//! Problem: turn a snapshot (batch cores granted now, running/paused jobs, ranked queue) into
+//! commands that keep every job within its core range, never put one core in two jobs, honour
+//! colocation, let small jobs backfill past blocked big ones without starving the big ones, and
+//! leave a steady snapshot alone (no churn).
+//!
+//! Approach: build the target placement in phases; each phase only takes what earlier phases
+//! left. A job's *minimum* is its base; cores above it are *borrowed* and any later phase may
+//! reclaim them.
+//!
+//! 1. **Keep** — running jobs, most senior first (higher `priority`, then earlier started), each
+//!    take their minimum, preferring their own cores, then cores nobody runs on, then borrowed
+//!    cores of others, then cores of more junior jobs. A job that cannot get its minimum is
+//!    paused: so when the batch set shrinks, jobs first shrink toward their minimum, and the
+//!    lowest-priority, most recently started jobs pause.
+//! 2. **Resume** — paused jobs not held by their owner, higher priority first (then older), at
+//!    their minimum, before any new job starts.
+//! 3. **Start** — pending jobs in rank order. A job past its scheduling timeout is marked
+//!    unschedulable. A job that fits (memory, GPUs of its variant, cores allowed by colocation)
+//!    starts at its minimum; one that does not is skipped (*backfill*), unless it has waited
+//!    longer than `starvation_age`: then it *reserves* what it can use now, so jobs ranked below
+//!    it cannot start on those cores, memory or GPUs, and freed cores accumulate for it.
+//! 4. **Widen** — every placed job, in rank order, first gets back its own current cores, then
+//!    leftover cores, up to its maximum. Reserved cores may be lent this way: borrowed cores are
+//!    reclaimed as soon as the reserving job can start.
+//!
+//! Colocation applies in every phase: a core is refused to a job when a conflicting job already
+//! placed holds a core on the same physical core, and cores beside the service are refused to
+//! jobs with `beside_service = false`. Finally [`emit`] turns the placement into commands in an
+//! order that never puts one core in two jobs while they are applied.
+
+mod emit;
+mod ledger;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_colocation;
+
+use std::cmp::Reverse;
+use std::time::Duration;
+
+use crate::cpuset::CpuSet;
+use crate::inventory::GpuSet;
+use crate::job::{JobId, JobSpec};
+use crate::jobstate::JobState;
+use crate::resources::Bytes;
+
+use self::ledger::{Ledger, Reserved, lowest_gpus, pick};
+use super::{ActiveJob, Command, JobView, PolicyConfig, Rank, Snapshot};
+
+/// One decision with the given ranking (see the module documentation). `label` prefixes every
+/// command's reason (the policy name, or `adaptive/<mode>`).
+pub fn decide(
+    snap: &Snapshot<'_>,
+    cfg: &PolicyConfig,
+    label: &str,
+    rank: &dyn Fn(&JobView<'_>) -> Rank,
+) -> Vec<Command> {
+    let mut d = Decision::new(snap, cfg, label, rank);
+    d.keep_running();
+    d.resume_paused();
+    d.start_pending();
+    d.widen();
+    emit::commands(&d)
+}
+
+/// How a placed job got its place.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// Was running and keeps running; `was` is what it held.
+    Kept { was: CpuSet },
+    /// Was paused (by a policy) and resumes.
+    Resumed,
+    /// Was pending and starts; `past` is the first higher-ranked job it was backfilled past.
+    Started { gpus: GpuSet, past: Option<JobId> },
+}
+
+/// A job that holds cores after this decision.
+#[derive(Clone, Copy, Debug)]
+struct Placement<'a> {
+    job: JobView<'a>,
+    kind: Kind,
+    min: usize,
+    max: usize,
+    cores: CpuSet,
+}
+
+struct Decision<'s, 'a> {
+    snap: &'s Snapshot<'a>,
+    cfg: &'s PolicyConfig,
+    label: &'s str,
+    rank: &'s dyn Fn(&JobView<'_>) -> Rank,
+    ledger: Ledger<'a>,
+    /// Running jobs, most senior first.
+    running: Vec<ActiveJob<'a>>,
+    placed: Vec<Placement<'a>>,
+    /// Running jobs that cannot keep their minimum.
+    paused: Vec<ActiveJob<'a>>,
+    unschedulable: Vec<(JobId, String)>,
+    /// Whether any job placed so far names others to avoid (else conflicts need no scan).
+    placed_avoids: bool,
+}
+
+/// A spec's core range, made sane: at least one core, max at least min.
+fn range(spec: &JobSpec) -> (usize, usize) {
+    let min = spec.cores.min.max(1) as usize;
+    (min, (spec.cores.max as usize).max(min))
+}
+
+impl<'s, 'a> Decision<'s, 'a> {
+    fn new(
+        snap: &'s Snapshot<'a>,
+        cfg: &'s PolicyConfig,
+        label: &'s str,
+        rank: &'s dyn Fn(&JobView<'_>) -> Rank,
+    ) -> Self {
+        let mut running: Vec<ActiveJob<'a>> = snap
+            .active
+            .iter()
+            .filter(|a| a.state == JobState::Running)
+            .copied()
+            .collect();
+        running.sort_by_key(|a| (Reverse(a.job.spec.priority), a.started, a.job.seq));
+        Self {
+            snap,
+            cfg,
+            label,
+            rank,
+            ledger: Ledger::new(snap),
+            running,
+            placed: Vec::new(),
+            paused: Vec::new(),
+            unschedulable: Vec::new(),
+            placed_avoids: false,
+        }
+    }
+
+    /// Logical CPUs `spec` must not use because a conflicting placed job (other than `spec`'s
+    /// own placement, `skip`) holds a core on the same physical core.
+    fn conflicts(&self, spec: &JobSpec, skip: Option<JobId>) -> CpuSet {
+        if spec.colocation.avoid.is_empty() && !self.placed_avoids {
+            return CpuSet::new();
+        }
+        let held = self
+            .placed
+            .iter()
+            .filter(|p| Some(p.job.id) != skip && spec.conflicts_with(p.job.spec))
+            .fold(CpuSet::new(), |acc, p| acc.union(&p.cores));
+        self.ledger.node.physical_cores_of(&held)
+    }
+
+    fn place(&mut self, p: Placement<'a>) {
+        self.placed_avoids |= !p.job.spec.colocation.avoid.is_empty();
+        self.placed.push(p);
+    }
+
+    /// Batch cores of running jobs, most junior first: where borrowed cores are reclaimed from.
+    fn lenders(&self) -> impl Iterator<Item = CpuSet> + '_ {
+        let batch = self.ledger.batch;
+        self.running
+            .iter()
+            .rev()
+            .map(move |a| a.cores.intersection(&batch))
+    }
+
+    /// Phase 1: running jobs keep their minimum, most senior first, or pause.
+    fn keep_running(&mut self) {
+        for i in 0..self.running.len() {
+            let a = self.running[i];
+            let (min, max) = range(a.job.spec);
+            let conflicts = self.conflicts(a.job.spec, None);
+            let allowed = self.ledger.allowed(a.job.spec, &conflicts, Reserved::Avoid);
+            if allowed.len() < min {
+                self.paused.push(a);
+                continue;
+            }
+            let batch = self.ledger.batch;
+            let seniors = self.running[..i].iter().rev();
+            let juniors = self.running[i + 1..].iter().rev();
+            let lenders: Vec<CpuSet> = seniors
+                .chain(juniors)
+                .map(|o| o.cores.intersection(&batch))
+                .collect();
+            let base = pick(min, &allowed, &[a.cores, self.ledger.free_now], &lenders);
+            self.ledger.take(&base, 0, GpuSet::default());
+            self.place(Placement {
+                job: a.job,
+                kind: Kind::Kept { was: a.cores },
+                min,
+                max,
+                cores: base,
+            });
+        }
+    }
+
+    /// Phase 2: paused jobs (not held) resume at their minimum when it fits.
+    fn resume_paused(&mut self) {
+        let mut paused: Vec<&ActiveJob<'a>> = self
+            .snap
+            .active
+            .iter()
+            .filter(|a| a.state == JobState::Paused && !a.held)
+            .collect();
+        paused.sort_by_key(|a| (Reverse(a.job.spec.priority), a.job.seq));
+        for a in paused {
+            let (min, max) = range(a.job.spec);
+            if self.ledger.open_count() < min {
+                continue;
+            }
+            let conflicts = self.conflicts(a.job.spec, None);
+            let allowed = self.ledger.allowed(a.job.spec, &conflicts, Reserved::Avoid);
+            if allowed.len() < min {
+                continue;
+            }
+            let lenders: Vec<CpuSet> = self.lenders().collect();
+            let base = pick(min, &allowed, &[self.ledger.free_now], &lenders);
+            self.ledger.take(&base, 0, GpuSet::default());
+            self.place(Placement {
+                job: a.job,
+                kind: Kind::Resumed,
+                min,
+                max,
+                cores: base,
+            });
+        }
+    }
+
+    /// Pending jobs in rank order (the snapshot's order if it already is ranked, which is the
+    /// usual case and costs one pass).
+    fn pending_order(&self) -> Vec<usize> {
+        let queue = self.snap.queue;
+        let key = |j: &JobView<'_>| ((self.rank)(j), j.seq);
+        let mut order: Vec<usize> = (0..queue.len()).collect();
+        if !queue.is_sorted_by_key(key) {
+            let keys: Vec<(Rank, u64)> = queue.iter().map(key).collect();
+            order.sort_unstable_by_key(|&i| keys[i]);
+        }
+        order
+    }
+
+    /// Phase 3: pending jobs in rank order: time out, start, skip or reserve.
+    fn start_pending(&mut self) {
+        let mut active_ids: Vec<JobId> = self.snap.active.iter().map(|a| a.job.id).collect();
+        active_ids.sort_unstable();
+        let mut handled: Vec<JobId> = Vec::new();
+        let mut blocked: Option<JobId> = None;
+        let now = self.snap.now;
+        for i in self.pending_order() {
+            let job = self.snap.queue[i];
+            if active_ids.binary_search(&job.id).is_ok() || handled.contains(&job.id) {
+                continue;
+            }
+            let spec = job.spec;
+            if let Some(timeout) = spec.timeout {
+                if now >= job.submitted.plus(timeout) {
+                    let reason = self.timeout_reason(&job, timeout);
+                    self.unschedulable.push((job.id, reason));
+                    handled.push(job.id);
+                    continue;
+                }
+            }
+            let (min, max) = range(spec);
+            let memory = spec.memory.map_or(0, Bytes::get);
+            let gpus_open = self.ledger.gpus_for(&spec.gpus);
+            let needs = spec.gpus.count as usize;
+            let mut allowed = None;
+            if memory <= self.ledger.memory
+                && gpus_open.len() >= needs
+                && self.ledger.open_count() >= min
+            {
+                let conflicts = self.conflicts(spec, None);
+                let cores = self.ledger.allowed(spec, &conflicts, Reserved::Avoid);
+                allowed = Some(cores).filter(|c| c.len() >= min);
+            }
+            let free = [self.ledger.free_now];
+            let lenders = || -> Vec<CpuSet> { self.lenders().collect() };
+            if let Some(allowed) = allowed {
+                let base = pick(min, &allowed, &free, &lenders());
+                let gpus = lowest_gpus(gpus_open, needs);
+                self.ledger.take(&base, memory, gpus);
+                handled.push(job.id);
+                self.place(Placement {
+                    job,
+                    kind: Kind::Started {
+                        gpus,
+                        past: blocked,
+                    },
+                    min,
+                    max,
+                    cores: base,
+                });
+                continue;
+            }
+            blocked.get_or_insert(job.id);
+            if now.since(job.submitted) > self.cfg.starvation_age {
+                let mut cores = CpuSet::new();
+                if self.ledger.open_count() > 0 {
+                    let conflicts = self.conflicts(spec, None);
+                    let allowed = self.ledger.allowed(spec, &conflicts, Reserved::Avoid);
+                    cores = pick(min, &allowed, &free, &lenders());
+                }
+                let memory = memory.min(self.ledger.memory);
+                self.ledger
+                    .reserve(&cores, memory, lowest_gpus(gpus_open, needs));
+            }
+        }
+    }
+
+    /// Why a timed-out job never started: how long it waited and what it lacks right now.
+    fn timeout_reason(&self, job: &JobView<'_>, timeout: Duration) -> String {
+        let spec = job.spec;
+        let (min, _) = range(spec);
+        let mut lacks = Vec::new();
+        let conflicts = self.conflicts(spec, None);
+        let usable = self.ledger.allowed(spec, &conflicts, Reserved::Avoid).len();
+        if usable < min {
+            lacks.push(format!(
+                "cores (needs {min}, {usable} usable of {} batch cores)",
+                self.ledger.batch.len()
+            ));
+        }
+        let memory = spec.memory.map_or(0, Bytes::get);
+        if memory > self.ledger.memory {
+            lacks.push(format!(
+                "memory (needs {}, {} free)",
+                Bytes(memory),
+                Bytes(self.ledger.memory)
+            ));
+        }
+        let open = self.ledger.gpus_for(&spec.gpus).len();
+        if open < spec.gpus.count as usize {
+            let variant = spec
+                .gpus
+                .variant
+                .as_deref()
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default();
+            lacks.push(format!(
+                "GPUs (needs {}{variant}, {open} free)",
+                spec.gpus.count
+            ));
+        }
+        let lacked = if lacks.is_empty() {
+            "nothing at this decision, but it was passed over until then".to_string()
+        } else {
+            lacks.join(", ")
+        };
+        format!(
+            "{}: waited {} without starting, past its scheduling timeout of {}; lacked {lacked}",
+            self.label,
+            emit::duration(self.snap.now.since(job.submitted)),
+            emit::duration(timeout),
+        )
+    }
+
+    /// Phase 4: placed jobs, in rank order, widen up to their maximum: own cores first, then
+    /// leftovers.
+    fn widen(&mut self) {
+        let mut order: Vec<usize> = (0..self.placed.len()).collect();
+        order.sort_by_cached_key(|&i| {
+            let job = &self.placed[i].job;
+            ((self.rank)(job), job.seq)
+        });
+        for own_first in [true, false] {
+            for &i in &order {
+                let p = self.placed[i];
+                let room = p.max.saturating_sub(p.cores.len());
+                if room == 0 {
+                    continue;
+                }
+                let conflicts = self.conflicts(p.job.spec, Some(p.job.id));
+                let allowed = self.ledger.allowed(p.job.spec, &conflicts, Reserved::Lend);
+                let extra = match (own_first, p.kind) {
+                    (true, Kind::Kept { was }) => was.intersection(&allowed).lowest(room),
+                    (true, _) => continue,
+                    (false, _) => allowed.lowest(room),
+                };
+                self.ledger.take(&extra, 0, GpuSet::default());
+                self.placed[i].cores = p.cores.union(&extra);
+            }
+        }
+    }
+}
