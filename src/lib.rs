@@ -10,4 +10,5 @@ pub mod inventory;
 pub mod job;
 pub mod jobstate;
 pub mod policy;
+pub mod queue;
 pub mod resources;

@@ -1,0 +1,467 @@
+//! The pending-job queue: a lock-free priority queue ordered by (policy rank, submission order).
+//!
+//! Socket threads push (many producers); the controller thread pops, removes started or cancelled
+//! jobs, iterates the queue in order to build the policy's snapshot, and re-ranks everything when
+//! the policy changes. Push, pop, remove and iteration take no lock.
+//!
+//! # How it works
+//!
+//! Problem: a skip list keyed by `(rank, seq)` gives ordered lock-free push/pop, but removing by
+//! job id and re-keying (re-ranking) need more: a job must be handed out exactly once even when a
+//! pop, a remove and a re-rank race on it.
+//!
+//! Approach: each queued job is one shared *slot* (`Arc`) that holds its payload, its current
+//! rank and a `claimed` flag. The order map (`(rank, seq) → slot`) and the id index
+//! (`id → slot`) both point at it. Whoever flips `claimed` from false to true (pop or remove)
+//! owns the job; everyone else treats the slot as gone. Map entries of a claimed slot are
+//! garbage: the winner removes them, and pop/iteration skip and remove any they meet. Re-ranking
+//! inserts the slot under its new key before removing the old one, then re-checks `claimed`, so
+//! a slot that was claimed meanwhile loses its new key too. While a re-rank moves a slot, it can
+//! sit under two keys for a moment; iteration shows only the key matching the slot's current
+//! rank, so no job is listed twice.
+//!
+//! Ranks computed under an old policy: `push` reads the queue's ranking *generation* before it
+//! calls the caller's rank function (which reads the current policy), and marks the queue stale
+//! if a [`JobQueue::rerank`] began meanwhile; [`JobQueue::refresh`] then re-keys such stragglers.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_skiplist::SkipMap;
+
+use crate::job::JobId;
+use crate::policy::Rank;
+
+/// Why a push was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("job {id} is already queued")]
+    Duplicate { id: JobId },
+}
+
+/// Order key: rank first, then submission sequence (so equal ranks keep submission order).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct QueueKey {
+    pub rank: Rank,
+    pub seq: u64,
+}
+
+struct Slot<T> {
+    id: JobId,
+    seq: u64,
+    rank: AtomicI64,
+    /// The ranking generation its rank was computed under.
+    generation: AtomicU64,
+    claimed: AtomicBool,
+    payload: T,
+}
+
+impl<T> Slot<T> {
+    fn key(&self) -> QueueKey {
+        QueueKey {
+            rank: Rank(self.rank.load(SeqCst)),
+            seq: self.seq,
+        }
+    }
+
+    fn is_claimed(&self) -> bool {
+        self.claimed.load(SeqCst)
+    }
+
+    /// True for exactly one caller over the slot's life.
+    fn claim(&self) -> bool {
+        self.claimed
+            .compare_exchange(false, true, SeqCst, SeqCst)
+            .is_ok()
+    }
+}
+
+/// A queued job as the queue hands it out: id, order key and a shared handle to the payload.
+pub struct Queued<T> {
+    slot: Arc<Slot<T>>,
+    rank: Rank,
+}
+
+impl<T> Queued<T> {
+    pub fn id(&self) -> JobId {
+        self.slot.id
+    }
+
+    /// Submission sequence: unique, increasing in push order.
+    pub fn seq(&self) -> u64 {
+        self.slot.seq
+    }
+
+    /// The rank it had when it was read from the queue.
+    pub fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    pub fn key(&self) -> QueueKey {
+        QueueKey {
+            rank: self.rank,
+            seq: self.slot.seq,
+        }
+    }
+
+    pub fn payload(&self) -> &T {
+        &self.slot.payload
+    }
+}
+
+impl<T> Clone for Queued<T> {
+    fn clone(&self) -> Self {
+        Self {
+            slot: Arc::clone(&self.slot),
+            rank: self.rank,
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Queued<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queued")
+            .field("id", &self.slot.id)
+            .field("rank", &self.rank)
+            .field("seq", &self.slot.seq)
+            .field("payload", &self.slot.payload)
+            .finish()
+    }
+}
+
+/// The pending-job queue. Share it as `Arc<JobQueue<T>>`; every method takes `&self`.
+pub struct JobQueue<T> {
+    order: SkipMap<QueueKey, Arc<Slot<T>>>,
+    index: SkipMap<JobId, Arc<Slot<T>>>,
+    next_seq: AtomicU64,
+    len: AtomicUsize,
+    generation: AtomicU64,
+    /// Set when a push may carry a rank from before the last re-rank.
+    stale: AtomicBool,
+    /// Serialises re-ranks with each other (never taken by push, pop, remove or iteration).
+    reranking: Mutex<()>,
+}
+
+impl<T> Default for JobQueue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> fmt::Debug for JobQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobQueue")
+            .field("len", &self.len())
+            .field("next_seq", &self.next_seq.load(SeqCst))
+            .finish()
+    }
+}
+
+impl<T> JobQueue<T> {
+    pub fn new() -> Self {
+        Self::starting_at(0)
+    }
+
+    /// A queue whose first push gets sequence `seq` (to continue numbering after a restart).
+    pub fn starting_at(seq: u64) -> Self {
+        Self {
+            order: SkipMap::new(),
+            index: SkipMap::new(),
+            next_seq: AtomicU64::new(seq),
+            len: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            stale: AtomicBool::new(false),
+            reranking: Mutex::new(()),
+        }
+    }
+
+    /// Jobs queued (momentarily off by the pushes and claims in flight).
+    pub fn len(&self) -> usize {
+        self.len.load(SeqCst)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, id: JobId) -> bool {
+        self.index.get(&id).is_some_and(|e| !e.value().is_claimed())
+    }
+}
+
+impl<T: Send + Sync + 'static> JobQueue<T> {
+    /// Queues `payload` as job `id`, ranked by `rank(id, seq, &payload)`; returns its sequence.
+    ///
+    /// `rank` should read the active policy itself (not a rank computed before the call): then a
+    /// push racing a policy switch is either re-ranked by [`rerank`](Self::rerank) or flagged for
+    /// [`refresh`](Self::refresh).
+    pub fn push(
+        &self,
+        id: JobId,
+        payload: T,
+        rank: impl FnOnce(JobId, u64, &T) -> Rank,
+    ) -> Result<u64, QueueError> {
+        let generation = self.generation.load(SeqCst);
+        let seq = self.next_seq.fetch_add(1, SeqCst);
+        let r = rank(id, seq, &payload);
+        let slot = Arc::new(Slot {
+            id,
+            seq,
+            rank: AtomicI64::new(r.0),
+            generation: AtomicU64::new(generation),
+            claimed: AtomicBool::new(false),
+            payload,
+        });
+        // Counted before it becomes visible, so a racing claim never takes `len` below zero.
+        self.len.fetch_add(1, SeqCst);
+        loop {
+            let entry = self.index.get_or_insert(id, Arc::clone(&slot));
+            if Arc::ptr_eq(entry.value(), &slot) {
+                break;
+            }
+            if !entry.value().is_claimed() {
+                self.len.fetch_sub(1, SeqCst);
+                return Err(QueueError::Duplicate { id });
+            }
+            // A claimed slot whose winner has not removed its index entry yet: help, retry.
+            entry.remove();
+        }
+        self.order.insert(slot.key(), Arc::clone(&slot));
+        if slot.is_claimed() {
+            // Removed by id between the index insert and now: the winner may have missed it.
+            self.order.remove(&slot.key());
+        }
+        if self.generation.load(SeqCst) != generation {
+            self.stale.store(true, SeqCst);
+        }
+        Ok(seq)
+    }
+
+    /// Takes the best-ranked job (lowest rank, then earliest submitted).
+    pub fn pop(&self) -> Option<Queued<T>> {
+        loop {
+            let entry = self.order.pop_front()?;
+            let slot = entry.value();
+            if slot.claim() {
+                let rank = entry.key().rank;
+                self.release(slot);
+                return Some(Queued {
+                    slot: Arc::clone(slot),
+                    rank,
+                });
+            }
+        }
+    }
+
+    /// The best-ranked job, left in the queue.
+    pub fn peek(&self) -> Option<Queued<T>> {
+        self.iter().next()
+    }
+
+    /// Takes job `id` out of the queue. `None` when it is not queued, or when a concurrent pop or
+    /// remove took it first: of racing callers exactly one gets it.
+    pub fn remove(&self, id: JobId) -> Option<Queued<T>> {
+        let slot = Arc::clone(self.index.get(&id)?.value());
+        if !slot.claim() {
+            return None;
+        }
+        let rank = Rank(slot.rank.load(SeqCst));
+        self.release(&slot);
+        Some(Queued { slot, rank })
+    }
+
+    /// The queued job `id`, left in the queue.
+    pub fn get(&self, id: JobId) -> Option<Queued<T>> {
+        let entry = self.index.get(&id)?;
+        let slot = entry.value();
+        (!slot.is_claimed()).then(|| Queued {
+            slot: Arc::clone(slot),
+            rank: Rank(slot.rank.load(SeqCst)),
+        })
+    }
+
+    /// Queued jobs in order, without removing them. Weakly consistent: it reflects pushes and
+    /// removals that happen while it walks as the skip list does, but never lists a job twice.
+    pub fn iter(&self) -> impl Iterator<Item = Queued<T>> + '_ {
+        self.order.iter().filter_map(|entry| {
+            let slot = entry.value();
+            if slot.is_claimed() {
+                entry.remove();
+                return None;
+            }
+            let rank = entry.key().rank;
+            // A key left behind by a re-rank in progress: the slot is listed under its new key.
+            (rank.0 == slot.rank.load(SeqCst)).then(|| Queued {
+                slot: Arc::clone(slot),
+                rank,
+            })
+        })
+    }
+
+    /// Re-ranks every queued job with `rank` (call after switching the policy; producers must
+    /// already see the new policy). Submission order among equal ranks is kept.
+    pub fn rerank(&self, rank: impl Fn(JobId, u64, &T) -> Rank) {
+        let _one_at_a_time = self.reranking.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.fetch_add(1, SeqCst) + 1;
+        self.stale.store(false, SeqCst);
+        self.rekey_older_than(generation, &rank);
+    }
+
+    /// Re-ranks only jobs pushed with a rank from before the last [`rerank`](Self::rerank);
+    /// costs one atomic load when there are none. Call it once per scheduling tick.
+    pub fn refresh(&self, rank: impl Fn(JobId, u64, &T) -> Rank) {
+        if !self.stale.swap(false, SeqCst) {
+            return;
+        }
+        let _one_at_a_time = self.reranking.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.load(SeqCst);
+        self.rekey_older_than(generation, &rank);
+    }
+
+    fn rekey_older_than(&self, generation: u64, rank: &dyn Fn(JobId, u64, &T) -> Rank) {
+        for entry in self.order.iter() {
+            let slot = Arc::clone(entry.value());
+            if slot.is_claimed() {
+                entry.remove();
+                continue;
+            }
+            if slot.generation.load(SeqCst) >= generation
+                || entry.key().rank.0 != slot.rank.load(SeqCst)
+            {
+                continue;
+            }
+            slot.generation.store(generation, SeqCst);
+            let new = QueueKey {
+                rank: rank(slot.id, slot.seq, &slot.payload),
+                seq: slot.seq,
+            };
+            let old = *entry.key();
+            if new == old {
+                continue;
+            }
+            self.order.insert(new, Arc::clone(&slot));
+            slot.rank.store(new.rank.0, SeqCst);
+            entry.remove();
+            if slot.is_claimed() {
+                // Claimed while moving: the winner may have removed only the old key.
+                self.order.remove(&new);
+            }
+        }
+    }
+
+    /// Housekeeping after `slot` was claimed: drop its order key and its index entry.
+    fn release(&self, slot: &Arc<Slot<T>>) {
+        self.len.fetch_sub(1, SeqCst);
+        self.order.remove(&slot.key());
+        if let Some(entry) = self.index.get(&slot.id) {
+            if Arc::ptr_eq(entry.value(), slot) {
+                entry.remove();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_of(ranks: &[i64]) -> JobQueue<&'static str> {
+        let q = JobQueue::new();
+        for (i, &r) in ranks.iter().enumerate() {
+            q.push(JobId(i as u64), "job", |_, _, _| Rank(r)).unwrap();
+        }
+        q
+    }
+
+    fn ids(items: impl Iterator<Item = Queued<&'static str>>) -> Vec<u64> {
+        items.map(|q| q.id().0).collect()
+    }
+
+    #[test]
+    fn pops_by_rank_then_submission_order() {
+        let q = queue_of(&[5, 1, 5, 0, 1]);
+        assert_eq!(q.len(), 5);
+        assert_eq!(ids(std::iter::from_fn(|| q.pop())), [3, 1, 4, 0, 2]);
+        assert!(q.is_empty());
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn push_returns_increasing_sequences_and_refuses_duplicates() {
+        let q = JobQueue::starting_at(40);
+        assert_eq!(q.push(JobId(7), (), |_, _, _| Rank(0)), Ok(40));
+        assert_eq!(q.push(JobId(8), (), |_, seq, _| Rank(seq as i64)), Ok(41));
+        assert_eq!(
+            q.push(JobId(7), (), |_, _, _| Rank(0)),
+            Err(QueueError::Duplicate { id: JobId(7) })
+        );
+        assert_eq!(q.len(), 2);
+        // Once removed, the id may be queued again.
+        assert!(q.remove(JobId(7)).is_some());
+        assert_eq!(q.push(JobId(7), (), |_, _, _| Rank(0)), Ok(43));
+    }
+
+    #[test]
+    fn iterates_in_order_without_removing() {
+        let q = queue_of(&[2, 0, 1]);
+        assert_eq!(ids(q.iter()), [1, 2, 0]);
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.peek().map(|p| p.id()), Some(JobId(1)));
+        let first = q.iter().next().unwrap();
+        assert_eq!(
+            first.key(),
+            QueueKey {
+                rank: Rank(0),
+                seq: 1
+            }
+        );
+        assert_eq!(*first.payload(), "job");
+    }
+
+    #[test]
+    fn removes_by_id_exactly_once() {
+        let q = queue_of(&[0, 0, 0]);
+        assert!(q.contains(JobId(1)));
+        let got = q.remove(JobId(1)).unwrap();
+        assert_eq!((got.id(), got.seq()), (JobId(1), 1));
+        assert!(q.remove(JobId(1)).is_none());
+        assert!(!q.contains(JobId(1)));
+        assert!(q.get(JobId(1)).is_none());
+        assert!(q.remove(JobId(99)).is_none());
+        assert_eq!(ids(q.iter()), [0, 2]);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.get(JobId(2)).map(|g| g.seq()), Some(2));
+    }
+
+    #[test]
+    fn rerank_reorders_and_keeps_submission_order_among_equals() {
+        let q = queue_of(&[0, 1, 2, 3]);
+        // New policy: reverse, but jobs 1 and 2 tie.
+        q.rerank(|id, _, _| {
+            Rank(if id.0 == 1 || id.0 == 2 {
+                5
+            } else {
+                -(id.0 as i64)
+            })
+        });
+        assert_eq!(ids(q.iter()), [3, 0, 1, 2]);
+        assert_eq!(q.len(), 4);
+        assert!(q.remove(JobId(1)).is_some());
+        assert_eq!(ids(std::iter::from_fn(|| q.pop())), [3, 0, 2]);
+    }
+
+    #[test]
+    fn a_push_ranked_before_a_rerank_is_fixed_by_refresh() {
+        let q = queue_of(&[0, 1]);
+        // The pusher read the old policy (rank 9) while the controller switched and re-ranked.
+        q.push(JobId(5), "job", |_, _, _| {
+            q.rerank(|id, _, _| Rank(-(id.0 as i64)));
+            Rank(9)
+        })
+        .unwrap();
+        assert_eq!(ids(q.iter()), [1, 0, 5]);
+        q.refresh(|id, _, _| Rank(-(id.0 as i64)));
+        assert_eq!(ids(q.iter()), [5, 1, 0]);
+    }
+}
