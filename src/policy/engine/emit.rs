@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::cpuset::CpuSet;
 
-use super::{Decision, Kind, Placement};
+use super::{Kind, Outcome, Placement};
 use crate::policy::Command;
 
 /// `90s`, `1.5s`, `12m30s`, `2h5m`: short and exact enough for a log line.
@@ -35,9 +35,7 @@ pub(super) fn duration(d: Duration) -> String {
     }
 }
 
-pub(super) fn commands(d: &Decision<'_, '_>) -> Vec<Command> {
-    let label = d.label;
-    let batch = d.ledger.batch;
+pub(super) fn commands(label: &str, batch: CpuSet, d: &Outcome<'_>) -> Vec<Command> {
     let mut shrinks = Vec::new();
     let mut pauses = Vec::new();
     let mut resumes = Vec::new();

@@ -6,7 +6,9 @@ use crate::inventory::{GpuSet, Inventory};
 use crate::job::JobSpec;
 use crate::resources::GpuRequest;
 
-use super::super::Snapshot;
+use crate::jobstate::JobState;
+
+use super::super::{ActiveJob, Snapshot};
 
 /// Whether a core choice may use cores reserved for starving jobs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -29,8 +31,8 @@ pub(super) struct Ledger<'a> {
     pub taken: CpuSet,
     /// Cores reserved for starving jobs.
     pub earmarked: CpuSet,
-    /// Batch cores no running job holds at the start of the decision: the first choice for new
-    /// placements, because taking them shrinks nobody.
+    /// Batch cores no running job holds (usably) at the start of the decision: the first choice
+    /// for new placements, because taking them shrinks nobody.
     pub free_now: CpuSet,
     /// Memory neither held, granted this decision, nor reserved.
     pub memory: u64,
@@ -40,21 +42,33 @@ pub(super) struct Ledger<'a> {
 
 impl<'a> Ledger<'a> {
     pub fn new(snap: &Snapshot<'a>) -> Self {
-        let held_now = snap
-            .active
-            .iter()
-            .filter(|a| a.state == crate::jobstate::JobState::Running)
-            .fold(CpuSet::new(), |acc, a| acc.union(&a.cores));
-        Self {
+        let mut ledger = Self {
             node: snap.node,
             batch: snap.batch_cores,
             service_phys: snap.node.physical_cores_of(&snap.service_cores),
             taken: CpuSet::new(),
             earmarked: CpuSet::new(),
-            free_now: snap.batch_cores.difference(&held_now),
+            free_now: CpuSet::new(),
             memory: snap.free_memory(),
             gpus: snap.free_gpus(),
+        };
+        let held_now = snap
+            .active
+            .iter()
+            .filter(|a| a.state == JobState::Running)
+            .fold(CpuSet::new(), |acc, a| acc.union(&ledger.usable_now(a)));
+        ledger.free_now = ledger.batch.difference(&held_now);
+        ledger
+    }
+
+    /// The cores a running job holds that it could keep: inside the batch set and, if it must
+    /// not run beside the service, away from it. Its other cores are as good as free.
+    pub fn usable_now(&self, a: &ActiveJob<'_>) -> CpuSet {
+        let mut cores = a.cores.intersection(&self.batch);
+        if !a.job.spec.colocation.beside_service {
+            cores = cores.difference(&self.service_phys);
         }
+        cores
     }
 
     /// Cores `spec` may take now: batch cores nobody has claimed, minus those beside the service
@@ -84,6 +98,16 @@ impl<'a> Ledger<'a> {
         self.node.gpus_of(self.gpus, req.variant.as_deref())
     }
 
+    /// Cores `spec` should take first: those beside the service when it may run there (they are
+    /// of no use to jobs that may not).
+    pub fn prefer(&self, spec: &JobSpec) -> CpuSet {
+        if spec.colocation.beside_service {
+            self.service_phys
+        } else {
+            CpuSet::new()
+        }
+    }
+
     /// Claims a job's minimum.
     pub fn take(&mut self, cores: &CpuSet, memory: u64, gpus: GpuSet) {
         self.taken = self.taken.union(cores);
@@ -101,8 +125,16 @@ impl<'a> Ledger<'a> {
 
 /// Up to `n` cores of `allowed`: first from the `free` tiers in order (lowest ids first), then
 /// from the `lenders` in order (highest ids first, so a lender keeps its low, contiguous cores),
-/// then from the rest of `allowed`.
-pub(super) fn pick(n: usize, allowed: &CpuSet, free: &[CpuSet], lenders: &[CpuSet]) -> CpuSet {
+/// then from the rest of `allowed`. Within each tier, cores in `prefer` go first: callers pass
+/// the cores beside the service for jobs that may run there, which leaves the other cores to
+/// jobs that may not.
+pub(super) fn pick(
+    n: usize,
+    allowed: &CpuSet,
+    prefer: &CpuSet,
+    free: &[CpuSet],
+    lenders: &[CpuSet],
+) -> CpuSet {
     let mut got = CpuSet::new();
     let tiers = free
         .iter()
@@ -110,17 +142,20 @@ pub(super) fn pick(n: usize, allowed: &CpuSet, free: &[CpuSet], lenders: &[CpuSe
         .chain(lenders.iter().map(|t| (t, true)))
         .chain(std::iter::once((allowed, false)));
     for (tier, from_top) in tiers {
-        let missing = n.saturating_sub(got.len());
-        if missing == 0 {
-            break;
+        let open = tier.intersection(allowed);
+        for part in [open.intersection(prefer), open.difference(prefer)] {
+            let missing = n.saturating_sub(got.len());
+            if missing == 0 {
+                return got;
+            }
+            let part = part.difference(&got);
+            let more = if from_top {
+                part.highest(missing)
+            } else {
+                part.lowest(missing)
+            };
+            got = got.union(&more);
         }
-        let open = tier.intersection(allowed).difference(&got);
-        let more = if from_top {
-            open.highest(missing)
-        } else {
-            open.lowest(missing)
-        };
-        got = got.union(&more);
     }
     got
 }
@@ -145,6 +180,10 @@ mod tests {
     #[test]
     fn pick_walks_tiers_in_order_then_the_rest() {
         let allowed = set("0-7");
+        let none = CpuSet::new();
+        let pick = |n, allowed: &CpuSet, free: &[CpuSet], lenders: &[CpuSet]| {
+            pick(n, allowed, &none, free, lenders)
+        };
         assert_eq!(
             pick(3, &allowed, &[set("6-9"), set("2")], &[]),
             set("2,6-7")
@@ -154,11 +193,7 @@ mod tests {
         assert_eq!(pick(0, &allowed, &[set("1")], &[]), CpuSet::new());
         // Tier members outside `allowed` are never picked.
         assert_eq!(pick(1, &set("3"), &[set("1")], &[]), set("3"));
-    }
-
-    #[test]
-    fn lenders_give_up_their_highest_cores_first() {
-        let allowed = set("0-7");
+        // Lenders give up their highest cores first, so they keep low, contiguous ones.
         assert_eq!(
             pick(3, &allowed, &[set("7")], &[set("0-3"), set("4-5")]),
             set("2-3,7")
@@ -166,6 +201,21 @@ mod tests {
         assert_eq!(
             pick(4, &allowed, &[], &[set("0-1"), set("4-5")]),
             set("0-1,4-5")
+        );
+    }
+
+    #[test]
+    fn preferred_cores_go_first_within_each_tier() {
+        let allowed = set("0-7");
+        assert_eq!(
+            pick(2, &allowed, &set("5,7"), &[set("0-5")], &[]),
+            set("0,5")
+        );
+        assert_eq!(pick(1, &allowed, &set("0"), &[], &[set("0-3")]), set("0"));
+        // ...but never ahead of an earlier tier.
+        assert_eq!(
+            pick(1, &allowed, &set("6"), &[set("1")], &[set("6")]),
+            set("1")
         );
     }
 

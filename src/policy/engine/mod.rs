@@ -32,6 +32,7 @@
 
 mod emit;
 mod ledger;
+mod rounds;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -57,12 +58,56 @@ pub fn decide(
     label: &str,
     rank: &dyn Fn(&JobView<'_>) -> Rank,
 ) -> Vec<Command> {
+    let first = plan(snap, cfg, label, rank);
+    if first.is_noop() {
+        return Vec::new();
+    }
+    // Second round on the state the first one leads to (see `rounds`).
+    let (active, queue) = rounds::next_state(snap, &first);
+    let next = Snapshot {
+        active: &active,
+        queue: &queue,
+        ..*snap
+    };
+    let second = plan(&next, cfg, label, rank);
+    let outcome = rounds::compose(snap, first, second);
+    emit::commands(label, snap.batch_cores, &outcome)
+}
+
+/// One round of placement: the four phases on `snap`.
+fn plan<'a>(
+    snap: &Snapshot<'a>,
+    cfg: &PolicyConfig,
+    label: &str,
+    rank: &dyn Fn(&JobView<'_>) -> Rank,
+) -> Outcome<'a> {
     let mut d = Decision::new(snap, cfg, label, rank);
     d.keep_running();
     d.resume_paused();
     d.start_pending();
     d.widen();
-    emit::commands(&d)
+    d.outcome
+}
+
+/// What a round decided: who holds which cores, who pauses, who gives up.
+#[derive(Debug, Default)]
+struct Outcome<'a> {
+    placed: Vec<Placement<'a>>,
+    /// Running jobs that cannot keep their minimum, most senior first.
+    paused: Vec<ActiveJob<'a>>,
+    unschedulable: Vec<(JobId, String)>,
+}
+
+impl Outcome<'_> {
+    /// True when applying it would change nothing.
+    fn is_noop(&self) -> bool {
+        self.paused.is_empty()
+            && self.unschedulable.is_empty()
+            && self
+                .placed
+                .iter()
+                .all(|p| matches!(p.kind, Kind::Kept { was } if was == p.cores))
+    }
 }
 
 /// How a placed job got its place.
@@ -94,12 +139,14 @@ struct Decision<'s, 'a> {
     ledger: Ledger<'a>,
     /// Running jobs, most senior first.
     running: Vec<ActiveJob<'a>>,
-    placed: Vec<Placement<'a>>,
-    /// Running jobs that cannot keep their minimum.
-    paused: Vec<ActiveJob<'a>>,
-    unschedulable: Vec<(JobId, String)>,
+    outcome: Outcome<'a>,
     /// Whether any job placed so far names others to avoid (else conflicts need no scan).
     placed_avoids: bool,
+}
+
+/// Sort key for running jobs: the most senior (higher priority, then earlier started) first.
+fn seniority(a: &ActiveJob<'_>) -> (Reverse<i32>, crate::job::Timestamp, u64) {
+    (Reverse(a.job.spec.priority), a.started, a.job.seq)
 }
 
 /// A spec's core range, made sane: at least one core, max at least min.
@@ -121,7 +168,7 @@ impl<'s, 'a> Decision<'s, 'a> {
             .filter(|a| a.state == JobState::Running)
             .copied()
             .collect();
-        running.sort_by_key(|a| (Reverse(a.job.spec.priority), a.started, a.job.seq));
+        running.sort_by_key(seniority);
         Self {
             snap,
             cfg,
@@ -129,9 +176,7 @@ impl<'s, 'a> Decision<'s, 'a> {
             rank,
             ledger: Ledger::new(snap),
             running,
-            placed: Vec::new(),
-            paused: Vec::new(),
-            unschedulable: Vec::new(),
+            outcome: Outcome::default(),
             placed_avoids: false,
         }
     }
@@ -143,6 +188,7 @@ impl<'s, 'a> Decision<'s, 'a> {
             return CpuSet::new();
         }
         let held = self
+            .outcome
             .placed
             .iter()
             .filter(|p| Some(p.job.id) != skip && spec.conflicts_with(p.job.spec))
@@ -152,7 +198,7 @@ impl<'s, 'a> Decision<'s, 'a> {
 
     fn place(&mut self, p: Placement<'a>) {
         self.placed_avoids |= !p.job.spec.colocation.avoid.is_empty();
-        self.placed.push(p);
+        self.outcome.placed.push(p);
     }
 
     /// Batch cores of running jobs, most junior first: where borrowed cores are reclaimed from.
@@ -172,17 +218,23 @@ impl<'s, 'a> Decision<'s, 'a> {
             let conflicts = self.conflicts(a.job.spec, None);
             let allowed = self.ledger.allowed(a.job.spec, &conflicts, Reserved::Avoid);
             if allowed.len() < min {
-                self.paused.push(a);
+                self.outcome.paused.push(a);
                 continue;
             }
-            let batch = self.ledger.batch;
             let seniors = self.running[..i].iter().rev();
             let juniors = self.running[i + 1..].iter().rev();
             let lenders: Vec<CpuSet> = seniors
                 .chain(juniors)
-                .map(|o| o.cores.intersection(&batch))
+                .map(|o| self.ledger.usable_now(o))
                 .collect();
-            let base = pick(min, &allowed, &[a.cores, self.ledger.free_now], &lenders);
+            let prefer = self.ledger.prefer(a.job.spec);
+            let base = pick(
+                min,
+                &allowed,
+                &prefer,
+                &[a.cores, self.ledger.free_now],
+                &lenders,
+            );
             self.ledger.take(&base, 0, GpuSet::default());
             self.place(Placement {
                 job: a.job,
@@ -214,7 +266,8 @@ impl<'s, 'a> Decision<'s, 'a> {
                 continue;
             }
             let lenders: Vec<CpuSet> = self.lenders().collect();
-            let base = pick(min, &allowed, &[self.ledger.free_now], &lenders);
+            let prefer = self.ledger.prefer(a.job.spec);
+            let base = pick(min, &allowed, &prefer, &[self.ledger.free_now], &lenders);
             self.ledger.take(&base, 0, GpuSet::default());
             self.place(Placement {
                 job: a.job,
@@ -255,7 +308,7 @@ impl<'s, 'a> Decision<'s, 'a> {
             if let Some(timeout) = spec.timeout {
                 if now >= job.submitted.plus(timeout) {
                     let reason = self.timeout_reason(&job, timeout);
-                    self.unschedulable.push((job.id, reason));
+                    self.outcome.unschedulable.push((job.id, reason));
                     handled.push(job.id);
                     continue;
                 }
@@ -274,9 +327,10 @@ impl<'s, 'a> Decision<'s, 'a> {
                 allowed = Some(cores).filter(|c| c.len() >= min);
             }
             let free = [self.ledger.free_now];
+            let prefer = self.ledger.prefer(spec);
             let lenders = || -> Vec<CpuSet> { self.lenders().collect() };
             if let Some(allowed) = allowed {
-                let base = pick(min, &allowed, &free, &lenders());
+                let base = pick(min, &allowed, &prefer, &free, &lenders());
                 let gpus = lowest_gpus(gpus_open, needs);
                 self.ledger.take(&base, memory, gpus);
                 handled.push(job.id);
@@ -298,7 +352,7 @@ impl<'s, 'a> Decision<'s, 'a> {
                 if self.ledger.open_count() > 0 {
                     let conflicts = self.conflicts(spec, None);
                     let allowed = self.ledger.allowed(spec, &conflicts, Reserved::Avoid);
-                    cores = pick(min, &allowed, &free, &lenders());
+                    cores = pick(min, &allowed, &prefer, &free, &lenders());
                 }
                 let memory = memory.min(self.ledger.memory);
                 self.ledger
@@ -357,27 +411,29 @@ impl<'s, 'a> Decision<'s, 'a> {
     /// Phase 4: placed jobs, in rank order, widen up to their maximum: own cores first, then
     /// leftovers.
     fn widen(&mut self) {
-        let mut order: Vec<usize> = (0..self.placed.len()).collect();
+        let mut order: Vec<usize> = (0..self.outcome.placed.len()).collect();
         order.sort_by_cached_key(|&i| {
-            let job = &self.placed[i].job;
+            let job = &self.outcome.placed[i].job;
             ((self.rank)(job), job.seq)
         });
         for own_first in [true, false] {
             for &i in &order {
-                let p = self.placed[i];
+                let p = self.outcome.placed[i];
                 let room = p.max.saturating_sub(p.cores.len());
                 if room == 0 {
                     continue;
                 }
                 let conflicts = self.conflicts(p.job.spec, Some(p.job.id));
                 let allowed = self.ledger.allowed(p.job.spec, &conflicts, Reserved::Lend);
-                let extra = match (own_first, p.kind) {
-                    (true, Kind::Kept { was }) => was.intersection(&allowed).lowest(room),
+                let open = match (own_first, p.kind) {
+                    (true, Kind::Kept { was }) => was.intersection(&allowed),
                     (true, _) => continue,
-                    (false, _) => allowed.lowest(room),
+                    (false, _) => allowed,
                 };
+                let prefer = self.ledger.prefer(p.job.spec);
+                let extra = pick(room, &open, &prefer, &[], &[]);
                 self.ledger.take(&extra, 0, GpuSet::default());
-                self.placed[i].cores = p.cores.union(&extra);
+                self.outcome.placed[i].cores = p.cores.union(&extra);
             }
         }
     }
