@@ -8,6 +8,7 @@
 pub mod cpuset;
 pub mod inventory;
 pub mod job;
+pub mod jobfile;
 pub mod jobstate;
 pub mod policy;
 pub mod queue;
