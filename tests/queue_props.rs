@@ -13,6 +13,8 @@ enum Op {
     Push(i64),
     Pop,
     Remove(u64),
+    /// Take the n-th listed job through its handle.
+    Take(usize),
     /// Re-rank every job with `(id * a) % 7`.
     Rerank(u64),
 }
@@ -21,7 +23,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (-3i64..4).prop_map(Op::Push),
         2 => Just(Op::Pop),
-        2 => (0u64..40).prop_map(Op::Remove),
+        1 => (0u64..40).prop_map(Op::Remove),
+        1 => (0usize..10).prop_map(Op::Take),
         1 => (1u64..5).prop_map(Op::Rerank),
     ]
 }
@@ -38,7 +41,7 @@ proptest! {
                 Op::Push(r) => {
                     let id = next_id;
                     next_id += 1;
-                    let seq = queue.push(JobId(id), id, |_, _, _| Rank(r)).unwrap();
+                    let seq = queue.push(JobId(id), id, |_, _, _| Rank(r));
                     model.insert((r, seq), id);
                 }
                 Op::Pop => {
@@ -52,6 +55,15 @@ proptest! {
                     if let Some(k) = key {
                         model.remove(&k);
                         prop_assert_eq!(*got.unwrap().payload(), id);
+                    }
+                }
+                Op::Take(n) => {
+                    let listed: Vec<_> = queue.iter().collect();
+                    if let Some(job) = listed.get(n) {
+                        prop_assert!(queue.take(job));
+                        prop_assert!(!queue.take(job));
+                        let key = (job.rank().0, job.seq());
+                        prop_assert_eq!(model.remove(&key), Some(job.id().0));
                     }
                 }
                 Op::Rerank(a) => {
