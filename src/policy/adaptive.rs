@@ -47,38 +47,32 @@ impl Mode {
     }
 }
 
-/// Applies the rule in the module documentation.
+/// Applies the rule in the module documentation (one pass over the queue).
 pub fn choose(snap: &Snapshot<'_>, cfg: &PolicyConfig) -> Mode {
-    let at_risk = |job: &JobView<'_>| {
-        edf::deadline(job).is_some_and(|due| {
+    let mut priorities_differ = false;
+    let mut estimated = 0usize;
+    let first_priority = snap.queue.first().map(|j| j.spec.priority);
+    for job in snap.queue {
+        let spec = job.spec;
+        if let Some(due) = edf::deadline(job) {
             let finish = snap
                 .now
-                .plus(job.spec.estimate.unwrap_or_default())
+                .plus(spec.estimate.unwrap_or_default())
                 .plus(cfg.deadline_slack);
-            finish >= due
-        })
-    };
-    if snap.queue.iter().any(at_risk) {
-        return Mode::Edf;
-    }
-    if let Some(first) = snap.queue.first() {
-        if snap
-            .queue
-            .iter()
-            .any(|j| j.spec.priority != first.spec.priority)
-        {
-            return Mode::Priority;
+            if finish >= due {
+                return Mode::Edf;
+            }
         }
+        priorities_differ |= Some(spec.priority) != first_priority;
+        estimated += usize::from(spec.estimate.is_some());
     }
-    let estimated = snap
-        .queue
-        .iter()
-        .filter(|j| j.spec.estimate.is_some())
-        .count();
-    if estimated >= cfg.sjf_backlog {
-        return Mode::Sjf;
+    if priorities_differ {
+        Mode::Priority
+    } else if estimated >= cfg.sjf_backlog {
+        Mode::Sjf
+    } else {
+        Mode::Fifo
     }
-    Mode::Fifo
 }
 
 #[derive(Debug, Clone, Default)]

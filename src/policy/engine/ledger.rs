@@ -38,6 +38,8 @@ pub(super) struct Ledger<'a> {
     pub memory: u64,
     /// GPUs neither held, granted this decision, nor reserved.
     pub gpus: GpuSet,
+    /// `batch - taken - earmarked`, counted.
+    open_len: usize,
 }
 
 impl<'a> Ledger<'a> {
@@ -51,6 +53,7 @@ impl<'a> Ledger<'a> {
             free_now: CpuSet::new(),
             memory: snap.free_memory(),
             gpus: snap.free_gpus(),
+            open_len: 0,
         };
         let held_now = snap
             .active
@@ -58,6 +61,7 @@ impl<'a> Ledger<'a> {
             .filter(|a| a.state == JobState::Running)
             .fold(CpuSet::new(), |acc, a| acc.union(&ledger.usable_now(a)));
         ledger.free_now = ledger.batch.difference(&held_now);
+        ledger.recount();
         ledger
     }
 
@@ -85,16 +89,24 @@ impl<'a> Ledger<'a> {
     }
 
     /// Unclaimed, unreserved batch cores, ignoring colocation: an upper bound on what any job
-    /// can take as its minimum (a cheap first test).
+    /// can take as its minimum (a cheap first test: it is kept up to date, not recounted).
     pub fn open_count(&self) -> usize {
-        self.batch
+        self.open_len
+    }
+
+    fn recount(&mut self) {
+        self.open_len = self
+            .batch
             .difference(&self.taken)
             .difference(&self.earmarked)
-            .len()
+            .len();
     }
 
     /// Unclaimed GPUs a request may use (only its variant, when it names one).
     pub fn gpus_for(&self, req: &GpuRequest) -> GpuSet {
+        if req.count == 0 {
+            return GpuSet::default();
+        }
         self.node.gpus_of(self.gpus, req.variant.as_deref())
     }
 
@@ -111,6 +123,7 @@ impl<'a> Ledger<'a> {
     /// Claims a job's minimum.
     pub fn take(&mut self, cores: &CpuSet, memory: u64, gpus: GpuSet) {
         self.taken = self.taken.union(cores);
+        self.recount();
         self.memory = self.memory.saturating_sub(memory);
         self.gpus = self.gpus.difference(gpus);
     }
@@ -118,6 +131,7 @@ impl<'a> Ledger<'a> {
     /// Reserves for a starving job: its cores may no longer go to another job's minimum.
     pub fn reserve(&mut self, cores: &CpuSet, memory: u64, gpus: GpuSet) {
         self.earmarked = self.earmarked.union(cores);
+        self.recount();
         self.memory = self.memory.saturating_sub(memory);
         self.gpus = self.gpus.difference(gpus);
     }

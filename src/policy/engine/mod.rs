@@ -32,6 +32,7 @@
 
 mod emit;
 mod ledger;
+mod pending;
 mod rounds;
 #[cfg(test)]
 mod tests;
@@ -39,15 +40,13 @@ mod tests;
 mod tests_colocation;
 
 use std::cmp::Reverse;
-use std::time::Duration;
 
 use crate::cpuset::CpuSet;
 use crate::inventory::GpuSet;
 use crate::job::{JobId, JobSpec};
 use crate::jobstate::JobState;
-use crate::resources::Bytes;
 
-use self::ledger::{Ledger, Reserved, lowest_gpus, pick};
+use self::ledger::{Ledger, Reserved, pick};
 use super::{ActiveJob, Command, JobView, PolicyConfig, Rank, Snapshot};
 
 /// One decision with the given ranking (see the module documentation). `label` prefixes every
@@ -142,6 +141,33 @@ struct Decision<'s, 'a> {
     outcome: Outcome<'a>,
     /// Whether any job placed so far names others to avoid (else conflicts need no scan).
     placed_avoids: bool,
+}
+
+/// A set of job ids with a fast "surely not" test: the queue should never hold an active job,
+/// and checking that must not cost a search per pending job.
+struct IdFilter {
+    bits: [u64; 16],
+    ids: Vec<JobId>,
+}
+
+impl IdFilter {
+    fn new(ids: impl Iterator<Item = JobId>) -> Self {
+        let mut f = Self {
+            bits: [0; 16],
+            ids: ids.collect(),
+        };
+        f.ids.sort_unstable();
+        for id in &f.ids {
+            let bit = (id.0 % 1024) as usize;
+            f.bits[bit / 64] |= 1 << (bit % 64);
+        }
+        f
+    }
+
+    fn contains(&self, id: JobId) -> bool {
+        let bit = (id.0 % 1024) as usize;
+        self.bits[bit / 64] & (1 << (bit % 64)) != 0 && self.ids.binary_search(&id).is_ok()
+    }
 }
 
 /// Sort key for running jobs: the most senior (higher priority, then earlier started) first.
@@ -277,135 +303,6 @@ impl<'s, 'a> Decision<'s, 'a> {
                 cores: base,
             });
         }
-    }
-
-    /// Pending jobs in rank order (the snapshot's order if it already is ranked, which is the
-    /// usual case and costs one pass).
-    fn pending_order(&self) -> Vec<usize> {
-        let queue = self.snap.queue;
-        let key = |j: &JobView<'_>| ((self.rank)(j), j.seq);
-        let mut order: Vec<usize> = (0..queue.len()).collect();
-        if !queue.is_sorted_by_key(key) {
-            let keys: Vec<(Rank, u64)> = queue.iter().map(key).collect();
-            order.sort_unstable_by_key(|&i| keys[i]);
-        }
-        order
-    }
-
-    /// Phase 3: pending jobs in rank order: time out, start, skip or reserve.
-    fn start_pending(&mut self) {
-        let mut active_ids: Vec<JobId> = self.snap.active.iter().map(|a| a.job.id).collect();
-        active_ids.sort_unstable();
-        let mut handled: Vec<JobId> = Vec::new();
-        let mut blocked: Option<JobId> = None;
-        let now = self.snap.now;
-        for i in self.pending_order() {
-            let job = self.snap.queue[i];
-            if active_ids.binary_search(&job.id).is_ok() || handled.contains(&job.id) {
-                continue;
-            }
-            let spec = job.spec;
-            if let Some(timeout) = spec.timeout {
-                if now >= job.submitted.plus(timeout) {
-                    let reason = self.timeout_reason(&job, timeout);
-                    self.outcome.unschedulable.push((job.id, reason));
-                    handled.push(job.id);
-                    continue;
-                }
-            }
-            let (min, max) = range(spec);
-            let memory = spec.memory.map_or(0, Bytes::get);
-            let gpus_open = self.ledger.gpus_for(&spec.gpus);
-            let needs = spec.gpus.count as usize;
-            let mut allowed = None;
-            if memory <= self.ledger.memory
-                && gpus_open.len() >= needs
-                && self.ledger.open_count() >= min
-            {
-                let conflicts = self.conflicts(spec, None);
-                let cores = self.ledger.allowed(spec, &conflicts, Reserved::Avoid);
-                allowed = Some(cores).filter(|c| c.len() >= min);
-            }
-            let free = [self.ledger.free_now];
-            let prefer = self.ledger.prefer(spec);
-            let lenders = || -> Vec<CpuSet> { self.lenders().collect() };
-            if let Some(allowed) = allowed {
-                let base = pick(min, &allowed, &prefer, &free, &lenders());
-                let gpus = lowest_gpus(gpus_open, needs);
-                self.ledger.take(&base, memory, gpus);
-                handled.push(job.id);
-                self.place(Placement {
-                    job,
-                    kind: Kind::Started {
-                        gpus,
-                        past: blocked,
-                    },
-                    min,
-                    max,
-                    cores: base,
-                });
-                continue;
-            }
-            blocked.get_or_insert(job.id);
-            if now.since(job.submitted) > self.cfg.starvation_age {
-                let mut cores = CpuSet::new();
-                if self.ledger.open_count() > 0 {
-                    let conflicts = self.conflicts(spec, None);
-                    let allowed = self.ledger.allowed(spec, &conflicts, Reserved::Avoid);
-                    cores = pick(min, &allowed, &prefer, &free, &lenders());
-                }
-                let memory = memory.min(self.ledger.memory);
-                self.ledger
-                    .reserve(&cores, memory, lowest_gpus(gpus_open, needs));
-            }
-        }
-    }
-
-    /// Why a timed-out job never started: how long it waited and what it lacks right now.
-    fn timeout_reason(&self, job: &JobView<'_>, timeout: Duration) -> String {
-        let spec = job.spec;
-        let (min, _) = range(spec);
-        let mut lacks = Vec::new();
-        let conflicts = self.conflicts(spec, None);
-        let usable = self.ledger.allowed(spec, &conflicts, Reserved::Avoid).len();
-        if usable < min {
-            lacks.push(format!(
-                "cores (needs {min}, {usable} usable of {} batch cores)",
-                self.ledger.batch.len()
-            ));
-        }
-        let memory = spec.memory.map_or(0, Bytes::get);
-        if memory > self.ledger.memory {
-            lacks.push(format!(
-                "memory (needs {}, {} free)",
-                Bytes(memory),
-                Bytes(self.ledger.memory)
-            ));
-        }
-        let open = self.ledger.gpus_for(&spec.gpus).len();
-        if open < spec.gpus.count as usize {
-            let variant = spec
-                .gpus
-                .variant
-                .as_deref()
-                .map(|v| format!(" {v}"))
-                .unwrap_or_default();
-            lacks.push(format!(
-                "GPUs (needs {}{variant}, {open} free)",
-                spec.gpus.count
-            ));
-        }
-        let lacked = if lacks.is_empty() {
-            "nothing at this decision, but it was passed over until then".to_string()
-        } else {
-            lacks.join(", ")
-        };
-        format!(
-            "{}: waited {} without starting, past its scheduling timeout of {}; lacked {lacked}",
-            self.label,
-            emit::duration(self.snap.now.since(job.submitted)),
-            emit::duration(timeout),
-        )
     }
 
     /// Phase 4: placed jobs, in rank order, widen up to their maximum: own cores first, then
