@@ -13,6 +13,9 @@
 //!    one mover in step 1 and resuming it in step 3;
 //! 3. resumes, 4. starts (`Run`), 5. widens (`Resize` up): these only take released cores;
 //! 6. scheduling time-outs (`MarkUnschedulable`), which touch no cores.
+//!
+//! Between its shrink and its grow a job may briefly hold fewer cores than its minimum (when it
+//! trades some cores for others); the actuator applies the whole list in one go.
 
 use std::time::Duration;
 

@@ -27,8 +27,16 @@
 //!
 //! Colocation applies in every phase: a core is refused to a job when a conflicting job already
 //! placed holds a core on the same physical core, and cores beside the service are refused to
-//! jobs with `beside_service = false`. Finally [`emit`] turns the placement into commands in an
-//! order that never puts one core in two jobs while they are applied.
+//! jobs with `beside_service = false` (so jobs that may sit beside the service take those cores
+//! first, and a running job's cores it may no longer keep count as free).
+//!
+//! When a round changes anything, a second round runs on the state it leads to and the
+//! difference from the snapshot is returned (module `rounds`): that makes a snapshot the engine
+//! produced itself steady. Finally module `emit` turns the placement into commands in an order that
+//! never puts one core in two jobs while they are applied.
+//!
+//! Ties are broken by submission sequence everywhere, and no hash map is iterated, so the same
+//! snapshot always gives the same commands.
 
 mod emit;
 mod ledger;
