@@ -24,8 +24,10 @@ use super::ledger::{Reserved, lowest_gpus, pick};
 use super::{Decision, IdFilter, Kind, Placement, emit, range};
 use crate::policy::{JobView, Rank};
 
-/// A pending job's place in the order, and its index in the snapshot's queue.
-type Key = (Rank, u64, usize);
+/// A pending job's place in the order (rank, sequence), its index in the snapshot's queue, and
+/// what the first pass learnt from its spec: its minimum core count, and whether it acts even
+/// when it cannot start. (rank, sequence) is unique, so the last fields never decide the order.
+type Key = (Rank, u64, usize, usize, bool);
 
 /// What the pass remembers from one job to the next.
 struct Pass {
@@ -49,8 +51,10 @@ impl Decision<'_, '_> {
         };
         let mut keys: Vec<Key> = Vec::new();
         for (i, job) in self.snap.queue.iter().enumerate() {
-            let key = ((self.rank)(job), job.seq, i);
-            if range(job.spec).0 <= open || self.acts_without_cores(job) {
+            let min = range(job.spec).0;
+            let acts = self.acts_without_cores(job);
+            let key = ((self.rank)(job), job.seq, i, min, acts);
+            if min <= open || acts {
                 keys.push(key);
             } else if pass.lead_idle.is_none_or(|l| key < l) {
                 pass.lead_idle = Some(key);
@@ -73,7 +77,7 @@ impl Decision<'_, '_> {
             .into_vec()
             .into_iter()
             .map(|Reverse(k)| k)
-            .filter(|k| self.acts_without_cores(&self.snap.queue[k.2]))
+            .filter(|k| k.4)
             .collect();
         rest.sort_unstable();
         for key in rest {
@@ -97,6 +101,12 @@ impl Decision<'_, '_> {
         if pass.active_ids.contains(job.id) || pass.handled.contains(&job.id) {
             return;
         }
+        let (_, _, _, min, acts) = key;
+        if self.ledger.open_count() < min && !acts {
+            // The common case on a busy node, decided without touching the spec again.
+            pass.blocked.get_or_insert(key);
+            return;
+        }
         let spec = job.spec;
         let now = self.snap.now;
         if let Some(timeout) = spec.timeout {
@@ -107,10 +117,9 @@ impl Decision<'_, '_> {
                 return;
             }
         }
-        let (min, max) = range(spec);
+        let max = range(spec).1;
         let starving = now.since(job.submitted) > self.cfg.starvation_age;
         if self.ledger.open_count() < min && !starving {
-            // Cheap test first: memory, GPUs and colocation sit elsewhere in the spec.
             pass.blocked.get_or_insert(key);
             return;
         }
