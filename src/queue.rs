@@ -34,7 +34,7 @@
 //! `(rank, seq)` and never by id.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_skiplist::SkipMap;
@@ -137,7 +137,6 @@ impl<T: fmt::Debug> fmt::Debug for Queued<T> {
 pub struct JobQueue<T> {
     order: SkipMap<QueueKey, Arc<Slot<T>>>,
     next_seq: AtomicU64,
-    len: AtomicUsize,
     generation: AtomicU64,
     /// Set when a push may carry a rank from before the last re-rank.
     stale: AtomicBool,
@@ -170,16 +169,17 @@ impl<T> JobQueue<T> {
         Self {
             order: SkipMap::new(),
             next_seq: AtomicU64::new(seq),
-            len: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             stale: AtomicBool::new(false),
             reranking: Mutex::new(()),
         }
     }
 
-    /// Jobs queued (momentarily off by the pushes and claims in flight).
+    /// Jobs queued. Momentarily off by operations in flight: a job just claimed whose entry is
+    /// not yet removed, or one a re-rank is moving, counts twice until that step ends. (A counter
+    /// of our own would be one more contended write per push and per pop.)
     pub fn len(&self) -> usize {
-        self.len.load(SeqCst)
+        self.order.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -205,7 +205,6 @@ impl<T: Send + Sync + 'static> JobQueue<T> {
             claimed: AtomicBool::new(false),
             payload,
         });
-        self.len.fetch_add(1, SeqCst);
         self.order.insert(slot.key(), slot);
         if self.generation.load(SeqCst) != generation {
             self.stale.store(true, SeqCst);
@@ -332,7 +331,6 @@ impl<T: Send + Sync + 'static> JobQueue<T> {
     /// Housekeeping after `slot` was claimed: drop its order key (unless that is `removed`, the
     /// key a pop already took out).
     fn release(&self, slot: &Arc<Slot<T>>, removed: Option<QueueKey>) {
-        self.len.fetch_sub(1, SeqCst);
         let key = slot.key();
         if removed != Some(key) {
             // Not popped, or moved by a concurrent re-rank: the slot's current key is still in.
