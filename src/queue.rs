@@ -133,10 +133,16 @@ impl<T: fmt::Debug> fmt::Debug for Queued<T> {
     }
 }
 
+/// An atomic on a cache line of its own: every push writes `next_seq`, and every push also
+/// reads `generation`, which must not sit on the line those writes keep invalidating.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct Line(AtomicU64);
+
 /// The pending-job queue. Share it as `Arc<JobQueue<T>>`; every method takes `&self`.
 pub struct JobQueue<T> {
     order: SkipMap<QueueKey, Arc<Slot<T>>>,
-    next_seq: AtomicU64,
+    next_seq: Line,
     generation: AtomicU64,
     /// Set when a push may carry a rank from before the last re-rank.
     stale: AtomicBool,
@@ -154,7 +160,7 @@ impl<T> fmt::Debug for JobQueue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobQueue")
             .field("len", &self.len())
-            .field("next_seq", &self.next_seq.load(SeqCst))
+            .field("next_seq", &self.next_seq.0.load(SeqCst))
             .finish()
     }
 }
@@ -168,7 +174,7 @@ impl<T> JobQueue<T> {
     pub fn starting_at(seq: u64) -> Self {
         Self {
             order: SkipMap::new(),
-            next_seq: AtomicU64::new(seq),
+            next_seq: Line(AtomicU64::new(seq)),
             generation: AtomicU64::new(0),
             stale: AtomicBool::new(false),
             reranking: Mutex::new(()),
@@ -195,7 +201,7 @@ impl<T: Send + Sync + 'static> JobQueue<T> {
     /// [`refresh`](Self::refresh).
     pub fn push(&self, id: JobId, payload: T, rank: impl FnOnce(JobId, u64, &T) -> Rank) -> u64 {
         let generation = self.generation.load(SeqCst);
-        let seq = self.next_seq.fetch_add(1, SeqCst);
+        let seq = self.next_seq.0.fetch_add(1, SeqCst);
         let r = rank(id, seq, &payload);
         let slot = Arc::new(Slot {
             id,
