@@ -1,11 +1,15 @@
 //! What the node has to hand out: logical cores and their SMT siblings, memory, GPUs by variant.
 
+pub mod detect;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cpuset::CpuSet;
 use crate::resources::Bytes;
+
+pub use detect::{DetectError, detect};
 
 /// Most GPUs one node can list.
 pub const MAX_GPUS: u32 = 64;

@@ -5,6 +5,16 @@
 //! Policies never do I/O, never read a clock and never draw random numbers: the same snapshot
 //! always gives the same commands.
 
+pub mod adaptive;
+pub mod config;
+pub mod edf;
+pub mod engine;
+pub mod fifo;
+pub mod fit;
+pub mod ljf;
+pub mod priority;
+pub mod sjf;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +23,8 @@ use crate::cpuset::CpuSet;
 use crate::inventory::{GpuSet, Inventory};
 use crate::job::{JobId, JobSpec, Timestamp};
 use crate::jobstate::JobState;
+
+pub use config::{NAMES, PolicyConfig, PolicyError, by_name};
 
 /// Queue order key: lower runs first; equal ranks keep submission order (the queue's sequence).
 #[derive(
