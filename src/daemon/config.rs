@@ -1,0 +1,422 @@
+//! The daemon's configuration: built-in defaults, an optional TOML file, command-line overrides.
+//! Every key, its meaning and its default is listed in systemd/lowsched.toml.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::controller::ControllerConfig;
+use crate::inventory::Gpu;
+use crate::policy::config::PolicyConfig;
+use crate::resources::Bytes;
+use crate::service::ServiceConfig;
+
+/// Where the daemon looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/lowsched/lowsched.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lowsched";
+/// `cgroup_root` value meaning "the systemd-delegated group when run as a unit, else
+/// `<cgroup mount>/lowsched`".
+pub const DEFAULT_CGROUP_ROOT: &str = "lowsched";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("bad config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration. Every section and key may be left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unix socket clients connect to.
+    pub socket: PathBuf,
+    /// Journal, event logs, job outputs and exit records.
+    pub state_dir: PathBuf,
+    /// cgroup root: `lowsched` (the default) means the unit's delegated group under systemd,
+    /// else `<mount>/lowsched`; any other name or relative path is taken under the mount.
+    pub cgroup_root: String,
+    /// `error`, `warning`, `notice`, `info` or `debug`.
+    pub log_level: String,
+    pub server: ServerConfig,
+    pub journal: JournalConfig,
+    pub node: NodeConfig,
+    pub policy: PolicySection,
+    pub batch: BatchConfig,
+    pub service: ServiceConfig,
+    pub slo: SloConfig,
+    pub controller: ControllerConfig,
+    pub sampler: SamplerSection,
+    pub probe: ProbeSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(crate::client::DEFAULT_SOCKET),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            cgroup_root: DEFAULT_CGROUP_ROOT.into(),
+            log_level: "info".into(),
+            server: ServerConfig::default(),
+            journal: JournalConfig::default(),
+            node: NodeConfig::default(),
+            policy: PolicySection::default(),
+            batch: BatchConfig::default(),
+            service: ServiceConfig::default(),
+            slo: SloConfig::default(),
+            controller: ControllerConfig::default(),
+            sampler: SamplerSection::default(),
+            probe: ProbeSection::default(),
+        }
+    }
+}
+
+/// `[server]`: limits on clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Connections served at once; the next gets a `busy` error.
+    pub max_connections: usize,
+    /// A client silent this long, or this slow to finish a request, is disconnected (ms).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 128,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// `[journal]`: durability and compaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Compact once this many records were appended since the last compaction.
+    pub compact_after: usize,
+    /// Finished jobs kept through a compaction (for status and wait).
+    pub keep_finished: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            compact_after: 50_000,
+            keep_finished: crate::journal::DEFAULT_KEEP_FINISHED,
+        }
+    }
+}
+
+/// `[node]`: overrides of what is read from the host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Cores lowsched manages, in list format (`0-7`); default: every online CPU.
+    pub cores: Option<String>,
+    /// Memory batch jobs may claim in total (`64G`); default: MemTotal.
+    pub memory: Option<Bytes>,
+    /// GPUs, e.g. `[{ index = 0, variant = "A100" }]`; default: detected NVIDIA GPUs.
+    pub gpus: Option<Vec<Gpu>>,
+}
+
+/// `[policy]`: which policy and its settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySection {
+    /// `fifo`, `priority`, `sjf`, `ljf`, `edf` or `adaptive`.
+    pub name: String,
+    /// Seconds a pending job may wait before it reserves the resources it needs.
+    pub starvation_age_s: f64,
+    /// `adaptive`: seconds of slack below which a deadline counts as at risk.
+    pub deadline_slack_s: f64,
+    /// `adaptive`: pending jobs with estimates that switch it to `sjf`.
+    pub sjf_backlog: usize,
+    /// How often the policy runs even when nothing changed (timeouts, starvation), ms.
+    pub tick_ms: u64,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        let p = PolicyConfig::default();
+        Self {
+            name: "priority".into(),
+            starvation_age_s: p.starvation_age.as_secs_f64(),
+            deadline_slack_s: p.deadline_slack.as_secs_f64(),
+            sjf_backlog: p.sjf_backlog,
+            tick_ms: 250,
+        }
+    }
+}
+
+impl PolicySection {
+    pub fn policy_config(&self) -> Result<PolicyConfig, String> {
+        let secs = |name: &str, v: f64| {
+            std::time::Duration::try_from_secs_f64(v)
+                .map_err(|_| format!("policy.{name} = {v} is not a number of seconds >= 0"))
+        };
+        Ok(PolicyConfig {
+            starvation_age: secs("starvation_age_s", self.starvation_age_s)?,
+            deadline_slack: secs("deadline_slack_s", self.deadline_slack_s)?,
+            sjf_backlog: self.sjf_backlog,
+        })
+    }
+}
+
+/// `[batch]`: how batch jobs run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Run batch jobs at idle CPU priority (SCHED_IDLE), so on a core shared with the service
+    /// the service preempts them at once.
+    pub idle_priority: bool,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            idle_priority: true,
+        }
+    }
+}
+
+/// `[slo]`: the protected service's latency objective.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SloConfig {
+    /// Target 95th-percentile latency, µs.
+    pub p95_us: u64,
+    /// Window over which the p95 is judged, ms.
+    pub window_ms: u64,
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        Self {
+            p95_us: 800,
+            window_ms: 1_000,
+        }
+    }
+}
+
+/// `[sampler]`: per-core utilization sampling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplerSection {
+    /// Sampling period, ms (/proc/stat moves in 10 ms ticks; shorter periods are noise).
+    pub period_ms: u64,
+    /// Time constant of the utilization EWMA, ms.
+    pub smoothing_ms: u64,
+}
+
+impl Default for SamplerSection {
+    fn default() -> Self {
+        Self {
+            period_ms: 50,
+            smoothing_ms: 150,
+        }
+    }
+}
+
+/// `[probe]`: the latency probe of the protected service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeSection {
+    /// Probe requests per second.
+    pub rate: u32,
+    /// Span of the recent-latency signal the controller reacts to, ms.
+    pub fast_horizon_ms: u64,
+    /// Run the probe thread SCHED_FIFO at this priority (1-99), so its own scheduling delay
+    /// stays out of the measurement; 0 = normal priority.
+    pub realtime_priority: i32,
+}
+
+impl Default for ProbeSection {
+    fn default() -> Self {
+        Self {
+            rate: 1000,
+            fast_horizon_ms: 50,
+            realtime_priority: 0,
+        }
+    }
+}
+
+/// Command-line overrides (`lowsched daemon --socket … --state-dir … --cgroup-root …`).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub cgroup_root: Option<String>,
+}
+
+impl Config {
+    /// Parses a TOML text (`path` names it in errors) and checks it.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    /// Defaults, then the config file (the given one, which must exist, or the default path if
+    /// present), then the overrides.
+    pub fn load(o: &Overrides) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let (mut cfg, used) = match &o.config {
+            Some(p) => (Self::read(p)?, Some(p.clone())),
+            None if Path::new(DEFAULT_CONFIG).exists() => (
+                Self::read(Path::new(DEFAULT_CONFIG))?,
+                Some(PathBuf::from(DEFAULT_CONFIG)),
+            ),
+            None => (Config::default(), None),
+        };
+        if let Some(s) = &o.socket {
+            cfg.socket = s.clone();
+        }
+        if let Some(s) = &o.state_dir {
+            cfg.state_dir = s.clone();
+        }
+        if let Some(s) = &o.cgroup_root {
+            cfg.cgroup_root = s.clone();
+        }
+        cfg.check(used.as_deref().unwrap_or(Path::new("(command line)")))?;
+        Ok((cfg, used))
+    }
+
+    fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if crate::log::parse_level(&self.log_level).is_none() {
+            return Err(bad(format!(
+                "log_level {:?}: expected error, warning, notice, info or debug",
+                self.log_level
+            )));
+        }
+        crate::policy::config::by_name(&self.policy.name, &PolicyConfig::default())
+            .map_err(|e| bad(format!("policy.name: {e}")))?;
+        self.policy.policy_config().map_err(bad)?;
+        if let Some(c) = &self.node.cores {
+            c.parse::<crate::cpuset::CpuSet>()
+                .map_err(|e| bad(format!("node.cores: {e}")))?;
+        }
+        if self.service.min_cores == 0 {
+            return Err(bad("service.min_cores must be at least 1".into()));
+        }
+        if self.service.max_cores != 0 && self.service.max_cores < self.service.min_cores {
+            return Err(bad(
+                "service.max_cores must be 0 (all) or >= service.min_cores".into(),
+            ));
+        }
+        if self.slo.p95_us == 0 || self.slo.window_ms == 0 {
+            return Err(bad("slo.p95_us and slo.window_ms must be positive".into()));
+        }
+        let c = &self.controller;
+        if c.period_ms == 0 || !(c.grow_p95_frac > c.shrink_p95_frac && c.grow_util > c.shrink_util)
+        {
+            return Err(bad(
+                "controller: period_ms must be positive and the grow thresholds above the shrink ones"
+                    .into(),
+            ));
+        }
+        if self.sampler.period_ms == 0 || self.probe.rate == 0 {
+            return Err(bad(
+                "sampler.period_ms and probe.rate must be positive".into()
+            ));
+        }
+        if !(0..=99).contains(&self.probe.realtime_priority) {
+            return Err(bad("probe.realtime_priority must be 0 (off) or 1-99".into()));
+        }
+        if self.server.max_connections == 0 {
+            return Err(bad("server.max_connections must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_lists_every_key_with_its_default() {
+        let text = include_str!("../../systemd/lowsched.toml");
+        // Uncommenting every `# key = value` line gives a config equal to the defaults.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.contains(" = ") || r.starts_with('['))
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = Config::parse(&uncommented, Path::new("lowsched.toml")).unwrap();
+        let mut want = Config::default();
+        // The example names an existing-cgroup and a pid file for the service, as illustrations.
+        want.service.cgroup = cfg.service.cgroup.clone();
+        want.service.pid_file = cfg.service.pid_file.clone();
+        want.node = cfg.node.clone();
+        assert_eq!(cfg, want);
+        assert!(cfg.service.cgroup.is_some() && cfg.node.cores.is_some());
+        // And every key of the defaults appears in the example.
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        for line in defaults.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap();
+            assert!(
+                uncommented.contains(&format!("{key} = ")),
+                "example lacks {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let e = Config::parse("polcy = 1", Path::new("/etc/x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/x.toml") && e.contains("polcy"), "{e}");
+        let e = Config::parse("[policy]\nname = \"lifo\"", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lifo") && e.contains("fifo"), "{e}");
+        let e = Config::parse("[slo]\np95_us = \"fast\"", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p95_us"), "{e}");
+        let e = Config::parse("[service]\nmin_cores = 0", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("min_cores"), "{e}");
+        let e = Config::parse("[node]\ncores = \"0-x\"", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.cores"), "{e}");
+    }
+}
