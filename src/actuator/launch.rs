@@ -53,7 +53,12 @@ pub fn job_env(req: &LaunchRequest<'_>) -> Vec<(String, String)> {
 
 /// The waiter's request: outputs default to `jobs/<id>/stdout|stderr` in the state dir, the
 /// working directory to the user's home.
-pub fn shim_request(req: &LaunchRequest<'_>, state: &StateDir, group: JobPaths) -> ShimRequest {
+pub fn shim_request(
+    req: &LaunchRequest<'_>,
+    state: &StateDir,
+    group: JobPaths,
+    idle: bool,
+) -> ShimRequest {
     let dir = state.job_dir(req.id);
     let stdout = req
         .spec
@@ -81,6 +86,7 @@ pub fn shim_request(req: &LaunchRequest<'_>, state: &StateDir, group: JobPaths) 
         output_dir: uses_dir.then_some(dir),
         record: state.exit_record(req.id),
         group,
+        idle,
     }
 }
 
@@ -227,7 +233,7 @@ mod tests {
             user: &user,
             gpus: GpuSet::default(),
         };
-        let r = shim_request(&req, &state, paths.clone());
+        let r = shim_request(&req, &state, paths.clone(), false);
         assert_eq!(r.stdout, tmp.path().join("jobs/9/stdout"));
         assert_eq!(r.stderr, tmp.path().join("jobs/9/stderr"));
         assert_eq!(r.output_dir, Some(tmp.path().join("jobs/9")));
@@ -244,7 +250,7 @@ mod tests {
             spec: &spec2,
             ..req
         };
-        let r = shim_request(&req, &state, paths);
+        let r = shim_request(&req, &state, paths, false);
         assert_eq!(r.output_dir, None);
         assert_eq!(r.stdout, std::path::PathBuf::from("out.txt"));
     }

@@ -96,6 +96,8 @@ pub struct ActuatorConfig {
     /// be exec'd is an error of `run` rather than a `NotStarted` exit event. Slower: see
     /// cgroups/DESIGN.md.
     pub wait_for_exec: bool,
+    /// Run jobs at `SCHED_IDLE` (see [`crate::sys::sched::set_idle`]).
+    pub idle_priority: bool,
 }
 
 impl ActuatorConfig {
@@ -110,6 +112,7 @@ impl ActuatorConfig {
             shim: default_shim(),
             timeout: DEFAULT_TIMEOUT,
             wait_for_exec: false,
+            idle_priority: false,
         }
     }
 }
@@ -143,6 +146,7 @@ pub struct Actuator {
     null: OwnedFd,
     timeout: Duration,
     wait_for_exec: bool,
+    idle_priority: bool,
     jobs: HashMap<JobId, Job>,
     /// Groups made ahead of a start ([`Actuator::prepare`]).
     prepared: HashMap<JobId, JobGroup>,
@@ -177,6 +181,7 @@ impl Actuator {
             null,
             timeout: cfg.timeout,
             wait_for_exec: cfg.wait_for_exec,
+            idle_priority: cfg.idle_priority,
             jobs: HashMap::new(),
             prepared: HashMap::new(),
             reaper,
@@ -229,7 +234,8 @@ impl Actuator {
                 .create_job(job, &cores, req.spec.memory.map(|m| m.get()))
                 .map_err(|e| ActuationError::cgroup(job, e))?,
         };
-        let request = launch::shim_request(req, &self.state, group.paths().clone());
+        let request =
+            launch::shim_request(req, &self.state, group.paths().clone(), self.idle_priority);
         match launch::start_waiter(
             &self.shim,
             self.null.as_fd(),
@@ -395,6 +401,21 @@ impl Actuator {
         mut launch: impl FnMut(JobId) -> Option<LaunchRequest<'a>>,
     ) -> Vec<Result<(), ActuationError>> {
         cmds.iter().map(|c| self.apply(c, &mut launch)).collect()
+    }
+
+    /// Sets the job's memory limit (pure v2 with the memory controller; elsewhere memory is not
+    /// enforced and this does nothing). Used to put limits back after a daemon restart.
+    pub fn limit_memory(&mut self, job: JobId, bytes: u64) -> Result<(), ActuationError> {
+        if !self.tree.memory_enforced() {
+            return Ok(());
+        }
+        let (j, _) = self.group(job)?;
+        let Some(group) = j.group.as_ref() else {
+            return Err(ActuationError::UnknownJob(job));
+        };
+        group
+            .set_memory_max(bytes)
+            .map_err(|e| ActuationError::cgroup(job, e))
     }
 
     /// The job's processes (not its waiter).

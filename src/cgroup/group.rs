@@ -136,6 +136,14 @@ impl JobGroup {
         self.cpus.write(&cores.to_string())
     }
 
+    /// Writes `memory.max` (pure v2 only; other modes do not enforce memory).
+    pub fn set_memory_max(&self, bytes: u64) -> Result<(), CgroupError> {
+        if self.paths.mode != Mode::Unified {
+            return Ok(());
+        }
+        write_path(&self.paths.cpuset.join(MEMORY_MAX), &bytes.to_string())
+    }
+
     /// The cores the group is set to.
     pub fn cores(&self) -> Result<CpuSet, CgroupError> {
         let path = self.paths.cpuset.join(CPUSET_CPUS);

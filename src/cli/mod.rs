@@ -69,6 +69,10 @@ pub struct DaemonArgs {
     /// cgroup root name or path (overrides the config)
     #[argh(option)]
     pub cgroup_root: Option<String>,
+    /// do not run: relax this systemd unit's delegated cgroup subtree so the unit can start
+    /// again while jobs run (for ExecStopPost= on systemd before 254; see cgroups/README.md)
+    #[argh(switch)]
+    pub relax: bool,
 }
 
 /// Show one job, or a table of all jobs.
@@ -180,9 +184,32 @@ pub fn run(cli: Cli) -> ExitCode {
     })
 }
 
-fn run_daemon(_global_socket: Option<PathBuf>, _args: DaemonArgs) -> ExitCode {
-    eprintln!("lowsched: daemon not built yet");
-    ExitCode::from(exit::ERROR)
+fn run_daemon(global_socket: Option<PathBuf>, args: DaemonArgs) -> ExitCode {
+    if args.relax {
+        return match crate::daemon::relax::relax_own_unit() {
+            Ok(msg) => {
+                eprintln!("lowsched: {msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lowsched: {e}");
+                ExitCode::from(exit::ERROR)
+            }
+        };
+    }
+    let overrides = crate::daemon::config::Overrides {
+        config: args.config,
+        socket: args.socket.or(global_socket),
+        state_dir: args.state_dir,
+        cgroup_root: args.cgroup_root,
+    };
+    match crate::daemon::run(&overrides) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            crate::log::error(&format!("lowsched daemon: {e}"));
+            ExitCode::from(exit::ERROR)
+        }
+    }
 }
 
 fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {

@@ -211,6 +211,10 @@ fn start(req: &ShimRequest) -> Result<Pid, String> {
     if let Some(k) = &join {
         plan.join.push(k.as_raw_fd());
     }
+    if req.idle {
+        // The waiter only waits; the job it forks inherits the policy, and so do its children.
+        sys::sched::set_idle().map_err(|e| format!("set SCHED_IDLE for the job: {e}"))?;
+    }
     match sys::spawn(plan, SpawnMode::Fork, dirfd.as_ref().map(|f| f.as_fd())) {
         Ok(child) => Ok(child.pid),
         Err(e) => Err(describe(req, &opens, &e)),

@@ -34,6 +34,9 @@ pub struct ShimRequest {
     /// The exit record the waiter writes.
     pub record: PathBuf,
     pub group: JobPaths,
+    /// Run the job at idle CPU priority (`SCHED_IDLE`, inherited by all its processes).
+    #[serde(default)]
+    pub idle: bool,
 }
 
 impl ShimRequest {

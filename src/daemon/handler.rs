@@ -1,0 +1,339 @@
+//! Answers socket requests: submits go to the journal and the queue, reads come from the job
+//! table and the monitors, and changes to running jobs go to the control loop.
+//!
+//! Authorization: anyone who can open the socket may submit (as themselves) and read every
+//! job's status; only root or a job's owner may cancel, pause or resume it or see its
+//! environment; only root may submit as another user.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+
+use crate::credentials::Credentials;
+use crate::job::{JobId, JobSpec};
+use crate::journal::{Owner, Record, Ticket};
+use crate::policy::fit;
+use crate::protocol::{
+    ErrorCode, MAX_POLL_MS, ProtocolError, Reply, Request, Response, Stats, Wait,
+};
+
+use super::server::{Caller, Handler};
+use super::shared::{Op, Shared, now};
+use super::table::JobRecord;
+
+/// How long a socket thread waits for the control loop to carry out a cancel, pause or resume.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(code, msg)
+}
+
+/// The daemon's request handler.
+#[derive(Debug)]
+pub struct RequestHandler {
+    shared: Arc<Shared>,
+}
+
+/// Jobs journaled but not yet durable: they become visible once their ticket syncs.
+#[derive(Default)]
+struct Accepted {
+    last: Option<Ticket>,
+    jobs: Vec<(JobRecord, Credentials)>,
+    /// Response slots: (index in the batch, ids of the request).
+    slots: Vec<(usize, Vec<JobId>, bool)>,
+}
+
+impl RequestHandler {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Who a submission runs as: the caller, or (root only) the named user.
+    fn credentials(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+    ) -> Result<Credentials, ProtocolError> {
+        match user {
+            Some(name) => {
+                let named = Credentials::by_name(name)
+                    .map_err(|e| err(ErrorCode::Invalid, format!("--user {name}: {e}")))?;
+                if caller.is_root() || named.uid == caller.uid {
+                    Ok(named)
+                } else {
+                    Err(err(
+                        ErrorCode::Forbidden,
+                        format!("only root may submit jobs as another user ({name})"),
+                    ))
+                }
+            }
+            None => {
+                let mut c = Credentials::by_uid(caller.uid)
+                    .unwrap_or_else(|_| Credentials::from_ids(caller.uid, caller.gid));
+                // Jobs run with the caller's effective group, as SO_PEERCRED reports it.
+                c.gid = caller.gid;
+                if !c.groups.contains(&caller.gid) {
+                    c.groups.push(caller.gid);
+                }
+                Ok(c)
+            }
+        }
+    }
+
+    /// Checks and journals `specs` (not yet durable); all or nothing.
+    fn accept(
+        &self,
+        caller: &Caller,
+        specs: Vec<JobSpec>,
+        user: Option<&str>,
+        acc: &mut Accepted,
+    ) -> Result<Vec<JobId>, ProtocolError> {
+        let creds = self.credentials(caller, user)?;
+        let capacity = self
+            .shared
+            .batch_capacity
+            .load(std::sync::atomic::Ordering::Relaxed);
+        for (i, spec) in specs.iter().enumerate() {
+            let which = if specs.len() > 1 {
+                format!("job {i} ({}): ", spec.name)
+            } else {
+                String::new()
+            };
+            spec.validate()
+                .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
+            fit::check(spec, &self.shared.node, capacity)
+                .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
+        }
+        let owner = Owner {
+            uid: creds.uid,
+            gid: creds.gid,
+            user: creds.name.clone(),
+        };
+        let at = now();
+        let mut ids = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let id = self.shared.allocate_id();
+            let rec = Record::Submitted {
+                id,
+                spec: Box::new(spec.clone()),
+                owner: owner.clone(),
+                submitted: at,
+            };
+            let ticket = self
+                .shared
+                .journal
+                .append(&rec)
+                .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+            acc.last = Some(ticket);
+            acc.jobs
+                .push((JobRecord::new(id, spec, owner.clone(), at), creds.clone()));
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Makes accepted jobs durable, then visible (table, queue) and wakes the control loop.
+    fn commit(&self, acc: &mut Accepted) -> Result<(), ProtocolError> {
+        let Some(ticket) = acc.last.take() else {
+            return Ok(());
+        };
+        let jobs = std::mem::take(&mut acc.jobs);
+        self.shared
+            .journal
+            .sync(ticket)
+            .map_err(|e| err(ErrorCode::Internal, format!("job not accepted: {e}")))?;
+        {
+            let mut creds = self
+                .shared
+                .credentials
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for (rec, c) in &jobs {
+                creds.insert(rec.id, c.clone());
+            }
+        }
+        let mut table = self.shared.table();
+        for (rec, _) in jobs {
+            let rank = self.shared.policy.rank(&rec.view());
+            self.shared.queue.push(rec.id, (), |_, _, _| rank);
+            table.insert(rec);
+        }
+        drop(table);
+        self.shared.wake();
+        Ok(())
+    }
+
+    fn status(&self, caller: &Caller, id: Option<JobId>) -> Result<Reply, ProtocolError> {
+        let table = self.shared.table();
+        match id {
+            Some(id) => table
+                .get(id)
+                .map(|r| Reply::Job {
+                    job: r.status(caller.uid),
+                })
+                .ok_or_else(|| err(ErrorCode::NotFound, format!("no job {id}"))),
+            None => Ok(Reply::Jobs {
+                jobs: table.iter().map(|r| r.status(caller.uid)).collect(),
+            }),
+        }
+    }
+
+    fn wait(&self, caller: &Caller, w: &Wait) -> Result<Reply, ProtocolError> {
+        let deadline = Instant::now() + Duration::from_millis(w.timeout_ms.min(MAX_POLL_MS));
+        let mut table = self.shared.table();
+        loop {
+            let Some(rec) = table.get(w.id) else {
+                return Err(err(ErrorCode::NotFound, format!("no job {}", w.id)));
+            };
+            let done = rec.state.is_terminal();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if done
+                || left.is_zero()
+                || self
+                    .shared
+                    .stopping
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Ok(Reply::Waited {
+                    done,
+                    job: rec.status(caller.uid),
+                });
+            }
+            table = self
+                .shared
+                .changed
+                .wait_timeout(table, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn op(
+        &self,
+        make: impl FnOnce(
+            crossbeam_channel::Sender<Result<crate::protocol::JobStatus, ProtocolError>>,
+        ) -> Op,
+    ) -> Result<Reply, ProtocolError> {
+        let (tx, rx) = bounded(1);
+        self.shared
+            .ops
+            .send(make(tx))
+            .map_err(|_| err(ErrorCode::Internal, "the daemon is shutting down"))?;
+        match rx.recv_timeout(OP_TIMEOUT) {
+            Ok(Ok(job)) => Ok(Reply::Job { job }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(err(
+                ErrorCode::Internal,
+                "the control loop did not answer in time",
+            )),
+        }
+    }
+
+    fn stats(&self, s: &Stats) -> Result<Reply, ProtocolError> {
+        let probe = self.shared.probe().ok_or_else(|| {
+            err(
+                ErrorCode::NotFound,
+                "no protected service is being monitored (none configured or found)",
+            )
+        })?;
+        let mut report = probe.report();
+        if !s.histograms {
+            report.cumulative_hist = None;
+            for w in &mut report.windows {
+                w.hist = None;
+            }
+            report.current.hist = None;
+        }
+        serde_json::to_value(&report)
+            .map(|stats| Reply::Stats { stats })
+            .map_err(|e| err(ErrorCode::Internal, format!("cannot encode stats: {e}")))
+    }
+
+    fn one(&self, caller: &Caller, req: Request) -> Result<Reply, ProtocolError> {
+        let caller = *caller;
+        match req {
+            // Submits are handled in `handle_batch`.
+            Request::Submit(_) | Request::SubmitMany(_) => {
+                Err(err(ErrorCode::Internal, "submit reached the wrong path"))
+            }
+            Request::Status(s) => self.status(&caller, s.id),
+            Request::Wait(w) => self.wait(&caller, &w),
+            Request::Cancel(t) => self.op(|reply| Op::Cancel {
+                id: t.id,
+                caller,
+                reply,
+            }),
+            Request::Pause(t) => self.op(|reply| Op::Pause {
+                id: t.id,
+                caller,
+                reply,
+            }),
+            Request::Resume(t) => self.op(|reply| Op::Resume {
+                id: t.id,
+                caller,
+                reply,
+            }),
+            Request::Stats(s) => self.stats(&s),
+            Request::Events(e) => {
+                let limit = e.limit.unwrap_or(10_000).clamp(1, 100_000);
+                let timeout = Duration::from_millis(e.timeout_ms.min(MAX_POLL_MS));
+                let (events, last) = self.shared.events.since(e.after, limit, timeout);
+                Ok(Reply::Events { events, last })
+            }
+        }
+    }
+}
+
+impl Handler for RequestHandler {
+    /// Submits in a batch share one journal fsync; any other request first makes the submits
+    /// before it durable and visible, so a `status` after a `submit` on one connection sees it.
+    fn handle_batch(
+        &self,
+        caller: &Caller,
+        reqs: Vec<Result<Request, ProtocolError>>,
+    ) -> Vec<Response> {
+        let mut out: Vec<Option<Response>> = vec![None; reqs.len()];
+        let mut acc = Accepted::default();
+        let flush = |acc: &mut Accepted, out: &mut Vec<Option<Response>>| {
+            let result = self.commit(acc);
+            for (i, ids, many) in std::mem::take(&mut acc.slots) {
+                out[i] = Some(match &result {
+                    Ok(()) if many => Response::ok(Reply::SubmittedMany { ids }),
+                    Ok(()) => Response::ok(Reply::Submitted { id: ids[0] }),
+                    Err(e) => Response::err(e.clone()),
+                });
+            }
+        };
+        for (i, req) in reqs.into_iter().enumerate() {
+            let submitted = match req {
+                Err(e) => {
+                    out[i] = Some(Response::err(e));
+                    continue;
+                }
+                Ok(Request::Submit(s)) => self
+                    .accept(caller, vec![s.job], s.user.as_deref(), &mut acc)
+                    .map(|ids| (ids, false)),
+                Ok(Request::SubmitMany(s)) => self
+                    .accept(caller, s.jobs, s.user.as_deref(), &mut acc)
+                    .map(|ids| (ids, true)),
+                Ok(other) => {
+                    flush(&mut acc, &mut out);
+                    out[i] = Some(match self.one(caller, other) {
+                        Ok(reply) => Response::ok(reply),
+                        Err(e) => Response::err(e),
+                    });
+                    continue;
+                }
+            };
+            match submitted {
+                Ok((ids, many)) => acc.slots.push((i, ids, many)),
+                Err(e) => out[i] = Some(Response::err(e)),
+            }
+        }
+        flush(&mut acc, &mut out);
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Response::err(err(ErrorCode::Internal, "no answer"))))
+            .collect()
+    }
+}

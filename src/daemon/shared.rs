@@ -1,0 +1,95 @@
+//! State shared between the socket threads and the control loop, and the messages between them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+
+use crate::credentials::Credentials;
+use crate::eventlog::EventLog;
+use crate::inventory::Inventory;
+use crate::job::{JobId, Timestamp};
+use crate::journal::Journal;
+use crate::policy::Policy;
+use crate::probe::ProbeHandle;
+use crate::protocol::{JobStatus, ProtocolError};
+use crate::queue::JobQueue;
+
+use super::server::Caller;
+use super::table::JobTable;
+
+/// A request that changes a running job, carried out by the control loop (which owns the
+/// actuator) and answered on `reply`.
+#[derive(Debug)]
+pub enum Op {
+    /// Something changed (a submit): run the policy.
+    Wake,
+    Cancel {
+        id: JobId,
+        caller: Caller,
+        reply: Sender<Result<JobStatus, ProtocolError>>,
+    },
+    Pause {
+        id: JobId,
+        caller: Caller,
+        reply: Sender<Result<JobStatus, ProtocolError>>,
+    },
+    Resume {
+        id: JobId,
+        caller: Caller,
+        reply: Sender<Result<JobStatus, ProtocolError>>,
+    },
+}
+
+/// Everything the socket threads and the control loop share.
+#[derive(Debug)]
+pub struct Shared {
+    pub table: Mutex<JobTable>,
+    /// Notified whenever a job changes state (for `wait`).
+    pub changed: Condvar,
+    /// Pending jobs, keyed by the policy's rank.
+    pub queue: JobQueue<()>,
+    pub journal: Journal,
+    pub events: EventLog,
+    pub policy: Box<dyn Policy>,
+    pub node: Inventory,
+    /// Most cores batch could ever get (managed cores minus the service's minimum): a job
+    /// needing more is refused at submit.
+    pub batch_capacity: AtomicUsize,
+    pub next_id: AtomicU64,
+    /// Who each not-yet-started job runs as, resolved at submit.
+    pub credentials: Mutex<HashMap<JobId, Credentials>>,
+    pub ops: Sender<Op>,
+    /// The latency probe, once the protected service is found (for `lowsched stats`).
+    pub probe: Arc<Mutex<Option<ProbeHandle>>>,
+    pub stopping: AtomicBool,
+}
+
+impl Shared {
+    pub fn table(&self) -> MutexGuard<'_, JobTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn wake(&self) {
+        let _ = self.ops.send(Op::Wake);
+    }
+
+    pub fn allocate_id(&self) -> JobId {
+        JobId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn probe(&self) -> Option<ProbeHandle> {
+        self.probe.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Wall-clock now as a [`Timestamp`].
+pub fn now() -> Timestamp {
+    Timestamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}

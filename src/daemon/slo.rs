@@ -1,0 +1,362 @@
+//! The protected service in the daemon: finds it (and finds it again after a restart), confines
+//! it to the cores the SLO controller gives it, and turns the samplers' and the probe's readings
+//! into the controller's inputs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::cgroup::ServiceGroup;
+use crate::controller::{Allocation, Change, Controller, ControllerConfig, Inputs};
+use crate::cpuset::CpuSet;
+use crate::latency::NO_ANSWER_US;
+use crate::probe::{Probe, ProbeConfig, ProbeHandle, ProbeStatus};
+use crate::sampler::{SamplerHandle, ServiceSource};
+use crate::service::{self, Found, ServiceConfig};
+use crate::sys::clock::monotonic_ns;
+
+/// Latency the controller sees for requests that failed or never came back: far over any SLO.
+const FAILED_US: f64 = 1_000_000.0;
+
+/// One controller turn's outcome.
+#[derive(Debug)]
+pub struct Step {
+    pub alloc: Allocation,
+    pub change: Option<Change>,
+    /// The readings behind it, for the event log.
+    pub inputs: serde_json::Value,
+}
+
+/// Where the service's processes are confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// In lowsched's `service/` cgroup: one cpuset write moves it.
+    Group,
+    /// Thread affinity of every process.
+    Affinity,
+}
+
+#[derive(Debug)]
+pub struct SloLoop {
+    cfg: ServiceConfig,
+    proc_root: PathBuf,
+    /// The unified mount (for `service.cgroup` paths) and lowsched's `service/` group there.
+    unified: Option<PathBuf>,
+    service_dir: Option<PathBuf>,
+    group: ServiceGroup,
+    /// Pure v2: the service may be moved into `service/`.
+    may_move: bool,
+    controller: Controller,
+    ctl_cfg: ControllerConfig,
+    slo_p95_us: f64,
+    sampler: SamplerHandle,
+    probe_cfg: ProbeConfig,
+    probe: Option<Probe>,
+    found: Option<(Found, Placement)>,
+    last_scan: Instant,
+    applied: Option<Allocation>,
+    /// The rung in force while no service has been found: batch gets every core.
+    idle: Allocation,
+    /// Where `lowsched stats` reads from, set once the probe starts.
+    pub probe_slot: std::sync::Arc<std::sync::Mutex<Option<ProbeHandle>>>,
+}
+
+/// Everything [`SloLoop::new`] needs.
+#[derive(Debug)]
+pub struct SloSetup {
+    pub cfg: ServiceConfig,
+    pub controller: ControllerConfig,
+    pub slo_p95_us: u64,
+    pub probe: ProbeConfig,
+    pub managed: CpuSet,
+    pub proc_root: PathBuf,
+    pub unified: Option<PathBuf>,
+    pub service_dir: Option<PathBuf>,
+    pub group: ServiceGroup,
+    pub may_move: bool,
+    pub sampler: SamplerHandle,
+    pub probe_slot: std::sync::Arc<std::sync::Mutex<Option<ProbeHandle>>>,
+}
+
+impl SloLoop {
+    pub fn new(s: SloSetup) -> Result<SloLoop, String> {
+        let max = if s.cfg.max_cores == 0 {
+            s.managed.len()
+        } else {
+            s.cfg.max_cores
+        };
+        let controller = Controller::new(
+            s.controller.clone(),
+            s.slo_p95_us as f64,
+            s.managed,
+            s.cfg.min_cores.min(s.managed.len()),
+            max.min(s.managed.len()),
+        )
+        .map_err(|e| format!("service cores: {e}"))?;
+        let idle = Allocation {
+            rung: 0,
+            service: CpuSet::new(),
+            batch: s.managed,
+            exclusive: false,
+        };
+        Ok(SloLoop {
+            cfg: s.cfg,
+            proc_root: s.proc_root,
+            unified: s.unified,
+            service_dir: s.service_dir,
+            group: s.group,
+            may_move: s.may_move,
+            controller,
+            ctl_cfg: s.controller,
+            slo_p95_us: s.slo_p95_us as f64,
+            sampler: s.sampler,
+            probe_cfg: s.probe,
+            probe: None,
+            found: None,
+            last_scan: Instant::now() - Duration::from_secs(3600),
+            applied: None,
+            idle,
+            probe_slot: s.probe_slot,
+        })
+    }
+
+    pub fn period(&self) -> Duration {
+        Duration::from_millis(self.ctl_cfg.period_ms)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn found(&self) -> bool {
+        self.found.is_some()
+    }
+
+    /// One line for status: where the service runs and how its latency is doing.
+    pub fn summary(&self) -> String {
+        match (&self.found, &self.applied, &self.probe) {
+            (Some((f, _)), Some(a), Some(p)) => {
+                let s = p.handle().signal();
+                format!(
+                    "{} pid {} on [{}], window p95 {} us, {}/{} windows over SLO",
+                    self.cfg.name,
+                    f.processes.first().map_or(0, |p| p.pid),
+                    a.service,
+                    s.p95_us,
+                    s.windows_over,
+                    s.windows_total
+                )
+            }
+            _ => format!("{}: not found", self.cfg.name),
+        }
+    }
+
+    fn unit_of(&self, pid: u32) -> Option<String> {
+        let text =
+            std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(str::to_string)
+    }
+
+    /// Looks for the service if it is not known or its processes are gone.
+    fn rescan(&mut self) {
+        if self.last_scan.elapsed() < Duration::from_millis(self.cfg.rescan_ms) {
+            return;
+        }
+        self.last_scan = Instant::now();
+        if let Some((f, _)) = &self.found {
+            if f.processes
+                .iter()
+                .any(|p| service::discover::alive(&self.proc_root, *p))
+            {
+                return;
+            }
+            crate::log::warn(&format!(
+                "{}: its processes are gone; looking for it again",
+                self.cfg.name
+            ));
+            self.found = None;
+        }
+        let unified = self
+            .unified
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        let found = match service::discover::find(&self.cfg, &self.proc_root, &unified) {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                crate::log::warn(&format!("{}: {e}", self.cfg.name));
+                return;
+            }
+        };
+        let pid = found.processes[0].pid;
+        // Another systemd service owns its cgroup: moving it out would confuse the manager.
+        let foreign_unit = self.unit_of(pid).is_some_and(|p| p.ends_with(".service"));
+        let placement =
+            if self.may_move && self.cfg.placement == service::Placement::Auto && !foreign_unit {
+                let moved = found.processes.iter().all(|p| {
+                    self.group
+                        .add(nix::unistd::Pid::from_raw(p.pid as i32))
+                        .is_ok()
+                });
+                if moved {
+                    Placement::Group
+                } else {
+                    Placement::Affinity
+                }
+            } else {
+                Placement::Affinity
+            };
+        let source = match (placement, &self.service_dir) {
+            (Placement::Group, Some(dir)) => ServiceSource::Cgroup(dir.clone()),
+            _ => ServiceSource::Pid(pid),
+        };
+        if let Err(e) = self.sampler.set_service(source) {
+            crate::log::warn(&format!(
+                "{}: cannot sample its CPU use: {e}",
+                self.cfg.name
+            ));
+        }
+        crate::log::notice(&format!(
+            "protecting {} (pid {pid}, found by {:?}) by {}",
+            self.cfg.name,
+            found.by,
+            if placement == Placement::Group {
+                "moving it into lowsched's service cgroup"
+            } else {
+                "pinning its threads"
+            }
+        ));
+        if self.probe.is_none() {
+            match Probe::start(self.probe_cfg.clone()) {
+                Ok(p) => {
+                    *self.probe_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.handle());
+                    self.probe = Some(p);
+                }
+                Err(e) => crate::log::error(&format!(
+                    "{}: cannot start the latency probe: {e}",
+                    self.cfg.name
+                )),
+            }
+        }
+        self.found = Some((found, placement));
+        // Confine the (new) processes to the current allocation right away.
+        if let Some(a) = self.applied.clone() {
+            self.place(&a.service);
+        }
+    }
+
+    /// Reads the sensors and runs the controller. Returns the allocation when it differs from
+    /// the one last placed (or on the first call).
+    pub fn step(&mut self) -> Option<Step> {
+        self.rescan();
+        if self.found.is_none() && self.applied.as_ref().is_none_or(|a| a.service.is_empty()) {
+            // Never found: batch may use every core.
+            if self.applied.as_ref() == Some(&self.idle) {
+                return None;
+            }
+            return Some(Step {
+                alloc: self.idle.clone(),
+                change: None,
+                inputs: json!({"service": "not found"}),
+            });
+        }
+        let (inputs, json) = self.inputs();
+        let decision = self.controller.step(&inputs);
+        if self.applied.as_ref() == Some(&decision.alloc) && decision.change.is_none() {
+            return None;
+        }
+        Some(Step {
+            alloc: decision.alloc,
+            change: decision.change,
+            inputs: json,
+        })
+    }
+
+    fn inputs(&self) -> (Inputs, serde_json::Value) {
+        let now = monotonic_ns();
+        let service = self.sampler.service();
+        let sig = self.probe.as_ref().map(|p| p.handle().signal());
+        let alloc = self.controller.allocation();
+        let util: Vec<f64> = alloc
+            .service
+            .iter()
+            .filter_map(|c| self.sampler.core(c).and_then(|u| u.utilization))
+            .collect();
+        let core_util = (!util.is_empty()).then(|| util.iter().sum::<f64>() / util.len() as f64);
+        let usable = sig.filter(|s| matches!(s.status, ProbeStatus::Up | ProbeStatus::Stalled));
+        let fast = usable.filter(|s| s.fast.samples > 0).map(|s| {
+            if s.fast.p95_us == NO_ANSWER_US {
+                FAILED_US
+            } else {
+                s.fast.p95_us as f64
+            }
+        });
+        let window = usable.filter(|s| s.window_count > 0).map(|s| {
+            if s.slack_us == i64::MIN {
+                FAILED_US
+            } else {
+                s.p95_us as f64
+            }
+        });
+        // The reading a climb would react to: latency first (it is what the SLO is about).
+        let grow_at = self.ctl_cfg.grow_p95_frac * self.slo_p95_us;
+        let sampled_ns = match (fast, sig) {
+            (Some(p), Some(s)) if p > grow_at => s.at_ns,
+            _ if service.at_ns > 0 => service.at_ns,
+            _ => now,
+        };
+        let inputs = Inputs {
+            now: Duration::from_nanos(now),
+            sampled_at: Duration::from_nanos(sampled_ns),
+            p95_recent_us: fast,
+            p95_window_us: window,
+            service_cpu: service.cores,
+            service_core_util: core_util,
+            qps: sig.and_then(|s| s.qps),
+        };
+        let json = json!({
+            "p95_recent_us": fast, "p95_window_us": window, "service_cpu": service.cores,
+            "service_core_util": core_util, "qps": inputs.qps,
+            "probe": sig.map(|s| format!("{:?}", s.status)),
+        });
+        (inputs, json)
+    }
+
+    /// Confines the service to `cores` and remembers the allocation as placed.
+    pub fn place(&mut self, cores: &CpuSet) {
+        if let (Some((found, placement)), false) = (&self.found, cores.is_empty()) {
+            let result = match placement {
+                Placement::Group => self.group.set_cores(cores).map_err(|e| e.to_string()),
+                Placement::Affinity => found
+                    .processes
+                    .iter()
+                    .try_for_each(|p| {
+                        service::pin_threads(&self.proc_root, p.pid, cores).map(|_| ())
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = result {
+                crate::log::error(&format!(
+                    "{}: cannot confine it to [{cores}]: {e}",
+                    self.cfg.name
+                ));
+            }
+        }
+        let alloc = if self.found.is_some() || self.applied.is_some() {
+            let mut a = self.controller.allocation().clone();
+            a.service = *cores;
+            a
+        } else {
+            self.idle.clone()
+        };
+        self.applied = Some(alloc);
+    }
+
+    /// Marks the idle allocation (no service found) as placed.
+    pub fn place_idle(&mut self) {
+        self.applied = Some(self.idle.clone());
+    }
+}
