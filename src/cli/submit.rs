@@ -84,11 +84,6 @@ pub enum SubmitError {
     Env(String),
     #[error("bad --{flag} {value}: expected a number of seconds >= 0")]
     Seconds { flag: &'static str, value: f64 },
-    #[error("cannot read job list {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("bad job list {path}: {why}")]
     BadFile { path: PathBuf, why: String },
     #[error("cannot determine the current directory: {0}")]
@@ -141,15 +136,10 @@ pub fn spec_from_args(args: &SubmitArgs, here: &Path) -> Result<JobSpec, SubmitE
 
 /// The jobs of a job-list file, with relative paths made absolute against the current directory.
 pub fn specs_from_file(path: &Path, here: &Path) -> Result<Vec<JobSpec>, SubmitError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SubmitError::ReadFile {
+    let mut specs = crate::jobfile::load(path).map_err(|e| SubmitError::BadFile {
         path: path.to_path_buf(),
-        source,
+        why: e.to_string(),
     })?;
-    let mut specs: Vec<JobSpec> =
-        serde_json::from_str(&text).map_err(|e| SubmitError::BadFile {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-        })?;
     for s in &mut specs {
         s.stdout = absolute(here, s.stdout.take());
         s.stderr = absolute(here, s.stderr.take());

@@ -132,6 +132,9 @@ pub struct Controller {
     hold_down: Vec<Duration>,
     /// The last step down: (rung it left, when).
     last_shrink: Option<(usize, Duration)>,
+    /// The rung the last climb started from: while its hold-down runs, the QPS peak seen is
+    /// recorded as the load that needed the rungs above it (QPS readings lag a load step).
+    climbed_from: Option<usize>,
 }
 
 impl Controller {
@@ -157,6 +160,7 @@ impl Controller {
             last_change: None,
             last_grow: None,
             last_shrink: None,
+            climbed_from: None,
         })
     }
 
@@ -185,6 +189,7 @@ impl Controller {
 
     /// One control step.
     pub fn step(&mut self, inp: &Inputs) -> Decision {
+        self.learn_load(inp);
         let change = self.decide(inp);
         if let Some(c) = &change {
             self.apply(c, inp);
@@ -192,6 +197,21 @@ impl Controller {
         Decision {
             alloc: self.rungs[self.level].clone(),
             change,
+        }
+    }
+
+    /// While settling after a climb, keeps the highest QPS seen as the climbed rungs' load.
+    fn learn_load(&mut self, inp: &Inputs) {
+        let (Some(from), Some(q), Some(at)) = (self.climbed_from, inp.qps, self.last_change) else {
+            return;
+        };
+        if inp.now.saturating_sub(at) > self.hold_down[self.level] {
+            self.climbed_from = None;
+            return;
+        }
+        for rung in from + 1..=self.level {
+            let slot = &mut self.qps_at_climb[rung];
+            *slot = Some(slot.map_or(q, |old| old.max(q)));
         }
     }
 
@@ -285,14 +305,12 @@ impl Controller {
         match c.kind {
             Move::Grow => {
                 self.last_grow = Some(inp.now);
-                // Remember the load that needed these rungs (the lowest such load since the
-                // rung was last left), so a step down waits for the load to fall below it.
+                // The load that needed these rungs: learned from here through the hold-down
+                // (`learn_load`), so a step down waits for the load to fall below it.
                 for rung in c.from + 1..=c.to {
-                    if let Some(q) = inp.qps {
-                        let slot = &mut self.qps_at_climb[rung];
-                        *slot = Some(slot.map_or(q, |old| old.min(q)));
-                    }
+                    self.qps_at_climb[rung] = inp.qps;
                 }
+                self.climbed_from = Some(self.climbed_from.map_or(c.from, |f| f.min(c.from)));
                 self.last_shrink = None;
             }
             Move::Undo => {
@@ -306,6 +324,7 @@ impl Controller {
             }
             Move::Shrink => {
                 self.qps_at_climb[c.from] = None;
+                self.climbed_from = None;
                 self.last_shrink = Some((c.from, inp.now));
             }
         }

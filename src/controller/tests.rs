@@ -208,3 +208,29 @@ fn busy_shared_cores_are_not_mistaken_for_service_load() {
     };
     assert!(c.step(&inp).change.is_none());
 }
+
+#[test]
+fn the_load_that_needed_a_rung_is_its_peak_while_settling() {
+    // memcached's QPS is polled once a second: at the moment of a climb it still shows the
+    // old load. The peak seen during the hold-down is what the step down is measured against.
+    let (mut c, t) = settled();
+    let mut lagging = hot(t);
+    lagging.qps = Some(5_000.0);
+    assert_eq!(c.step(&lagging).alloc.rung, 1);
+    let busy = |now| Inputs {
+        qps: Some(60_000.0),
+        p95_recent_us: Some(300.0),
+        ..calm(now)
+    };
+    run(&mut c, t + PERIOD, 100, busy);
+    // Calm again but at 55 k QPS (above 0.8 x 60 k): stay, long after the hold-down.
+    let still = |now| Inputs {
+        qps: Some(55_000.0),
+        ..calm(now)
+    };
+    let rungs = run(&mut c, t + PERIOD * 101, 500, still);
+    assert!(rungs.iter().all(|&r| r == 1), "{rungs:?}");
+    // At 5 k QPS (what the lagging reading said at the climb) it steps down.
+    let rungs = run(&mut c, t + PERIOD * 601, 10, calm);
+    assert_eq!(rungs[0], 0);
+}

@@ -242,7 +242,7 @@ impl Default for ProbeSection {
     fn default() -> Self {
         Self {
             rate: 1000,
-            fast_horizon_ms: 50,
+            fast_horizon_ms: 100,
             realtime_priority: 0,
         }
     }

@@ -58,6 +58,8 @@ pub struct SloLoop {
     applied: Option<Allocation>,
     /// The rung in force while no service has been found: batch gets every core.
     idle: Allocation,
+    /// The last discovery problem reported.
+    last_error: Option<String>,
     /// Where `lowsched stats` reads from, set once the probe starts.
     pub probe_slot: std::sync::Arc<std::sync::Mutex<Option<ProbeHandle>>>,
 }
@@ -117,6 +119,7 @@ impl SloLoop {
             last_scan: Instant::now() - Duration::from_secs(3600),
             applied: None,
             idle,
+            last_error: None,
             probe_slot: s.probe_slot,
         })
     }
@@ -187,10 +190,16 @@ impl SloLoop {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(e) => {
-                crate::log::warn(&format!("{}: {e}", self.cfg.name));
+                // Once per distinct problem, not once per rescan.
+                let msg = format!("{}: {e}", self.cfg.name);
+                if self.last_error.as_deref() != Some(msg.as_str()) {
+                    crate::log::warn(&msg);
+                    self.last_error = Some(msg);
+                }
                 return;
             }
         };
+        self.last_error = None;
         let pid = found.processes[0].pid;
         // Another systemd service owns its cgroup: moving it out would confuse the manager.
         let foreign_unit = self.unit_of(pid).is_some_and(|p| p.ends_with(".service"));

@@ -69,6 +69,8 @@ pub fn threads(proc_root: &Path, pid: u32) -> Result<Vec<u32>, ServiceError> {
 
 fn read_pid_file(path: &Path) -> Result<Option<u32>, ServiceError> {
     match fs::read_to_string(path) {
+        // Created but not written yet: the service is starting.
+        Ok(text) if text.trim().is_empty() => Ok(None),
         Ok(text) => text
             .trim()
             .parse()

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# End-to-end benchmark (not part of the test pass/fail). Run as root:
+#
+#     benches/e2e.sh            # all three modes, ~3 x 2.5 min
+#     benches/e2e.sh c          # one mode
+#
+# Three modes on the same memcached load trace (benches/e2e/trace.txt) and the same batch
+# (benches/e2e/parsec.json, seven PARSEC stand-ins run through lowsched's default policy):
+#   a  uncontrolled: lowsched without a protected service; batch may use every core, memcached
+#      is not pinned.
+#   b  static partition: memcached pinned to CPU 0, batch confined to the other CPUs
+#      (lowsched with node.cores = the rest and no protected service).
+#   c  lowsched: the daemon protects memcached with its SLO controller.
+# The load generator runs pinned to the last CPU at SCHED_FIFO priority 50 in every mode, so
+# batch cannot take its share and it measures memcached, not its own starvation (it needs well
+# under a core: see the loadgen rows of the README's performance table).
+#
+# Per mode: the fraction of 1 s windows whose p95 (as the load generator saw it) exceeds 800 us,
+# overall p95 and p99, the batch makespan (first start to last end); then the ratios. For c also
+# the reaction time (from the reading that crossed a grow threshold to the new allocation in
+# force, from the daemon's events.jsonl) and the daemon's own CPU use over the run.
+# Results: target/e2e/results.json and a Markdown table on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$PWD
+modes=${*:-a b c}
+[ "$(id -u)" -eq 0 ] || { echo "e2e: run as root" >&2; exit 1; }
+for t in memcached stress-ng python3; do command -v "$t" >/dev/null || { echo "e2e: needs $t" >&2; exit 1; }; done
+cargo build --release --locked --quiet
+bin=$top/target/release/lowsched
+out=$top/target/e2e
+mkdir -p "$out"
+ncpu=$(nproc)
+last=$((ncpu - 1))
+port=11611
+trace=${E2E_TRACE:-$top/benches/e2e/trace.txt}
+jobs=${E2E_JOBS:-$top/benches/e2e/parsec.json}
+duration=$(awk '!/^#/ && NF {t=$1} END {print t + 1}' "$trace")
+
+run_mode() {
+    local mode=$1 dir=$out/$1
+    rm -rf "$dir"; mkdir -p "$dir"
+    local sock=$dir/s.sock cfg=$dir/lowsched.toml
+    {
+        echo "socket = \"$sock\""
+        echo "state_dir = \"$dir/state\""
+        echo "cgroup_root = \"lowsched-e2e-$mode\""
+        case $mode in
+            a) printf '[service]\nenabled = "no"\n' ;;
+            b) printf '[node]\ncores = "1-%d"\n[service]\nenabled = "no"\n' "$last" ;;
+            c) printf '[service]\nenabled = "yes"\npid_file = "%s"\naddress = "127.0.0.1:%d"\n' "$dir/memcached.pid" "$port" ;;
+        esac
+    } >"$cfg"
+    local pin=()
+    [ "$mode" = b ] && pin=(taskset -c 0)
+    "${pin[@]}" memcached -u root -l 127.0.0.1 -p $port -t 1 -m 1024 -c 4096 -P "$dir/memcached.pid" -d
+    for _ in $(seq 50); do [ -s "$dir/memcached.pid" ] && break; sleep 0.1; done
+    [ -s "$dir/memcached.pid" ] || { echo "e2e: memcached did not start (port $port busy?)" >&2; exit 1; }
+    local mc; mc=$(cat "$dir/memcached.pid")
+    "$bin" daemon --config "$cfg" >"$dir/daemon.log" 2>&1 &
+    local daemon=$!
+    export LOWSCHED_SOCKET=$sock
+    for _ in $(seq 100); do "$bin" status >/dev/null 2>&1 && break; sleep 0.1; done
+    sleep 2 # mode c: the controller settles on the bottom rung under no load
+    local cpu0; cpu0=$(awk '{print $14 + $15}' /proc/$daemon/stat)
+    local t0; t0=$(date +%s.%N)
+    "$bin" loadgen --server 127.0.0.1:$port --trace "$trace" --duration "$duration" --cpu "$last" \
+        --realtime --preload --json >"$dir/loadgen.json" 2>"$dir/loadgen.err" &
+    local lg=$!
+    sleep 3
+    mapfile -t ids < <("$bin" submit --file "$jobs")
+    for id in "${ids[@]}"; do "$bin" wait "$id" >/dev/null || true; done
+    wait "$lg" || true
+    local cpu1; cpu1=$(awk '{print $14 + $15}' /proc/$daemon/stat)
+    local t1; t1=$(date +%s.%N)
+    "$bin" status --json >"$dir/status.json"
+    kill -TERM "$daemon"; wait "$daemon" || true
+    kill "$mc" 2>/dev/null || true
+    echo "{\"daemon_cpu_ticks\": $((cpu1 - cpu0)), \"wall_s\": $(echo "$t1 - $t0" | bc), \"hz\": $(getconf CLK_TCK)}" >"$dir/cpu.json"
+    echo "e2e: mode $mode done" >&2
+}
+
+for m in $modes; do run_mode "$m"; done
+
+python3 - "$out" $modes <<'EOF'
+import json, sys, statistics
+out, modes = sys.argv[1], sys.argv[2:]
+res = {}
+for m in modes:
+    d = f"{out}/{m}"
+    lg = json.load(open(f"{d}/loadgen.json"))
+    iv = [i for i in lg["intervals"] if i["qps"] > 0]
+    over = sum(1 for i in iv if i["p95_us"] > 800)
+    jobs = json.load(open(f"{d}/status.json"))
+    starts = [j["started_ms"] for j in jobs if j["started_ms"]]
+    ends = [j["ended_ms"] for j in jobs if j["ended_ms"]]
+    r = {"windows": len(iv), "windows_over": over, "frac_over": over / max(1, len(iv)),
+         "p95_us": lg["p95_us"], "p99_us": lg["p99_us"], "qps": lg["qps"],
+         "makespan_s": (max(ends) - min(starts)) / 1000 if starts and ends else None,
+         "jobs_ok": sum(j["state"] == "succeeded" for j in jobs), "jobs": len(jobs)}
+    if m == "c":
+        reactions = []
+        for line in open(f"{d}/state/events.jsonl"):
+            e = json.loads(line)
+            us = (e.get("inputs") or {}).get("reaction_us")
+            if us is not None:
+                reactions.append(us)
+        reactions.sort()
+        if reactions:
+            r["reaction_us_p50"] = reactions[len(reactions) // 2]
+            r["reaction_us_p99"] = reactions[min(len(reactions) - 1, int(len(reactions) * 0.99))]
+            r["reactions"] = len(reactions)
+        cpu = json.load(open(f"{d}/cpu.json"))
+        r["daemon_cpu_pct"] = 100 * cpu["daemon_cpu_ticks"] / cpu["hz"] / cpu["wall_s"]
+    res[m] = r
+if "b" in res and "c" in res and res["b"]["makespan_s"] and res["c"]["makespan_s"]:
+    res["makespan_c_over_b"] = res["c"]["makespan_s"] / res["b"]["makespan_s"]
+json.dump(res, open(f"{out}/results.json", "w"), indent=2)
+names = {"a": "uncontrolled", "b": "static partition", "c": "lowsched"}
+print("| mode | 1 s windows p95 > 800 us | p95 | p99 | batch makespan | jobs ok |")
+print("|---|---|---|---|---|---|")
+for m in modes:
+    r = res[m]
+    print(f"| {names[m]} | {r['windows_over']}/{r['windows']} ({100*r['frac_over']:.1f} %) | {r['p95_us']} us | {r['p99_us']} us | {r['makespan_s']:.1f} s | {r['jobs_ok']}/{r['jobs']} |")
+if "makespan_c_over_b" in res:
+    print(f"\nmakespan(lowsched) / makespan(static) = {res['makespan_c_over_b']:.2f}")
+if "c" in res and "reaction_us_p50" in res["c"]:
+    c = res["c"]
+    print(f"reaction (reading over threshold -> allocation in force): p50 {c['reaction_us_p50']/1000:.2f} ms, p99 {c['reaction_us_p99']/1000:.2f} ms over {c['reactions']} grows")
+if "c" in res:
+    print(f"daemon CPU over the run: {res['c']['daemon_cpu_pct']:.2f} % of one core")
+EOF
