@@ -330,3 +330,95 @@ fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
     let unpaused = f.events().iter().any(|e| e["event"] == "unpause");
     assert!(unpaused, "a paused job should have been resumed");
 }
+
+fn allowed_cpus(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn daemon_log(f: &Fixture) -> String {
+    std::fs::read_to_string(f.dir.path().join("daemon.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_restarted_service_is_found_again_and_confined() {
+    if common::skip_unless(common::is_root(), "needs root (cgroups, jobs as users)")
+        || common::skip_unless(
+            common::have("memcached"),
+            "needs memcached (apt install memcached)",
+        )
+    {
+        return;
+    }
+    let port = free_port();
+    let mut f = start(port);
+    let first = f.memcached.unwrap();
+    assert!(
+        f.until(Duration::from_secs(20), |f| daemon_log(f)
+            .contains(&format!("pid {first}"))),
+        "the daemon never found memcached: {}",
+        daemon_log(&f)
+    );
+    // Confined to the service's cores: the controller starts on the top rung (0-1) and
+    // settles on the minimum ([0]) under no load; either way not left unconfined for long.
+    assert!(
+        f.until(Duration::from_secs(20), |_| allowed_cpus(first) == "0"),
+        "memcached not confined to the service's minimum core: {}",
+        allowed_cpus(first)
+    );
+    // Replace it: a new process on the same port and pid file, unconfined at birth.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let pidfile = f.dir.path().join("memcached.pid");
+    std::fs::write(&pidfile, "").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = Command::new("memcached")
+        .args([
+            "-u",
+            "root",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "1",
+            "-d",
+            "-P",
+        ])
+        .arg(&pidfile)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert!(f.until(Duration::from_secs(5), |_| {
+        !std::fs::read_to_string(&pidfile)
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+    }));
+    let second: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    f.memcached = Some(second);
+    assert_ne!(first, second);
+    assert!(
+        f.until(Duration::from_secs(20), |f| daemon_log(f)
+            .contains(&format!("pid {second}"))),
+        "the daemon did not find the restarted memcached: {}",
+        daemon_log(&f)
+    );
+    assert!(
+        f.until(Duration::from_secs(20), |_| allowed_cpus(second) == "0"),
+        "the restarted memcached was not confined: {}",
+        allowed_cpus(second)
+    );
+}

@@ -170,14 +170,15 @@ impl SloLoop {
         }
         self.last_scan = Instant::now();
         if let Some((f, _)) = &self.found {
-            if f.processes
+            let alive = f
+                .processes
                 .iter()
-                .any(|p| service::discover::alive(&self.proc_root, *p))
-            {
+                .any(|p| service::discover::alive(&self.proc_root, *p));
+            if alive && !service::discover::pid_file_moved(&self.proc_root, f) {
                 return;
             }
             crate::log::warn(&format!(
-                "{}: its processes are gone; looking for it again",
+                "{}: its processes are gone or replaced; looking for it again",
                 self.cfg.name
             ));
             self.found = None;

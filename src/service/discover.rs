@@ -149,16 +149,28 @@ pub fn find(
             }));
         }
     }
-    if let Some(name) = &cfg.process_name {
+    if let Some(name) = cfg.process_name() {
         let procs = by_name(proc_root, name)?;
         if !procs.is_empty() {
             return Ok(Some(Found {
                 processes: procs,
-                by: FoundBy::ProcessName(name.clone()),
+                by: FoundBy::ProcessName(name.to_string()),
             }));
         }
     }
     Ok(None)
+}
+
+/// Whether the pid file now names a live process other than the one found through it (the
+/// service was restarted while its old process lingers, or the pid file moved on).
+pub fn pid_file_moved(proc_root: &Path, found: &Found) -> bool {
+    let (FoundBy::PidFile(path), Some(p)) = (&found.by, found.processes.first()) else {
+        return false;
+    };
+    match read_pid_file(path) {
+        Ok(Some(pid)) => pid != p.pid && start_time(proc_root, pid).is_some(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -248,6 +260,17 @@ mod tests {
         cfg.cgroup = None;
         let f = find(&cfg, d.path(), cg.path()).unwrap().unwrap();
         assert_eq!(f.processes.len(), 2);
+        // Without an explicit process name, a configured pid file does not fall back to it.
+        let only_pidfile = ServiceConfig {
+            pid_file: Some(d.path().join("gone.pid")),
+            ..ServiceConfig::default()
+        };
+        assert_eq!(find(&only_pidfile, d.path(), cg.path()).unwrap(), None);
+        assert!(
+            find(&ServiceConfig::default(), d.path(), cg.path())
+                .unwrap()
+                .is_some()
+        );
         cfg.process_name = Some("redis".into());
         assert_eq!(find(&cfg, d.path(), cg.path()).unwrap(), None);
         fs::write(&pidfile, "garbage").unwrap();

@@ -46,7 +46,9 @@ pub struct ServiceConfig {
     pub name: String,
     /// A pid file naming the service's main process.
     pub pid_file: Option<PathBuf>,
-    /// The service's processes' command name (`/proc/PID/comm`).
+    /// The service's processes' command name (`/proc/PID/comm`). Default: `name`, but only
+    /// when neither `pid_file` nor `cgroup` is set (a configured pid file or cgroup must not
+    /// fall back to some other process of that name).
     pub process_name: Option<String>,
     /// An existing cgroup holding the service, relative to the unified mount, e.g.
     /// `/system.slice/memcached.service`.
@@ -62,13 +64,24 @@ pub struct ServiceConfig {
     pub rescan_ms: u64,
 }
 
+impl ServiceConfig {
+    /// The command name to look for, if any (see `process_name`).
+    pub fn process_name(&self) -> Option<&str> {
+        match (&self.process_name, &self.pid_file, &self.cgroup) {
+            (Some(n), _, _) => Some(n),
+            (None, None, None) => Some(&self.name),
+            _ => None,
+        }
+    }
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             enabled: Enabled::Auto,
             name: "memcached".into(),
             pid_file: None,
-            process_name: Some("memcached".into()),
+            process_name: None,
             cgroup: None,
             address: "127.0.0.1:11211".into(),
             min_cores: 1,
