@@ -196,12 +196,22 @@ fn samples_the_real_machine_pinned() {
         ..SamplerConfig::default()
     };
     let set = SamplerSet::start(cfg).unwrap();
+    // Stay busy (so this process has CPU use to report) until every sampler has run a few
+    // periods; on a loaded machine that can take much longer than 5 x 50 ms.
     let t0 = Instant::now();
     let mut x = 0u64;
-    while t0.elapsed() < Duration::from_millis(300) {
-        x = x.wrapping_mul(13).wrapping_add(1);
+    let settled = |set: &SamplerSet| {
+        set.cores().iter().all(|c| c.smoothed.is_some())
+            && set.service().cores.unwrap_or(0.0) > 0.0
+            && set.costs().iter().all(|c| c.periods >= 5)
+    };
+    while !settled(&set) && t0.elapsed() < Duration::from_secs(30) {
+        for _ in 0..100_000 {
+            x = x.wrapping_mul(13).wrapping_add(1);
+        }
     }
     std::hint::black_box(x);
+
     for c in set.cores() {
         assert!(c.online, "{c:?}");
         assert!(c.pinned, "{c:?}");
