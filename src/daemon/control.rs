@@ -519,10 +519,11 @@ impl Control {
                 reason,
                 ..
             } => {
-                let (Some(spec), Some(creds)) = (
-                    self.shared.table().get(id).map(|r| r.spec.clone()),
-                    self.credentials_for(id),
-                ) else {
+                // Two statements: the table guard must be gone before `credentials_for`,
+                // which locks the table again for jobs submitted before a restart.
+                let spec = self.shared.table().get(id).map(|r| r.spec.clone());
+                let creds = self.credentials_for(id);
+                let (Some(spec), Some(creds)) = (spec, creds) else {
                     return;
                 };
                 let req = LaunchRequest {
