@@ -30,6 +30,8 @@ pub const NOGROUP: u32 = 65534;
 
 /// Generous: the machine is shared and tests must assert behaviour, not speed.
 pub const LONG: Duration = Duration::from_secs(60);
+/// Longest any one CLI command may take (`wait` included).
+pub const CLI_LIMIT: Duration = Duration::from_secs(120);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -177,12 +179,14 @@ impl TestDaemon {
 
     /// Runs the CLI as root.
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
+        run_bounded(self.command(args), args)
     }
 
     /// Runs the CLI as `uid`/`gid` (supplementary groups dropped).
     pub fn cli_as(&self, uid: u32, gid: u32, args: &[&str]) -> Output {
-        self.command(args).uid(uid).gid(gid).output().unwrap()
+        let mut c = self.command(args);
+        c.uid(uid).gid(gid);
+        run_bounded(c, args)
     }
 
     /// `lowsched submit ARGS`; asserts it printed exactly one job id and returns it.
@@ -272,6 +276,29 @@ impl Drop for TestDaemon {
             let _ = child.wait();
         }
         destroy_tree(&self.cgroup_root);
+    }
+}
+
+/// Runs a CLI command, but not forever: a daemon that stopped answering fails the test after
+/// [`CLI_LIMIT`] (and the test's drop cleans up) instead of hanging it.
+pub fn run_bounded(mut cmd: Command, args: &[&str]) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(CLI_LIMIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            panic!("`lowsched {}` took over {CLI_LIMIT:?}", args.join(" "));
+        }
     }
 }
 
