@@ -49,8 +49,8 @@ pub struct TestDaemon {
 }
 
 impl TestDaemon {
-    /// Starts a daemon; `extra_toml` is appended to the config (sections other than
-    /// `[service]`, which is always `enabled = "no"`).
+    /// Starts a daemon; `extra_toml` is appended to the config. Without a `[service]` section
+    /// there, the config says `[service] enabled = "no"`.
     pub fn start(area: &str, extra_toml: &str) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix(&format!("lowsched-{area}-"))
@@ -65,9 +65,15 @@ impl TestDaemon {
         let state = dir.path().join("state");
         let config = dir.path().join("lowsched.toml");
         let log = dir.path().join("daemon.log");
+        // No protected service unless the test configures one.
+        let service = if extra_toml.contains("[service]") {
+            ""
+        } else {
+            "[service]\nenabled = \"no\"\n"
+        };
         let toml = format!(
             "socket = {socket:?}\nstate_dir = {state:?}\ncgroup_root = {cgroup_root:?}\n\
-             log_level = \"debug\"\n\n[service]\nenabled = \"no\"\n\n{extra_toml}\n"
+             log_level = \"debug\"\n\n{service}\n{extra_toml}\n"
         );
         std::fs::write(&config, toml).unwrap();
         let mut d = TestDaemon {
