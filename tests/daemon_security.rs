@@ -121,6 +121,21 @@ fn non_root_callers_act_only_on_their_own_jobs() {
     }
     let answer = raw_as_nobody(&d, &format!(r#"{{"v":1,"verb":"status","id":{root_job}}}"#));
     assert!(answer["job"].get("env").is_none(), "{answer}");
+    // Nor in the daemon's files: the journal (which holds it) is root's alone.
+    let journal = d.state.join("journal");
+    assert_eq!(
+        std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for f in ["journal", "events.log", "events.jsonl"] {
+        let out = Command::new("cat")
+            .arg(d.state.join(f))
+            .uid(NOBODY)
+            .gid(NOGROUP)
+            .output()
+            .unwrap();
+        assert!(!text(&out.stdout).contains("hunter2"), "{f}");
+    }
     // The owner (root) does see it.
     assert_eq!(d.status(root_job)["env"]["SECRET"], "hunter2");
 
