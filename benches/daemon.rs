@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench daemon` (root). Each figure is the median of `LOWSCHED_BENCH_RUNS`
 //! runs (default 5), each on a fresh daemon (release build, temp state dir on this disk, its
-//! own cgroup root, no protected service, both cores of this host for batch).
+//! own cgroup root, no protected service, two cores for batch).
 //!
 //! What is measured:
 //! - **submit throughput**: acknowledged `submit` requests per second. Each client keeps

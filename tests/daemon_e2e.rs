@@ -225,7 +225,7 @@ fn queued_jobs_cancel_without_running_and_time_out_as_unschedulable() {
     }
     let d = TestDaemon::start("e2e-queue", "");
     let release = d.dir.path().join("release");
-    // This host has two cores and no protected service: two blockers fill it.
+    // The test daemon manages two cores and has no protected service: two blockers fill it.
     let b1 = blocker(&d, &release);
     let b2 = blocker(&d, &release);
     d.wait_state(b1, "running");

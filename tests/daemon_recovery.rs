@@ -198,7 +198,7 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
     // Done before the crash.
     let done = job(&d, "done", &[], &marker, "true");
     assert_eq!(d.wait_code(done), 0);
-    // Paused by its owner (held), and two running jobs on this host's two cores.
+    // Paused by its owner (held), and two running jobs on the daemon's two cores.
     let paused = job(
         &d,
         "paused",
@@ -346,6 +346,9 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
     assert!(log.contains(" pause paused\n"), "{log}");
 }
 
+/// Most submits the storm sends; the daemon is killed once a tenth are acknowledged.
+const STORM_MAX: usize = 400;
+
 #[test]
 fn every_acknowledged_submit_survives_a_kill9_in_the_middle_of_a_storm() {
     if root_or_skip() {
@@ -357,13 +360,15 @@ fn every_acknowledged_submit_survives_a_kill9_in_the_middle_of_a_storm() {
     let cmd =
         format!("echo start $LOWSCHED_JOB_ID >> {m}; sleep 0.05; echo end $LOWSCHED_JOB_ID >> {m}");
     let socket = d.socket.clone();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = progress.clone();
     let storm = std::thread::spawn(move || {
         let mut acked = Vec::new();
         let Ok(mut c) = Client::connect(&socket) else {
             return acked;
         };
         let spec = JobSpec::new(vec!["sh".into(), "-c".into(), cmd]);
-        for _ in 0..400 {
+        for _ in 0..STORM_MAX {
             let req = Request::Submit(Box::new(Submit {
                 job: spec.clone(),
                 user: None,
@@ -372,18 +377,20 @@ fn every_acknowledged_submit_survives_a_kill9_in_the_middle_of_a_storm() {
                 Ok(Reply::Submitted { id }) => acked.push(id.0),
                 _ => break,
             }
+            seen.store(acked.len(), std::sync::atomic::Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(1));
         }
         acked
     });
-    std::thread::sleep(Duration::from_millis(250));
+    // Kill it mid-storm, with jobs accepted, running and finished (however slow the machine).
+    let deadline = Instant::now() + LONG;
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < STORM_MAX / 10 {
+        assert!(Instant::now() < deadline, "the storm does not get going");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     d.kill9();
     let acked = storm.join().unwrap();
-    assert!(
-        acked.len() > 5 && acked.len() < 400,
-        "{} submits acked",
-        acked.len()
-    );
+    assert!(acked.len() < STORM_MAX, "the kill came after the storm");
 
     d.start_again();
     // Wait for every job the daemon knows to finish.

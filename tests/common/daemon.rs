@@ -65,15 +65,22 @@ impl TestDaemon {
         let state = dir.path().join("state");
         let config = dir.path().join("lowsched.toml");
         let log = dir.path().join("daemon.log");
-        // No protected service unless the test configures one.
+        // No protected service unless the test configures one, and two cores (the first two
+        // online), so tests that fill the node behave alike on this 2-vCPU host and in a
+        // 4-vCPU guest.
         let service = if extra_toml.contains("[service]") {
-            ""
+            String::new()
         } else {
-            "[service]\nenabled = \"no\"\n"
+            "[service]\nenabled = \"no\"\n".to_string()
+        };
+        let node = if extra_toml.contains("[node]") {
+            String::new()
+        } else {
+            format!("[node]\ncores = \"{}\"\n", two_cores())
         };
         let toml = format!(
             "socket = {socket:?}\nstate_dir = {state:?}\ncgroup_root = {cgroup_root:?}\n\
-             log_level = \"debug\"\n\n{service}\n{extra_toml}\n"
+             log_level = \"debug\"\n\n{service}\n{node}\n{extra_toml}\n"
         );
         std::fs::write(&config, toml).unwrap();
         let mut d = TestDaemon {
@@ -306,6 +313,23 @@ pub fn run_bounded(mut cmd: Command, args: &[&str]) -> Output {
             panic!("`lowsched {}` took over {CLI_LIMIT:?}", args.join(" "));
         }
     }
+}
+
+/// The first two online CPUs, in list format (tests need at least two).
+pub fn two_cores() -> String {
+    let online: lowsched::cpuset::CpuSet =
+        std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let two: Vec<String> = online.iter().take(2).map(|c| c.to_string()).collect();
+    assert_eq!(
+        two.len(),
+        2,
+        "the daemon tests need two CPUs, this machine has [{online}]"
+    );
+    two.join(",")
 }
 
 /// Kills every job left under `root` and removes its groups in every hierarchy.
