@@ -507,7 +507,11 @@ fn connections_beyond_the_limit_are_told_busy() {
     if root_or_skip() {
         return;
     }
-    let d = start("proto-busy");
+    // Idle clients must keep their slots for the whole test here.
+    let d = TestDaemon::start(
+        "proto-busy",
+        &format!("[server]\nmax_connections = {MAX_CONNECTIONS}\nidle_timeout_ms = 600000\n"),
+    );
     // Fill every slot with a client that was served once (so it surely holds its slot).
     let mut held: Vec<UnixStream> = (0..MAX_CONNECTIONS).map(|_| d.raw()).collect();
     for s in &mut held {

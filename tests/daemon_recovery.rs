@@ -32,13 +32,15 @@ fn alive(pid: u64) -> bool {
 }
 
 /// The job's main process (its `sh`) among the pids `status` lists; the others come and go.
-fn shell_pid(status: &Value) -> u64 {
-    pids(status)
-        .into_iter()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sh")
-        })
-        .unwrap_or_else(|| panic!("no sh among the job's pids: {status:#}"))
+fn shell_pid(status: &Value) -> Option<u64> {
+    pids(status).into_iter().find(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sh")
+    })
+}
+
+/// Running, with its `sh` listed (and exec'd) among its pids.
+fn running_sh(s: &Value) -> bool {
+    s["state"] == "running" && shell_pid(s).is_some()
 }
 
 fn pids(status: &Value) -> Vec<u64> {
@@ -216,12 +218,8 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
         &marker,
         &format!("{}; (exit 7)", until(&rel_f, "")),
     );
-    let long_s = d.wait_for(long, "running with pids", |s| {
-        s["state"] == "running" && !pids(s).is_empty()
-    });
-    let down_s = d.wait_for(ends_down, "running with pids", |s| {
-        s["state"] == "running" && !pids(s).is_empty()
-    });
+    let long_s = d.wait_for(long, "running its sh", running_sh);
+    let down_s = d.wait_for(ends_down, "running its sh", running_sh);
     // Pending: no core is free.
     let queued: Vec<u64> = (0..4)
         .map(|i| job(&d, &format!("queued{i}"), &[], &marker, "true"))
@@ -237,7 +235,7 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
     let out = d.cli(&["status"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stderr).lines().count(), 1);
-    let long_sh = shell_pid(&long_s);
+    let long_sh = shell_pid(&long_s).unwrap();
     assert!(alive(long_sh));
     std::fs::write(&rel_f, "").unwrap();
     let deadline = Instant::now() + LONG;
@@ -444,9 +442,7 @@ fn sigterm_leaves_jobs_running_and_the_next_daemon_adopts_them() {
         ticks.display()
     );
     let id = d.submit(&["--", "sh", "-c", &cmd]);
-    let before = d.wait_for(id, "running with pids", |s| {
-        s["state"] == "running" && !pids(s).is_empty()
-    });
+    let before = d.wait_for(id, "running its sh", running_sh);
     assert!(d.stop().success());
     // Still running with no daemon.
     let n = lines(&ticks).len();
@@ -458,7 +454,7 @@ fn sigterm_leaves_jobs_running_and_the_next_daemon_adopts_them() {
     d.start_again();
     let s = d.status(id);
     assert_eq!(s["state"], "running");
-    let sh = shell_pid(&before);
+    let sh = shell_pid(&before).unwrap();
     assert!(alive(sh) && pids(&s).contains(&sh), "{s:#} vs {before:#}");
     // The adopted job is fully under control again.
     assert!(d.cli(&["pause", &id.to_string()]).status.success());

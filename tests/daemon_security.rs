@@ -191,12 +191,17 @@ fn non_root_callers_act_only_on_their_own_jobs() {
     let as_nobody = d.submit(&["--user", "nobody", "--", "sh", "-c", "id -u; sleep 600"]);
     d.wait_state(as_nobody, "running");
     assert_eq!(d.status(as_nobody)["uid"], 65534);
+    let out = d.state.join(format!("jobs/{as_nobody}/stdout"));
+    let deadline = std::time::Instant::now() + daemon::LONG;
+    while std::fs::read_to_string(&out).unwrap_or_default() != "65534\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no output from the job run as nobody"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(d.cli(&["cancel", &as_nobody.to_string()]).status.success());
     assert_eq!(d.wait_code(as_nobody), 125);
-    assert_eq!(
-        std::fs::read_to_string(d.state.join(format!("jobs/{as_nobody}/stdout"))).unwrap(),
-        "65534\n"
-    );
 }
 
 #[test]
