@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -28,6 +29,9 @@ use crate::jobstate::JobState;
 /// The journal's file name inside the state dir.
 pub const JOURNAL_FILE: &str = "journal";
 const JOURNAL_TMP: &str = "journal.compact";
+/// Root only: the journal holds every job's environment, which only root and the job's owner
+/// may see.
+const JOURNAL_MODE: u32 = 0o600;
 /// Finished jobs kept across a compaction (for `status` and `wait` after the fact).
 pub const DEFAULT_KEEP_FINISHED: usize = 10_000;
 
@@ -255,14 +259,19 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<(Journal, Replay), JournalError> {
         let path = dir.join(JOURNAL_FILE);
         let replay = read(&path)?;
+        let open_err = |source| JournalError::Open {
+            path: path.clone(),
+            source,
+        };
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(JOURNAL_MODE)
             .open(&path)
-            .map_err(|source| JournalError::Open {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(open_err)?;
+        // A journal written by an older build may still be world-readable.
+        file.set_permissions(fs::Permissions::from_mode(JOURNAL_MODE))
+            .map_err(open_err)?;
         let journal = Journal {
             path,
             dir: dir.to_path_buf(),
@@ -391,7 +400,15 @@ impl Journal {
             out.extend_from_slice(&encode(&rec)?);
         }
         {
-            let mut f = File::create(&tmp).map_err(cerr)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(JOURNAL_MODE)
+                .open(&tmp)
+                .map_err(cerr)?;
+            f.set_permissions(fs::Permissions::from_mode(JOURNAL_MODE))
+                .map_err(cerr)?;
             f.write_all(&out).map_err(cerr)?;
             f.sync_all().map_err(cerr)?;
         }
@@ -546,6 +563,25 @@ mod tests {
                 at: Timestamp(at),
             },
         }
+    }
+
+    #[test]
+    fn the_journal_is_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let mode = || fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        // An older, world-readable journal is tightened on open.
+        fs::write(&path, "").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(mode(), 0o600);
+        j.append_sync(&submitted(1)).unwrap();
+        j.compact(10).unwrap();
+        assert_eq!(mode(), 0o600);
+        drop(j);
+        fs::remove_file(&path).unwrap();
+        let _ = Journal::open(dir.path()).unwrap();
+        assert_eq!(mode(), 0o600);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Human-readable output of the client subcommands: job tables, job details, event lines.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 
 use crate::cpuset::CpuSet;
 use crate::protocol::{EventRecord, JobStatus};
+use crate::statsdump::StatsReport;
 
 fn cores(c: &[usize]) -> String {
     if c.is_empty() {
@@ -123,15 +125,14 @@ pub fn event_line(e: &EventRecord) -> String {
     s
 }
 
-/// The stats dump as text.
-pub fn stats(stats: &serde_json::Value) -> String {
-    serde_json::to_string_pretty(stats).unwrap_or_default() + "\n"
+/// The stats dump as the monitor's table.
+pub fn stats(report: &StatsReport) -> String {
+    crate::statsdump::render_table(report)
 }
 
-/// Writes the histograms of a stats answer as an HdrHistogram interval log.
-pub fn write_hlog(_stats: &serde_json::Value, path: &Path) -> Result<(), String> {
-    Err(format!(
-        "{}: interval logs are not available yet",
-        path.display()
-    ))
+/// Writes the windows' histograms of a stats answer as an HdrHistogram interval log.
+pub fn write_hlog(report: &StatsReport, path: &Path) -> Result<(), String> {
+    let mut f = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    crate::statsdump::write_report_hlog(report, &mut f).map_err(|e| e.to_string())?;
+    f.flush().map_err(|e| e.to_string())
 }

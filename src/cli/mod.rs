@@ -12,6 +12,7 @@ use crate::client::{Client, ClientError, socket_path};
 use crate::job::JobId;
 use crate::jobstate::JobState;
 use crate::protocol::{self, Reply, Request};
+use crate::statsdump::StatsReport;
 
 pub use submit::SubmitArgs;
 
@@ -284,16 +285,21 @@ fn stats(socket: &Path, args: StatsArgs) -> Result<ExitCode, ClientError> {
             line: String::new(),
         });
     };
+    let report: StatsReport =
+        serde_json::from_value(stats.clone()).map_err(|e| ClientError::Garbled {
+            why: format!("not a stats report: {e}"),
+            line: stats.to_string(),
+        })?;
     if args.json {
         println!("{}", to_json(&stats));
     } else {
-        print!("{}", format::stats(&stats));
+        print!("{}", format::stats(&report));
     }
     if let Some(path) = args.hlog {
-        format::write_hlog(&stats, &path).map_err(|e| ClientError::Garbled {
-            why: format!("cannot write {}", path.display()),
-            line: e,
-        })?;
+        if let Err(e) = format::write_hlog(&report, &path) {
+            eprintln!("lowsched: cannot write {}: {e}", path.display());
+            return Ok(ExitCode::from(exit::ERROR));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

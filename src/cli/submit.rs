@@ -63,7 +63,7 @@ pub struct SubmitArgs {
     /// never run on a physical core shared with the protected service
     #[argh(switch)]
     pub not_beside_service: bool,
-    /// submit every job of a JSON job list instead of one command
+    /// submit every job of a JSON job list (native or seed form) instead of one command
     #[argh(option)]
     pub file: Option<PathBuf>,
     /// print the answer as JSON
@@ -84,8 +84,8 @@ pub enum SubmitError {
     Env(String),
     #[error("bad --{flag} {value}: expected a number of seconds >= 0")]
     Seconds { flag: &'static str, value: f64 },
-    #[error("bad job list {path}: {why}")]
-    BadFile { path: PathBuf, why: String },
+    #[error(transparent)]
+    JobFile(#[from] crate::jobfile::JobFileError),
     #[error("cannot determine the current directory: {0}")]
     Cwd(std::io::Error),
 }
@@ -134,12 +134,10 @@ pub fn spec_from_args(args: &SubmitArgs, here: &Path) -> Result<JobSpec, SubmitE
     Ok(spec)
 }
 
-/// The jobs of a job-list file, with relative paths made absolute against the current directory.
+/// The jobs of a job-list file (native or seed form, see [`crate::jobfile`]), with relative
+/// paths made absolute against the current directory.
 pub fn specs_from_file(path: &Path, here: &Path) -> Result<Vec<JobSpec>, SubmitError> {
-    let mut specs = crate::jobfile::load(path).map_err(|e| SubmitError::BadFile {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
+    let mut specs = crate::jobfile::load(path)?;
     for s in &mut specs {
         s.stdout = absolute(here, s.stdout.take());
         s.stderr = absolute(here, s.stderr.take());
@@ -237,6 +235,34 @@ mod tests {
         assert_eq!(spec.stdout.as_deref(), Some(Path::new("/home/u/out")));
         assert_eq!(spec.cwd.as_deref(), Some(Path::new("/home/u")));
         spec.validate().unwrap();
+    }
+
+    #[test]
+    fn job_files_take_both_forms_and_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.json");
+        std::fs::write(
+            &path,
+            r#"[{"name":"seed","command":"echo hi","resources":{"cpu":2,"memory":"8G","gpu":1},
+                 "priority":1,"output":"out/seed.log"},
+                {"name":"native","argv":["true"],"stdout":"/abs/n.out","cwd":"sub"}]"#,
+        )
+        .unwrap();
+        let specs = specs_from_file(&path, Path::new("/home/u")).unwrap();
+        assert_eq!(specs[0].argv, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(specs[0].cores, CoreRange::exactly(2));
+        assert_eq!(specs[0].priority, 1);
+        let log = Path::new("/home/u/out/seed.log");
+        assert_eq!(specs[0].stdout.as_deref(), Some(log));
+        assert_eq!(specs[0].stderr.as_deref(), Some(log));
+        assert_eq!(specs[0].cwd.as_deref(), Some(Path::new("/home/u")));
+        assert_eq!(specs[1].stdout.as_deref(), Some(Path::new("/abs/n.out")));
+        assert_eq!(specs[1].cwd.as_deref(), Some(Path::new("/home/u/sub")));
+        std::fs::write(&path, r#"[{"command":"x","resources":{"cpus":2}}]"#).unwrap();
+        let e = specs_from_file(&path, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs.json") && e.contains("cpus"), "{e}");
     }
 
     #[test]

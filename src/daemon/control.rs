@@ -71,6 +71,7 @@ impl Control {
     /// Runs until the daemon is asked to stop.
     pub fn run(mut self) {
         let mut last_decide = Instant::now();
+        let mut decide_cost = Duration::ZERO;
         let mut last_pids = Instant::now();
         let mut last_status = Instant::now() - STATUS_EVERY;
         let mut last_watchdog = Instant::now();
@@ -80,7 +81,15 @@ impl Control {
             .stopping
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            let period = self.slo.as_ref().map_or(self.policy_tick, |s| s.period());
+            // A decide walks the whole queue: with a long queue and a stream of submits (each
+            // batch marks the state dirty) deciding back to back would take a whole core and
+            // starve the socket threads. A change waits until twice the last decide's cost has
+            // passed since it ended: nothing with a short queue, a bounded share with a long one.
+            let gap = (decide_cost * 2).saturating_sub(last_decide.elapsed());
+            let mut period = self.slo.as_ref().map_or(self.policy_tick, |s| s.period());
+            if self.dirty {
+                period = period.min(gap);
+            }
             select! {
                 recv(self.ops) -> op => if let Ok(op) = op { self.op(op, &mut replies) },
                 recv(self.exits) -> ev => if let Ok(ev) = ev { self.exit(ev) },
@@ -93,9 +102,12 @@ impl Control {
                 self.op(op, &mut replies);
             }
             self.control_step();
-            if self.dirty || last_decide.elapsed() >= self.policy_tick {
+            let since = last_decide.elapsed();
+            if (self.dirty && since >= decide_cost * 2) || since >= self.policy_tick {
+                let started = Instant::now();
                 self.decide();
                 last_decide = Instant::now();
+                decide_cost = last_decide - started;
             }
             for (reply, result, caller) in replies.drain(..) {
                 let answer = result.and_then(|id| {
@@ -519,10 +531,11 @@ impl Control {
                 reason,
                 ..
             } => {
-                let (Some(spec), Some(creds)) = (
-                    self.shared.table().get(id).map(|r| r.spec.clone()),
-                    self.credentials_for(id),
-                ) else {
+                // Two statements: the table guard must be gone before `credentials_for`,
+                // which locks the table again for jobs submitted before a restart.
+                let spec = self.shared.table().get(id).map(|r| r.spec.clone());
+                let creds = self.credentials_for(id);
+                let (Some(spec), Some(creds)) = (spec, creds) else {
                     return;
                 };
                 let req = LaunchRequest {

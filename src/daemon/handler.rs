@@ -42,6 +42,8 @@ struct Accepted {
     jobs: Vec<(JobRecord, Credentials)>,
     /// Response slots: (index in the batch, ids of the request).
     slots: Vec<(usize, Vec<JobId>, bool)>,
+    /// Users already resolved in this batch (by `--user` name; `None`: the caller).
+    users: Vec<(Option<String>, Credentials)>,
 }
 
 impl RequestHandler {
@@ -89,7 +91,15 @@ impl RequestHandler {
         user: Option<&str>,
         acc: &mut Accepted,
     ) -> Result<Vec<JobId>, ProtocolError> {
-        let creds = self.credentials(caller, user)?;
+        // One user lookup (passwd and group files through NSS) per batch and user, not per job.
+        let creds = match acc.users.iter().find(|(u, _)| u.as_deref() == user) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c = self.credentials(caller, user)?;
+                acc.users.push((user.map(str::to_string), c.clone()));
+                c
+            }
+        };
         let capacity = self
             .shared
             .batch_capacity

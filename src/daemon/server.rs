@@ -245,7 +245,21 @@ pub fn serve_connection<H: Handler + ?Sized>(stream: UnixStream, handler: &H, li
     let mut partial_since: Option<Instant> = None;
     loop {
         let n = match (&stream).read(&mut chunk) {
-            Ok(0) => return, // closed (or half-closed: nothing more will come)
+            Ok(0) => {
+                // Closed, or half-closed: nothing more will come, but the client may still be
+                // reading. A last line without its newline is answered like any other.
+                let line = buf.strip_suffix(b"\r").unwrap_or(&buf);
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    let out = handler.handle_batch(&caller, vec![Request::parse(line)]);
+                    let _ = (&stream).write_all(
+                        out.iter()
+                            .map(Response::to_line)
+                            .collect::<String>()
+                            .as_bytes(),
+                    );
+                }
+                return;
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return, // idle timeout or reset
@@ -403,6 +417,25 @@ mod tests {
             ErrorCode::Busy
         );
         drop(held);
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn half_closed_client_gets_its_last_unterminated_line_answered() {
+        let (_d, path, stop) = start(Limits::default());
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"{\"v\":1,\"verb\":\"stats\"}\n{\"v\":1,\"verb\":\"sta")
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let got = lines(&s, 2);
+        assert!(got[0].ok);
+        assert_eq!(got[1].error.as_ref().unwrap().code, ErrorCode::BadRequest);
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"{\"v\":1,\"verb\":\"stats\"}").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(lines(&s, 1)[0].ok);
         stop.store(true, Ordering::Relaxed);
     }
 
