@@ -519,10 +519,11 @@ impl Control {
                 reason,
                 ..
             } => {
-                let (Some(spec), Some(creds)) = (
-                    self.shared.table().get(id).map(|r| r.spec.clone()),
-                    self.credentials_for(id),
-                ) else {
+                // Two statements: a table guard made inside the `let … else` would live until
+                // its end, and credentials_for takes the table again.
+                let spec = self.shared.table().get(id).map(|r| r.spec.clone());
+                let creds = self.credentials_for(id);
+                let (Some(spec), Some(creds)) = (spec, creds) else {
                     return;
                 };
                 let req = LaunchRequest {
