@@ -381,6 +381,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     for ev in recovered.ended_while_down {
         control.exit(ev);
     }
+    // The first allocation (service found and placed, adopted jobs given cores, what fits
+    // started), so READY=1 comes with a status that says where things run.
+    control.prime();
     let ready = format!(
         "listening on {}; {}",
         cfg.socket.display(),
