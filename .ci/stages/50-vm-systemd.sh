@@ -20,9 +20,11 @@ systemd/install.sh --build PROFILE=debug DESTDIR="$OVERLAY" >/dev/null
 install -D -m 0644 cgroups/memcached.service.d/lowsched.conf \
     "$OVERLAY/etc/systemd/system/memcached.service.d/lowsched.conf"
 install -D -m 0644 cgroups/lowsched-memcached.toml "$OVERLAY/etc/lowsched/lowsched.toml"
-# Test-only: the service keeps exactly one core (the guest's TCG latencies would make the
-# controller climb), so the jobs below always have three batch cores.
-echo "max_cores = 1" >>"$OVERLAY/etc/lowsched/lowsched.toml"
+# Test-only, appended to its [service] section: the service keeps exactly one core (the guest's
+# TCG latencies would make the controller climb), so the jobs below always have three batch
+# cores; and the latency probe sends 100 gets/s instead of 1000 (under TCG the debug daemon's
+# probe alone would keep a vCPU busy, and the latencies it measures there mean nothing).
+printf '%s\n' "max_cores = 1" "" "[probe]" "rate = 100" >>"$OVERLAY/etc/lowsched/lowsched.toml"
 echo "50-vm-systemd: install tree $OVERLAY:"
 (cd "$OVERLAY" && find . -type f | sort | sed 's|^\.|    |')
 

@@ -220,6 +220,37 @@ eventually 30 "no job group holds a process" sh -c "! grep -qx 'populated 1' $cg
 check "systemctl stop lowsched" timeout 120 systemctl stop $unit
 check "the unit's cgroup is empty" sh -c "[ ! -e $cg/cgroup.events ] || grep -qx 'populated 0' $cg/cgroup.events"
 
+section "by hand: lowsched daemon started from this check's own (not delegated) service"
+# The check runs in lowsched-vm-check.service ($INVOCATION_ID set, a .service group, no
+# Delegate=): the daemon must not take that group, but use /sys/fs/cgroup/lowsched. A memcached
+# in a scope (no service owns it) is moved into lowsched's service/ group.
+h=/run/lowsched-check
+printf '%s\n' "socket = \"$h/by-hand.sock\"" "state_dir = \"$h/state\"" "[service]" \
+    "pid_file = \"$h/memcached.pid\"" "address = \"127.0.0.1:11311\"" "max_cores = 1" >$h/by-hand.toml
+systemd-run --scope --quiet --unit=lowsched-check-memcached \
+    memcached -u memcache -l 127.0.0.1 -p 11311 -m 16 >/dev/null 2>&1 &
+eventually 30 "memcached started by hand in a scope (port 11311)" pgrep -f 'memcached .*-p 11311'
+mh=$(pgrep -f 'memcached .*-p 11311' | head -n1)
+echo "$mh" >$h/memcached.pid
+lowsched daemon --config $h/by-hand.toml >$h/by-hand.log 2>&1 &
+hd=$!
+eventually 60 "the daemon is ready" grep -q 'ready:' $h/by-hand.log
+grep -m1 'not delegated' $h/by-hand.log | sed 's/^/    log: /'
+check "it saw that this check's group is not delegated" grep -q 'is not delegated' $h/by-hand.log
+check "it moved itself into /sys/fs/cgroup/lowsched/daemon" in_procs "$hd" /sys/fs/cgroup/lowsched/daemon/cgroup.procs
+check "this check's own group is untouched (no controllers turned on there, this shell still in it)" \
+    sh -c "[ -z \"\$(cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/$$/cgroup)/cgroup.subtree_control)\" ] && grep -qx $$ /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/$$/cgroup)/cgroup.procs"
+eventually 60 "memcached (pid $mh, in a scope) was moved into /sys/fs/cgroup/lowsched/service" \
+    in_procs "$mh" /sys/fs/cgroup/lowsched/service/cgroup.procs
+j=$(lowsched --socket $h/by-hand.sock submit -- sleep 600)
+eventually 60 "job $j runs in /sys/fs/cgroup/lowsched/batch/job-$j/task" \
+    sh -c "[ -n \"\$(cat /sys/fs/cgroup/lowsched/batch/job-$j/task/cgroup.procs)\" ]"
+echo "    service/ on [$(cat /sys/fs/cgroup/lowsched/service/cpuset.cpus)], job $j on [$(cat /sys/fs/cgroup/lowsched/batch/job-$j/cpuset.cpus)]"
+lowsched --socket $h/by-hand.sock cancel "$j"
+kill "$hd"
+check "the by-hand daemon stops on SIGTERM" timeout 60 tail --pid="$hd" -f /dev/null
+kill "$mh" 2>/dev/null
+
 echo "check-systemd: $checks checks, $failed failed (uptime $(cut -d. -f1 /proc/uptime)s)"
 if [ "$failed" -ne 0 ]; then
     echo "--- lowsched status"; lowsched status 2>&1
