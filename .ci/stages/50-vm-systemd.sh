@@ -25,8 +25,16 @@ install -D -m 0644 cgroups/lowsched-memcached.toml "$OVERLAY/etc/lowsched/lowsch
 # cores; and the latency probe sends 100 gets/s instead of 1000 (under TCG the debug daemon's
 # probe alone would keep a vCPU busy, and the latencies it measures there mean nothing).
 printf '%s\n' "max_cores = 1" "" "[probe]" "rate = 100" >>"$OVERLAY/etc/lowsched/lowsched.toml"
+# The files systemd/install.sh needs, for the check's live uninstall and install in the guest.
+src=$OVERLAY/root/lowsched-src
+mkdir -p "$src/systemd" "$src/cgroups/memcached.service.d"
+cp systemd/install.sh systemd/lowsched.service.in systemd/lowsched.sysusers systemd/lowsched.tmpfiles \
+    systemd/lowsched.toml "$src/systemd/"
+cp cgroups/README.md cgroups/lowsched-memcached.toml "$src/cgroups/"
+cp cgroups/memcached.service.d/lowsched.conf "$src/cgroups/memcached.service.d/"
+cp README.md "$src/"
 echo "50-vm-systemd: install tree $OVERLAY:"
-(cd "$OVERLAY" && find . -type f | sort | sed 's|^\.|    |')
+(cd "$OVERLAY" && find . -type f ! -path './root/*' | sort | sed 's|^\.|    |')
 
 # uninstall removes everything install put down (config included while unchanged).
 scratch=$(mktemp -d target/vm/uninstall-check.XXXXXX)

@@ -101,7 +101,8 @@ job_placed_right() {
     fi
 }
 
-mkdir -p /run/lowsched-check
+h=/run/lowsched-check
+mkdir -p $h
 echo "check-systemd: lowsched under systemd $(systemctl --version | sed -n '1s/systemd \([0-9]*\).*/\1/p') on pure cgroup v2"
 
 section "boot"
@@ -220,11 +221,35 @@ eventually 30 "no job group holds a process" sh -c "! grep -qx 'populated 1' $cg
 check "systemctl stop lowsched" timeout 120 systemctl stop $unit
 check "the unit's cgroup is empty" sh -c "[ ! -e $cg/cgroup.events ] || grep -qx 'populated 0' $cg/cgroup.events"
 
+section "systemd/install.sh on this system: uninstall, install again"
+# Stage 50 put the repo's install files in /root/lowsched-src; the binaries come from this
+# install, copied to where the script looks for a debug build.
+src=/root/lowsched-src
+install -D -m 0755 /usr/local/bin/lowsched "$src/target/debug/lowsched"
+install -D -m 0755 /usr/local/bin/lowsched-shim "$src/target/debug/lowsched-shim"
+check "systemctl start lowsched" timeout 120 systemctl start $unit
+u=$(lowsched submit --name uninstall-guard -- sleep 600)
+eventually 60 "job $u runs" job_running_with_cores "$u"
+check "uninstall refuses while job $u runs, and leaves the unit active" \
+    sh -c "! $src/systemd/install.sh uninstall PROFILE=debug >$h/uninstall.log 2>&1 && systemctl is-active --quiet $unit"
+sed -n 's/^lowsched install: error: /    said: /p' $h/uninstall.log
+lowsched cancel "$u"
+check "uninstall after the job is cancelled" sh -c "$src/systemd/install.sh uninstall PROFILE=debug >$h/uninstall.log 2>&1"
+sed 's/^/    /' $h/uninstall.log
+check "... stopped and removed the unit, binaries, sysusers.d and tmpfiles.d entries, docs" \
+    sh -c "! systemctl is-active --quiet $unit && ! systemctl cat $unit >/dev/null 2>&1 && [ ! -e /usr/local/bin/lowsched ] && [ ! -e /usr/local/bin/lowsched-shim ] && [ ! -e /usr/local/lib/sysusers.d/lowsched.conf ] && [ ! -e /usr/local/lib/tmpfiles.d/lowsched.conf ] && [ ! -e /usr/local/share/doc/lowsched ]"
+check "... and kept the changed config, the state dir and the group" \
+    sh -c "[ -f /etc/lowsched/lowsched.toml ] && [ -d /var/lib/lowsched ] && getent group lowsched >/dev/null"
+check "install on the live system" sh -c "$src/systemd/install.sh PROFILE=debug >$h/install.log 2>&1"
+sed 's/^/    /' $h/install.log
+check "systemctl enable --now lowsched" sh -c "systemctl enable --now $unit 2>/dev/null"
+check "active again, and the CLI answers" sh -c "systemctl is-active --quiet $unit && lowsched status >/dev/null"
+check "systemctl stop lowsched" timeout 120 systemctl stop $unit
+
 section "by hand: lowsched daemon started from this check's own (not delegated) service"
 # The check runs in lowsched-vm-check.service ($INVOCATION_ID set, a .service group, no
 # Delegate=): the daemon must not take that group, but use /sys/fs/cgroup/lowsched. A memcached
 # in a scope (no service owns it) is moved into lowsched's service/ group.
-h=/run/lowsched-check
 printf '%s\n' "socket = \"$h/by-hand.sock\"" "state_dir = \"$h/state\"" "[service]" \
     "pid_file = \"$h/memcached.pid\"" "address = \"127.0.0.1:11311\"" "max_cores = 1" >$h/by-hand.toml
 systemd-run --scope --quiet --unit=lowsched-check-memcached \
