@@ -156,6 +156,13 @@ check "... by the memory cgroup's OOM killer: $(dmesg | grep -m1 'Memory cgroup 
     sh -c 'dmesg | grep -q "Memory cgroup out of memory: Killed process [0-9]* (tail)"'
 check "... and lowsched.service is unaffected (active, NRestarts 0, Result=success)" \
     test "$(show ActiveState)/$(show NRestarts)/$(show Result)" = active/0/success
+useradd --system --no-create-home --groups lowsched lsmember && useradd --system --no-create-home lsother
+uj=$(setpriv --reuid=lsmember --regid=lsmember --init-groups lowsched submit -- sh -c 'id -un')
+check "a member of group lowsched submits through the socket (job '$uj')" test -n "$uj"
+check "job $uj runs as that user and succeeds" \
+    sh -c "timeout 60 lowsched wait $uj && lowsched status $uj | grep -q '^user: *lsmember '"
+check "a user outside group lowsched cannot use the socket" \
+    sh -c '! setpriv --reuid=lsother --regid=lsother --init-groups lowsched status >/dev/null 2>&1'
 b=$(lowsched submit --name sleeper --cpus 2 -- sleep 600)
 check "submit --cpus 2 printed job id '$b'" test -n "$b"
 eventually 60 "job $b runs" job_running_with_cores "$b"
