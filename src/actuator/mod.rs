@@ -96,7 +96,8 @@ pub struct ActuatorConfig {
     /// be exec'd is an error of `run` rather than a `NotStarted` exit event. Slower: see
     /// cgroups/DESIGN.md.
     pub wait_for_exec: bool,
-    /// Run jobs at `SCHED_IDLE` (see [`crate::sys::sched::set_idle`]).
+    /// Run jobs at `SCHED_IDLE` (see [`crate::sys::sched::set_idle`]), and make `batch/` an
+    /// idle CPU group where the cpu controller is on ([`Tree::set_batch_idle`]).
     pub idle_priority: bool,
 }
 
@@ -165,6 +166,8 @@ impl Actuator {
             None => Layout::detect(&cfg.proc_root).map_err(ActuationError::Tree)?,
         };
         let tree = Tree::open(layout, &cfg.tree, &cfg.proc_root).map_err(ActuationError::Tree)?;
+        tree.set_batch_idle(cfg.idle_priority)
+            .map_err(ActuationError::Tree)?;
         let state = StateDir::create(&cfg.state_dir)?;
         let null = open(
             "/dev/null",

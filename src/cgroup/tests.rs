@@ -187,6 +187,22 @@ fn v2_tree_enables_controllers_and_names_jobs() {
 }
 
 #[test]
+fn batch_becomes_an_idle_cpu_group_where_the_kernel_has_cpu_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = Tree::open(fake_v2(tmp.path()), &named(), Path::new("/proc")).unwrap();
+    assert!(
+        !tree.set_batch_idle(true).unwrap(),
+        "no cpu.idle file: nothing to do"
+    );
+    let idle = tmp.path().join("ls/batch").join(CPU_IDLE);
+    fs::write(&idle, "0\n").unwrap();
+    assert!(tree.set_batch_idle(true).unwrap());
+    assert_eq!(read(idle.clone()), "1");
+    assert!(tree.set_batch_idle(false).unwrap());
+    assert_eq!(read(idle.clone()), "0");
+}
+
+#[test]
 fn v2_job_cores_memory_freeze_and_kill() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = Tree::open(fake_v2(tmp.path()), &named(), Path::new("/proc")).unwrap();

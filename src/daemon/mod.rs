@@ -76,19 +76,52 @@ pub enum DaemonError {
     Signals(nix::errno::Errno),
 }
 
-/// Under systemd with `Delegate=`, on pure cgroup v2, the unit's own group is lowsched's root.
+/// Under systemd with `Delegate=`, on pure cgroup v2, the unit's own group is lowsched's root:
+/// run by systemd (`$INVOCATION_ID`), in a `.service` group, and delegated. systemd 251+ marks
+/// every unit's group with `user.invocation_id` and a delegated one with `trusted.delegate`
+/// (and `user.delegate`); where those marks exist they decide, so a `lowsched daemon` started
+/// from some other service does not take over that service's group. Older systemd sets no
+/// `user.` marks: there a `.service` group is taken as delegated.
 fn cgroup_root(name: &str, layout: &Layout) -> RootName {
-    let delegated = std::env::var_os("INVOCATION_ID").is_some()
-        && matches!(layout, Layout::Unified { .. })
-        && std::fs::read_to_string("/proc/self/cgroup").is_ok_and(|t| {
-            t.lines()
-                .any(|l| l.starts_with("0::") && l.trim_end().ends_with(".service"))
-        });
-    if name == config::DEFAULT_CGROUP_ROOT && delegated {
-        RootName::Own
-    } else {
-        RootName::Named(name.to_string())
+    let named = || RootName::Named(name.to_string());
+    if name != config::DEFAULT_CGROUP_ROOT || std::env::var_os("INVOCATION_ID").is_none() {
+        return named();
     }
+    let Layout::Unified { mount } = layout else {
+        return named();
+    };
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(|g| g.trim_end().to_string())
+        });
+    let Some(dir) = own
+        .filter(|g| g.ends_with(".service"))
+        .and_then(|g| mount.dir_of(&g))
+    else {
+        return named();
+    };
+    if delegation_marked(&dir) == Some(false) {
+        crate::log::notice(&format!(
+            "{} is not delegated (no Delegate= in its unit): using {}/{name} as if run by hand",
+            dir.display(),
+            mount.point.display()
+        ));
+        return named();
+    }
+    RootName::Own
+}
+
+/// Whether systemd marked the cgroup `dir` as delegated; `None` where it sets no marks at all.
+fn delegation_marked(dir: &Path) -> Option<bool> {
+    let xattr = |name: &str| crate::sys::xattr::get(dir, name).ok().flatten();
+    let one = |name: &str| xattr(name).is_some_and(|v| v.trim_ascii() == b"1");
+    if one("trusted.delegate") || one("user.delegate") {
+        return Some(true);
+    }
+    xattr("user.invocation_id").map(|_| false)
 }
 
 /// The node's inventory: detected, then the config's overrides.
@@ -381,6 +414,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     for ev in recovered.ended_while_down {
         control.exit(ev);
     }
+    // The first allocation (service found and placed, adopted jobs given cores, what fits
+    // started), so READY=1 comes with a status that says where things run.
+    control.prime();
     let ready = format!(
         "listening on {}; {}",
         cfg.socket.display(),

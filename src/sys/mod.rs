@@ -1,5 +1,5 @@
 //! Every `unsafe` call of the crate: raw Linux syscalls nix does not wrap (clone3, pidfd_open,
-//! pidfd_send_signal, io_uring submission, epoll with ns timeouts, clocks, SCHED_FIFO) and the
+//! pidfd_send_signal, io_uring submission, epoll with ns timeouts, clocks, SCHED_FIFO, xattrs) and the
 //! async-signal-safe child programs that run between clone and exec.
 //!
 //! Nothing outside this module uses `unsafe`. Each block names the invariant it relies on.
@@ -13,6 +13,7 @@ pub mod pidfd;
 mod raw;
 pub mod sched;
 pub mod uring;
+pub mod xattr;
 
 pub use child::{ChildPlan, ChildStage, OpenSpec, RawCreds, SpawnError};
 pub use clone::{PendingSpawn, SpawnMode, Spawned, spawn, spawn_async};
