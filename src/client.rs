@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::protocol::{ProtocolError, Reply, Request, Response};
+use crate::protocol::{ErrorCode, ProtocolError, Reply, Request, Response};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/lowsched/lowsched.sock";
@@ -80,15 +80,20 @@ impl Client {
     }
 
     /// Sends a request without waiting for its answer (pipelining); pair with [`Client::recv`].
+    ///
+    /// A daemon at its connection limit answers `busy` and closes before reading anything, so
+    /// the write can fail with a broken pipe while that answer waits unread: the answer is the
+    /// error worth reporting, not the pipe.
     pub fn send(&mut self, req: &Request) -> Result<(), ClientError> {
         let mut line = req.to_line();
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(|source| ClientError::Io {
-                path: self.path.clone(),
-                source,
-            })
+        match self.writer.write_all(line.as_bytes()) {
+            Ok(()) => Ok(()),
+            Err(source) => match self.recv() {
+                Err(refused @ ClientError::Refused(_)) => Err(refused),
+                _ => Err(self.io(source)),
+            },
+        }
     }
 
     /// Reads the next answer.
@@ -125,5 +130,79 @@ impl Client {
     pub fn call(&mut self, req: &Request) -> Result<Reply, ClientError> {
         self.send(req)?;
         self.recv()
+    }
+}
+
+/// How long [`call`] keeps retrying a daemon that answers `busy`.
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(10);
+
+/// One request on a fresh connection. A `busy` daemon refused the connection before reading the
+/// request, so nothing was done and the request is sent again, with back-off, for up to
+/// `patience`.
+pub fn call(path: &Path, req: &Request, patience: Duration) -> Result<Reply, ClientError> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match Client::connect(path)?.call(req) {
+            Err(ClientError::Refused(e))
+                if e.code == ErrorCode::Busy && std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobId;
+    use crate::protocol::Status;
+    use std::os::unix::net::UnixListener;
+
+    /// A fake daemon: the first `busy` connections get `busy` before anything is read and are
+    /// closed; the next is answered `answer`.
+    fn fake_daemon(dir: &Path, busy: usize, answer: Response) -> std::thread::JoinHandle<()> {
+        let listener = UnixListener::bind(dir.join("sock")).unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..busy {
+                let (mut s, _) = listener.accept().unwrap();
+                let e = ProtocolError::new(ErrorCode::Busy, "too many connections");
+                let _ = s.write_all(format!("{}\n", Response::err(e).to_line()).as_bytes());
+            }
+            let (s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(format!("{}\n", answer.to_line()).as_bytes())
+                .unwrap();
+        })
+    }
+
+    fn status() -> Request {
+        Request::Status(Status { id: None })
+    }
+
+    #[test]
+    fn a_busy_daemon_is_asked_again_until_it_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Response::ok(Reply::Submitted { id: JobId(7) });
+        let server = fake_daemon(dir.path(), 3, ok);
+        let reply = call(&dir.path().join("sock"), &status(), Duration::from_secs(10)).unwrap();
+        assert_eq!(reply, Reply::Submitted { id: JobId(7) });
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn busy_past_the_patience_is_reported_as_busy_not_as_a_broken_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Response::ok(Reply::Submitted { id: JobId(7) });
+        let _server = fake_daemon(dir.path(), 1000, ok);
+        let err = call(&dir.path().join("sock"), &status(), Duration::ZERO).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Refused(e) if e.code == ErrorCode::Busy),
+            "{err}"
+        );
     }
 }

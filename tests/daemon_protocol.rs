@@ -512,11 +512,23 @@ fn connections_beyond_the_limit_are_told_busy() {
         "proto-busy",
         &format!("[server]\nmax_connections = {MAX_CONNECTIONS}\nidle_timeout_ms = 600000\n"),
     );
-    // Fill every slot with a client that was served once (so it surely holds its slot).
-    let mut held: Vec<UnixStream> = (0..MAX_CONNECTIONS).map(|_| d.raw()).collect();
-    for s in &mut held {
-        assert!(still_serves(s));
-    }
+    // Fill every slot with a client that was served once (so it surely holds its slot). The
+    // start-up probe's connection may still hold a slot for a moment after its answer: a client
+    // told `busy` then tries again.
+    let mut held: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+        .map(|_| {
+            let deadline = Instant::now() + daemon::LONG;
+            loop {
+                let mut s = d.raw();
+                if still_serves(&mut s) {
+                    break s;
+                }
+                assert!(Instant::now() < deadline, "a slot never came free");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .collect();
+
     // Many more at once: every one gets a structured `busy` and a close.
     let extra: Vec<_> = (0..40)
         .map(|_| {

@@ -131,12 +131,17 @@ struct Hogs(Child);
 impl Hogs {
     fn on_cpu0(n: usize, group: Option<&CpuGroup>) -> Self {
         Self(
-            CpuGroup::command(group, &["taskset", "-c", "0", "stress-ng"])
-                .args(["--cpu", &n.to_string(), "--timeout", "120"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+            // At nice -5 the hogs outweigh memcached about 9 to 1 on its core, so their effect
+            // on its latency stands well clear of this shared machine's noise.
+            CpuGroup::command(
+                group,
+                &["nice", "-n", "-5", "taskset", "-c", "0", "stress-ng"],
+            )
+            .args(["--cpu", &n.to_string(), "--timeout", "120"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
         )
     }
 }
@@ -280,10 +285,12 @@ fn probe_p95_rises_when_cpu_hogs_share_memcacheds_core() {
     }
     let mut mc = Memcached::start_in(group.as_ref());
     let stop = Arc::new(AtomicBool::new(false));
-    // Background load as test-env.md measured it: 20 k QPS from CPU 1. The probe runs
-    // SCHED_FIFO there so that its own scheduling stays out of its figures. (The load generator
-    // does not: in an unoptimized test build a real-time one at 20 k QPS stalled once a second.)
-    let bg = loadgen::spawn_loadgen(load(mc.addr(), 20_000.0, 60), stop.clone());
+    // Background load from CPU 1, light enough (5 k QPS) that memcached alone stays far below
+    // the SLO even on a loaded CI host. The probe runs SCHED_FIFO there so that its own
+    // scheduling stays out of its figures. (The load generator does not: in an unoptimized test
+    // build a real-time one at 20 k QPS stalled once a second.)
+    let bg = loadgen::spawn_loadgen(load(mc.addr(), 5_000.0, 60), stop.clone());
+
     let probe = Probe::start(ProbeConfig {
         server: mc.addr(),
         window: Duration::from_millis(500),

@@ -214,7 +214,7 @@ fn run_daemon(global_socket: Option<PathBuf>, args: DaemonArgs) -> ExitCode {
 }
 
 fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
-    Client::connect(socket)?.call(req)
+    crate::client::call(socket, req, crate::client::BUSY_PATIENCE)
 }
 
 fn unexpected(reply: Reply) -> ClientError {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::client::{Client, ClientError};
+use crate::client::ClientError;
 use crate::job::JobSpec;
 use crate::protocol::{Reply, Request, Submit, SubmitMany};
 use crate::resources::{Bytes, CoreRange, GpuRequest};
@@ -172,7 +172,7 @@ pub fn run(socket: &Path, args: SubmitArgs) -> Result<ExitCode, ClientError> {
             Err(e) => return fail(e),
         },
     };
-    match Client::connect(socket)?.call(&req)? {
+    match crate::client::call(socket, &req, crate::client::BUSY_PATIENCE)? {
         Reply::Submitted { id } if args.json => println!("{{\"id\":{id}}}"),
         Reply::Submitted { id } => println!("{id}"),
         Reply::SubmittedMany { ids } if args.json => {

@@ -374,8 +374,9 @@ pub fn text(b: &[u8]) -> String {
 }
 
 /// Writes `bytes` on a raw connection and reads one response line (None: closed first).
+/// A write refused because the daemon already answered (`busy`) and closed still reads that answer.
 pub fn exchange(s: &mut UnixStream, bytes: &[u8]) -> Option<Value> {
-    s.write_all(bytes).ok()?;
+    let _ = s.write_all(bytes);
     read_response(s)
 }
 
