@@ -7,7 +7,7 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use crate::client::ClientError;
-use crate::job::JobSpec;
+use crate::job::{JobId, JobSpec};
 use crate::protocol::{Reply, Request, Submit, SubmitMany};
 use crate::resources::{Bytes, CoreRange, GpuRequest};
 
@@ -88,6 +88,64 @@ pub enum SubmitError {
     JobFile(#[from] crate::jobfile::JobFileError),
     #[error("cannot determine the current directory: {0}")]
     Cwd(std::io::Error),
+    #[error(
+        "job {index} ({name:?}) of the list is {bytes} bytes as a request; the limit is {limit}"
+    )]
+    JobTooLarge {
+        index: usize,
+        name: String,
+        bytes: usize,
+        limit: usize,
+    },
+}
+
+/// Splits a job list into `submit_many` requests that each fit the daemon's request-line limit.
+///
+/// The limit (64 KiB) keeps one client from tying up the daemon with a huge line; a list of a
+/// few hundred jobs passes it, so the list goes in order in as many requests as needed.
+pub fn chunks(
+    jobs: Vec<JobSpec>,
+    user: Option<String>,
+    limit: usize,
+) -> Result<Vec<SubmitMany>, SubmitError> {
+    let line_len = |jobs: Vec<JobSpec>| {
+        let req = Request::SubmitMany(SubmitMany {
+            jobs,
+            user: user.clone(),
+        });
+        req.to_line().len() + 1
+    };
+    let empty = line_len(Vec::new());
+    let mut out: Vec<SubmitMany> = Vec::new();
+    let (mut current, mut size) = (Vec::new(), empty);
+    for (index, job) in jobs.into_iter().enumerate() {
+        // Each job adds its own JSON and a comma.
+        let own = line_len(vec![job.clone()]) - empty + 1;
+        if empty + own >= limit {
+            return Err(SubmitError::JobTooLarge {
+                index,
+                name: job.name.clone(),
+                bytes: empty + own,
+                limit,
+            });
+        }
+        if size + own >= limit || current.len() == crate::protocol::MAX_BATCH {
+            out.push(SubmitMany {
+                jobs: std::mem::take(&mut current),
+                user: user.clone(),
+            });
+            size = empty;
+        }
+        size += own;
+        current.push(job);
+    }
+    if !current.is_empty() || out.is_empty() {
+        out.push(SubmitMany {
+            jobs: current,
+            user,
+        });
+    }
+    Ok(out)
 }
 
 fn secs(flag: &'static str, v: Option<f64>) -> Result<Option<Duration>, SubmitError> {
@@ -157,13 +215,15 @@ pub fn run(socket: &Path, args: SubmitArgs) -> Result<ExitCode, ClientError> {
     };
     let req = match &args.file {
         Some(_) if !args.command.is_empty() => return fail(SubmitError::FileAndCommand),
-        Some(path) => match specs_from_file(path, &here) {
-            Ok(jobs) => Request::SubmitMany(SubmitMany {
-                jobs,
-                user: args.user.clone(),
-            }),
-            Err(e) => return fail(e),
-        },
+        Some(path) => {
+            let parts = match specs_from_file(path, &here)
+                .and_then(|jobs| chunks(jobs, args.user.clone(), crate::protocol::MAX_REQUEST))
+            {
+                Ok(parts) => parts,
+                Err(e) => return fail(e),
+            };
+            return submit_list(socket, parts, args.json);
+        }
         None => match spec_from_args(&args, &here) {
             Ok(job) => Request::Submit(Box::new(Submit {
                 job,
@@ -175,17 +235,53 @@ pub fn run(socket: &Path, args: SubmitArgs) -> Result<ExitCode, ClientError> {
     match crate::client::call(socket, &req, crate::client::BUSY_PATIENCE)? {
         Reply::Submitted { id } if args.json => println!("{{\"id\":{id}}}"),
         Reply::Submitted { id } => println!("{id}"),
-        Reply::SubmittedMany { ids } if args.json => {
-            println!("{}", serde_json::json!({ "ids": ids }));
-        }
-        Reply::SubmittedMany { ids } => {
-            for id in ids {
-                println!("{id}");
-            }
-        }
         other => return Err(super::unexpected(other)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Submits a job list's requests in order. Should one be refused, the ids already acknowledged
+/// are still printed and the error says from which job on nothing was submitted, so no job is
+/// silently lost or submitted twice by a blind retry.
+fn submit_list(socket: &Path, parts: Vec<SubmitMany>, json: bool) -> Result<ExitCode, ClientError> {
+    let mut done: Vec<JobId> = Vec::new();
+    let mut failed = None;
+    for part in parts {
+        match crate::client::call(
+            socket,
+            &Request::SubmitMany(part),
+            crate::client::BUSY_PATIENCE,
+        ) {
+            Ok(Reply::SubmittedMany { ids }) => {
+                if !json {
+                    for id in &ids {
+                        println!("{id}");
+                    }
+                }
+                done.extend(ids);
+            }
+            Ok(other) => failed = Some(super::unexpected(other)),
+            Err(e) => failed = Some(e),
+        }
+        if failed.is_some() {
+            break;
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "ids": done }));
+    }
+    match failed {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) if done.is_empty() => Err(e),
+        Some(e) => {
+            eprintln!(
+                "lowsched: the first {} jobs of the list were submitted (ids above); job {} and the rest were not: {e}",
+                done.len(),
+                done.len()
+            );
+            Ok(ExitCode::from(super::exit::ERROR))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -288,5 +384,41 @@ mod tests {
             spec_from_args(&args, Path::new("/")),
             Err(SubmitError::NoCommand)
         ));
+    }
+
+    #[test]
+    fn long_job_lists_go_in_order_in_requests_under_the_limit() {
+        let jobs: Vec<JobSpec> = (0..2000)
+            .map(|i| JobSpec::new(vec!["/bin/echo".into(), format!("job number {i}")]))
+            .collect();
+        let parts = chunks(
+            jobs.clone(),
+            Some("alice".into()),
+            crate::protocol::MAX_REQUEST,
+        )
+        .unwrap();
+        assert!(parts.len() > 1, "2000 jobs fit one request?");
+        for p in &parts {
+            let line = Request::SubmitMany(p.clone()).to_line();
+            assert!(
+                line.len() + 1 < crate::protocol::MAX_REQUEST,
+                "{} bytes",
+                line.len()
+            );
+            assert_eq!(p.user.as_deref(), Some("alice"));
+        }
+        let back: Vec<JobSpec> = parts.into_iter().flat_map(|p| p.jobs).collect();
+        assert_eq!(back, jobs);
+    }
+
+    #[test]
+    fn a_job_too_large_for_any_request_is_named() {
+        let mut jobs = vec![JobSpec::new(vec!["true".into()])];
+        let mut big = JobSpec::new(vec!["echo".into(), "x".repeat(70_000)]);
+        big.name = "huge".into();
+        jobs.push(big);
+        let e = chunks(jobs, None, crate::protocol::MAX_REQUEST).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("job 1") && e.contains("huge"), "{e}");
     }
 }
