@@ -83,8 +83,11 @@ pub struct SloSetup {
 
 impl SloLoop {
     pub fn new(s: SloSetup) -> Result<SloLoop, String> {
+        // 0: every managed core but one, so batch always keeps a core to make progress on (a
+        // 2-core node would otherwise hand a single-threaded memcached both cores and starve
+        // the batch for no gain). An explicit count may take them all.
         let max = if s.cfg.max_cores == 0 {
-            s.managed.len()
+            s.managed.len().saturating_sub(1).max(1)
         } else {
             s.cfg.max_cores
         };

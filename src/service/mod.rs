@@ -57,7 +57,7 @@ pub struct ServiceConfig {
     pub address: String,
     /// Fewest cores the service ever gets.
     pub min_cores: usize,
-    /// Most cores it may get (0: all managed cores).
+    /// Most cores it may get (0: all managed cores but one, so batch always keeps one).
     pub max_cores: usize,
     pub placement: Placement,
     /// How often to look for the service again (it may be restarted or replaced), ms.
