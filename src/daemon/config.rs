@@ -241,8 +241,12 @@ pub struct ProbeSection {
 impl Default for ProbeSection {
     fn default() -> Self {
         Self {
-            rate: 1000,
-            fast_horizon_ms: 100,
+            // Measured on the 2-vCPU test VM: one probe costs ~70 µs of CPU (two wake-ups),
+            // so 1000/s took ~7 % of a core; 200/s keeps the daemon near its 1 % budget and
+            // still puts 40 samples in the 200 ms recent signal (its p95 is the 2nd highest).
+            rate: 200,
+            fast_horizon_ms: 200,
+
             realtime_priority: 0,
         }
     }
