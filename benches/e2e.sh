@@ -37,7 +37,27 @@ trace=${E2E_TRACE:-$top/benches/e2e/trace.txt}
 jobs=${E2E_JOBS:-$top/benches/e2e/parsec.json}
 duration=$(awk '!/^#/ && NF {t=$1} END {print t + 1}' "$trace")
 
+# Cancels what is left of the batch, stops the daemon and memcached, removes the mode's cgroups.
+cleanup() {
+    local mode=$1 daemon=$2 mc=$3 id
+    for id in $("$bin" status --json 2>/dev/null | python3 -c 'import json,sys
+for j in json.load(sys.stdin):
+    if j["state"] in ("pending", "running", "paused"): print(j["id"])' 2>/dev/null); do
+        "$bin" cancel "$id" >/dev/null 2>&1 || true
+    done
+    kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
+    kill "$mc" 2>/dev/null || true
+    # The next mode binds the same port: wait until this memcached is gone.
+    for _ in $(seq 100); do kill -0 "$mc" 2>/dev/null || break; sleep 0.1; done
+    local c
+    for c in /sys/fs/cgroup/unified /sys/fs/cgroup/cpuset /sys/fs/cgroup/freezer /sys/fs/cgroup; do
+        [ -d "$c/lowsched-e2e-$mode" ] && find "$c/lowsched-e2e-$mode" -depth -type d -exec rmdir {} \; 2>/dev/null
+    done
+    return 0
+}
+
 run_mode() {
+
     local mode=$1 dir=$out/$1
     rm -rf "$dir"; mkdir -p "$dir"
     local sock=$dir/s.sock cfg=$dir/lowsched.toml
@@ -60,6 +80,9 @@ run_mode() {
     "$bin" daemon --config "$cfg" >"$dir/daemon.log" 2>&1 &
     local daemon=$!
     export LOWSCHED_SOCKET=$sock
+    # Interrupted (^C, a failed step): no job, daemon or memcached outlives the run.
+    trap "cleanup $mode $daemon $mc" EXIT
+
     for _ in $(seq 100); do "$bin" status >/dev/null 2>&1 && break; sleep 0.1; done
     sleep 2 # mode c: the controller settles on the bottom rung under no load
     local cpu0; cpu0=$(awk '{print $14 + $15}' /proc/$daemon/stat)
@@ -74,15 +97,20 @@ run_mode() {
     local cpu1; cpu1=$(awk '{print $14 + $15}' /proc/$daemon/stat)
     local t1; t1=$(date +%s.%N)
     "$bin" status --json >"$dir/status.json"
-    kill -TERM "$daemon"; wait "$daemon" || true
-    kill "$mc" 2>/dev/null || true
+    cleanup "$mode" "$daemon" "$mc"
+    trap - EXIT
+
     echo "{\"daemon_cpu_ticks\": $((cpu1 - cpu0)), \"wall_s\": $(echo "$t1 - $t0" | bc), \"hz\": $(getconf CLK_TCK)}" >"$dir/cpu.json"
     echo "e2e: mode $mode done" >&2
 }
 
 for m in $modes; do run_mode "$m"; done
 
-python3 - "$out" $modes <<'EOF'
+# The report covers every mode with results on disk, so one mode can be run again alone.
+report=()
+for m in a b c; do [ -s "$out/$m/loadgen.json" ] && [ -s "$out/$m/status.json" ] && report+=("$m"); done
+python3 - "$out" "${report[@]}" <<'EOF'
+
 import json, sys, statistics
 out, modes = sys.argv[1], sys.argv[2:]
 res = {}
