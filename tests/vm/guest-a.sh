@@ -91,7 +91,10 @@ mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# A checkout under /tmp (a clean clone in /tmp/x) put its binaries at their host paths there:
+# a tmpfs over /tmp would hide them, and the initramfs root is writable already.
+if [ -z "\$(ls -A /tmp)" ]; then mount -t tmpfs -o mode=1777 tmpfs /tmp; else chmod 1777 /tmp; fi
+
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 for c in \$(cat /sys/fs/cgroup/cgroup.controllers); do
