@@ -13,6 +13,7 @@ pub mod controller;
 pub mod cpuset;
 pub mod credentials;
 pub mod daemon;
+pub mod doorbell;
 pub mod eventlog;
 pub mod exit;
 pub mod inventory;

@@ -54,7 +54,7 @@ pub struct ControllerConfig {
 impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
-            period_ms: 10,
+            period_ms: 50,
             grow_p95_frac: 0.5,
             grow_util: 0.7,
             shrink_p95_frac: 0.25,

@@ -40,6 +40,8 @@ pub struct Control {
     pub actuator: Actuator,
     pub exits: Receiver<ExitEvent>,
     pub ops: Receiver<Op>,
+    /// Rung by a sensor whose reading crossed a grow threshold: run the controller now.
+    pub bell: Receiver<()>,
     pub slo: Option<SloLoop>,
     /// All cores lowsched manages.
     pub managed: CpuSet,
@@ -93,6 +95,10 @@ impl Control {
             select! {
                 recv(self.ops) -> op => if let Ok(op) = op { self.op(op, &mut replies) },
                 recv(self.exits) -> ev => if let Ok(ev) = ev { self.exit(ev) },
+                // Every sensor gone (no service protected): never wake for it again.
+                recv(self.bell) -> r => if r.is_err() { self.bell = crossbeam_channel::never() },
+
+
                 default(period) => {},
             }
             while let Ok(ev) = self.exits.try_recv() {

@@ -28,6 +28,7 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::actuator::{Actuator, ActuatorConfig};
 use crate::cgroup::{Layout, Mode, RootName, TreeConfig};
 use crate::cpuset::CpuSet;
+use crate::doorbell::{DISARMED, Doorbell, Tripwire};
 use crate::eventlog::EventLog;
 use crate::inventory::Inventory;
 use crate::journal::Journal;
@@ -335,10 +336,15 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     )?;
     signal_thread(shared.clone(), server.stop_flag())?;
 
+    // Sensors wake the control loop when a reading crosses a grow threshold; rings are spaced
+    // by the grow cool-down, the soonest the controller could climb again.
+    let (bell, bell_rx) = Doorbell::new(Duration::from_millis(cfg.controller.grow_cooldown_ms));
+    let cpu_alarm = Tripwire::new(bell.clone(), DISARMED);
     let sampler = SamplerSet::start(SamplerConfig {
         cores: Some(node.cores),
         period: Duration::from_millis(cfg.sampler.period_ms),
         smoothing: Duration::from_millis(cfg.sampler.smoothing_ms),
+        service_alarm: service_on.then(|| cpu_alarm.clone()),
         ..SamplerConfig::default()
     })
     .map_err(|e| DaemonError::Sampler(e.to_string()))?;
@@ -355,6 +361,8 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
             probe: ProbeConfig {
                 server: cfg.service.address.clone(),
                 rate: cfg.probe.rate,
+                calm_rate: cfg.probe.calm_rate,
+                calm_below_us: (cfg.probe.calm_p95_frac * cfg.slo.p95_us as f64) as u64,
                 window: Duration::from_millis(cfg.slo.window_ms),
                 slo: crate::latency::Slo {
                     limit_us: cfg.slo.p95_us,
@@ -372,6 +380,8 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
             may_move: mode == Mode::Unified,
             sampler: sampler.handle(),
             probe_slot: shared.probe.clone(),
+            cpu_alarm: Some(cpu_alarm),
+            bell: Some(bell),
         };
         Some(slo::SloLoop::new(setup).map_err(DaemonError::Service)?)
     } else {
@@ -394,7 +404,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         actuator,
         exits,
         ops: ops_rx,
+        bell: bell_rx,
         slo,
+
         managed: node.cores,
         batch_cores: if service_on {
             CpuSet::new()

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::cgroup::ServiceGroup;
 use crate::controller::{Allocation, Change, Controller, ControllerConfig, Inputs};
 use crate::cpuset::CpuSet;
+use crate::doorbell::{DISARMED, Doorbell, Tripwire};
 use crate::latency::NO_ANSWER_US;
 use crate::probe::{Probe, ProbeConfig, ProbeHandle, ProbeStatus};
 use crate::sampler::{SamplerHandle, ServiceSource};
@@ -62,6 +63,9 @@ pub struct SloLoop {
     last_error: Option<String>,
     /// Where `lowsched stats` reads from, set once the probe starts.
     pub probe_slot: std::sync::Arc<std::sync::Mutex<Option<ProbeHandle>>>,
+    /// Early wake-ups: the service sampler's (milli-cores) and the probe's (recent p95, µs).
+    cpu_alarm: Option<Tripwire>,
+    latency_alarm: Option<Tripwire>,
 }
 
 /// Everything [`SloLoop::new`] needs.
@@ -79,6 +83,10 @@ pub struct SloSetup {
     pub may_move: bool,
     pub sampler: SamplerHandle,
     pub probe_slot: std::sync::Arc<std::sync::Mutex<Option<ProbeHandle>>>,
+    /// The tripwire the samplers were started with (its level is set here), and the doorbell
+    /// the probe's tripwire rings.
+    pub cpu_alarm: Option<Tripwire>,
+    pub bell: Option<Doorbell>,
 }
 
 impl SloLoop {
@@ -105,7 +113,7 @@ impl SloLoop {
             batch: s.managed,
             exclusive: false,
         };
-        Ok(SloLoop {
+        let slo = SloLoop {
             cfg: s.cfg,
             proc_root: s.proc_root,
             unified: s.unified,
@@ -124,7 +132,33 @@ impl SloLoop {
             idle,
             last_error: None,
             probe_slot: s.probe_slot,
-        })
+            cpu_alarm: s.cpu_alarm,
+            latency_alarm: s.bell.map(|b| Tripwire::new(b, DISARMED)),
+        };
+        slo.arm();
+        Ok(slo)
+    }
+
+    /// Sets the tripwires to the current rung's grow thresholds, or disarms them on the top
+    /// rung, where a rise cannot be answered with more cores.
+    fn arm(&self) {
+        let a = self.controller.allocation();
+        let top = a.rung + 1 >= self.controller.rungs().len();
+        if let Some(w) = &self.cpu_alarm {
+            let cores = a.service.len().max(1) as f64;
+            w.set_level(if top {
+                DISARMED
+            } else {
+                (self.ctl_cfg.grow_util * cores * 1000.0) as u64
+            });
+        }
+        if let Some(w) = &self.latency_alarm {
+            w.set_level(if top {
+                DISARMED
+            } else {
+                (self.ctl_cfg.grow_p95_frac * self.slo_p95_us) as u64
+            });
+        }
     }
 
     pub fn period(&self) -> Duration {
@@ -243,7 +277,7 @@ impl SloLoop {
             }
         ));
         if self.probe.is_none() {
-            match Probe::start(self.probe_cfg.clone()) {
+            match Probe::start_with_alarm(self.probe_cfg.clone(), self.latency_alarm.clone()) {
                 Ok(p) => {
                     *self.probe_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.handle());
                     self.probe = Some(p);
@@ -366,6 +400,7 @@ impl SloLoop {
             self.idle.clone()
         };
         self.applied = Some(alloc);
+        self.arm();
     }
 
     /// Marks the idle allocation (no service found) as placed.

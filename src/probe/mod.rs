@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::doorbell::Tripwire;
 use crate::latency::{FastLatency, Slo};
+
 use crate::seqcell::{Packed, SeqCell};
 use crate::statsdump::StatsReport;
 
@@ -27,6 +29,11 @@ pub struct ProbeConfig {
     pub server: String,
     /// Probe `get`s per second.
     pub rate: u32,
+    /// The slower rate while memcached is calm: the recent p95 below `calm_below_us` and every
+    /// probe answered. Any slower answer brings `rate` back at the next send.
+    pub calm_rate: u32,
+    /// 0: never calm (always `rate`).
+    pub calm_below_us: u64,
     pub key: String,
     pub window: Duration,
     pub slo: Slo,
@@ -55,6 +62,8 @@ impl Default for ProbeConfig {
         Self {
             server: "127.0.0.1:11211".into(),
             rate: 1000,
+            calm_rate: 1000,
+            calm_below_us: 0,
             key: "lowsched:probe".into(),
             window: Duration::from_secs(1),
             slo: Slo::default(),
@@ -245,10 +254,22 @@ pub struct Probe {
 
 impl Probe {
     pub fn start(cfg: ProbeConfig) -> Result<Self, ProbeError> {
+        Self::start_with_alarm(cfg, None)
+    }
+
+    /// Starts the probe; it checks every recent p95 it publishes against `alarm`, so the
+    /// control loop hears of a latency rise as soon as the probe sees it.
+    pub fn start_with_alarm(cfg: ProbeConfig, alarm: Option<Tripwire>) -> Result<Self, ProbeError> {
         if cfg.rate == 0 || cfg.rate > 1_000_000 {
             return Err(ProbeError::Config(format!(
                 "rate {} must be 1..=1000000 per second",
                 cfg.rate
+            )));
+        }
+        if cfg.calm_below_us > 0 && !(1..=cfg.rate).contains(&cfg.calm_rate) {
+            return Err(ProbeError::Config(format!(
+                "calm rate {} must be 1..={} (the full rate) per second",
+                cfg.calm_rate, cfg.rate
             )));
         }
         crate::memcache::proto::check_key(&cfg.key)
@@ -268,7 +289,7 @@ impl Probe {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("probe".into())
-            .spawn(move || run::run(cfg, s, epoll))
+            .spawn(move || run::run(cfg, s, epoll, alarm))
             .map_err(ProbeError::Spawn)?;
         Ok(Self {
             handle: ProbeHandle { shared },

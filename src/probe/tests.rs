@@ -188,3 +188,123 @@ fn signal_packs_round_trip() {
     };
     assert_eq!(ProbeSignal::unpack(s.pack()), s);
 }
+
+#[test]
+fn speeding_up_brings_the_next_send_forward_but_never_into_the_past() {
+    use super::run::repace;
+    const MS: u64 = 1_000_000;
+    // Last send at 100 ms on a 40 ms pace: next at 140 ms.
+    assert_eq!(repace(140 * MS, 40 * MS, 10 * MS, 101 * MS), 110 * MS);
+    assert_eq!(
+        repace(140 * MS, 40 * MS, 10 * MS, 125 * MS),
+        125 * MS,
+        "not before now"
+    );
+    assert_eq!(
+        repace(140 * MS, 10 * MS, 40 * MS, 135 * MS),
+        140 * MS,
+        "slowing keeps it"
+    );
+    assert_eq!(repace(140 * MS, 10 * MS, 10 * MS, 135 * MS), 140 * MS);
+}
+
+#[test]
+fn calm_needs_a_threshold_an_answering_server_and_every_probe_under_it() {
+    use super::run::is_calm;
+    let cfg = ProbeConfig {
+        calm_below_us: 400,
+        calm_rate: 10,
+        ..ProbeConfig::default()
+    };
+    let fast = |p95_us, errors| FastLatency {
+        samples: 20,
+        errors,
+        p50_us: 100,
+        p95_us,
+        max_us: p95_us,
+    };
+    assert!(is_calm(&cfg, ProbeStatus::Up, &fast(399, 0)));
+    assert!(!is_calm(&cfg, ProbeStatus::Up, &fast(400, 0)));
+    assert!(!is_calm(&cfg, ProbeStatus::Up, &fast(100, 1)), "a failure");
+    assert!(!is_calm(&cfg, ProbeStatus::Stalled, &fast(100, 0)));
+    assert!(
+        !is_calm(&cfg, ProbeStatus::Up, &FastLatency::default()),
+        "no samples yet"
+    );
+    let never = ProbeConfig {
+        calm_below_us: 0,
+        ..cfg
+    };
+    assert!(!is_calm(&never, ProbeStatus::Up, &fast(1, 0)));
+}
+
+/// A fake memcached that answers every get at once and counts them.
+fn counting_server(gets: Arc<std::sync::atomic::AtomicU64>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(stream) = stream else { return };
+            let gets = gets.clone();
+            std::thread::spawn(move || {
+                let mut w = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    let reply: &[u8] = if line.starts_with("get") {
+                        gets.fetch_add(1, Ordering::Relaxed);
+                        b"END\r\n"
+                    } else {
+                        b"STAT pid 1\r\nSTAT cmd_get 1\r\nSTAT cmd_set 0\r\nEND\r\n"
+                    };
+                    if w.write_all(reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_calm_server_is_probed_at_the_calm_rate() {
+    let gets = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let probe = Probe::start(ProbeConfig {
+        rate: 500,
+        calm_rate: 20,
+        // Far above any loopback answer, so only the pacing is under test.
+        calm_below_us: 50_000,
+        ..cfg(counting_server(gets.clone()))
+    })
+    .unwrap();
+    wait_for("answers", &probe, |s| s.status == ProbeStatus::Up);
+    std::thread::sleep(Duration::from_millis(300));
+    let g0 = gets.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    let n = gets.load(Ordering::Relaxed) - g0;
+    // 20 in the second at the calm rate, 500 at the full one.
+    assert!(n < 150, "{n} gets in one second");
+    probe.stop();
+}
+
+#[test]
+fn a_stall_rings_the_alarm_and_fast_answers_do_not() {
+    let (bell, rx) = crate::doorbell::Doorbell::new(Duration::ZERO);
+    let wire = Tripwire::new(bell, 50_000);
+    let mode = Arc::new(AtomicU8::new(ANSWER));
+    let probe = Probe::start_with_alarm(cfg(fake_server(mode.clone())), Some(wire)).unwrap();
+    wait_for("answers", &probe, |s| {
+        s.status == ProbeStatus::Up && s.fast.samples > 10
+    });
+    let _ = rx.try_iter().count();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        rx.try_recv().is_err(),
+        "rang with p95 {} us under a 50 ms level",
+        probe.signal().fast.p95_us
+    );
+    mode.store(SILENT, Ordering::Relaxed);
+    // Unanswered probes count at their age: the alarm rings well before the 400 ms timeout.
+    assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok(), "no ring");
+    probe.stop();
+}

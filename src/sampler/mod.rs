@@ -26,6 +26,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cpuset::CpuSet;
+use crate::doorbell::Tripwire;
+
 use crate::seqcell::{Packed, SeqCell};
 pub use service::{ServiceKind, ServiceSource};
 
@@ -59,6 +61,9 @@ pub struct SamplerConfig {
     pub service_core: Option<usize>,
     /// Pin each thread to its core (off only for tests on fake roots).
     pub pin: bool,
+    /// Checked against the service's CPU use in milli-cores at every read, so a busy service
+    /// wakes the controller at once.
+    pub service_alarm: Option<Tripwire>,
 }
 
 impl Default for SamplerConfig {
@@ -72,6 +77,7 @@ impl Default for SamplerConfig {
             service: ServiceSource::None,
             service_core: None,
             pin: true,
+            service_alarm: None,
         }
     }
 }

@@ -255,7 +255,13 @@ pub(super) fn run(ctx: Ctx) {
                 Counter::Pid(p) => Some(p.read()),
             };
             match read {
-                Some(Ok(usage)) => svc.observe(usage, now, &cfg),
+                Some(Ok(usage)) => {
+                    svc.observe(usage, now, &cfg);
+                    if let (Some(alarm), Some(cores)) = (&cfg.service_alarm, svc.out.cores) {
+                        alarm.check((cores * 1000.0) as u64, now);
+                    }
+                }
+
                 Some(Err(e)) => {
                     svc.fail(&e);
                     svc.last_open_try = now;
