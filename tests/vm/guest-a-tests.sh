@@ -2,8 +2,9 @@
 # Runs integration test targets (tests/NAME.rs), built statically, in one boot of QEMU guest A
 # (guest-a.sh: busybox initramfs, pure cgroup v2, no systemd), for a CI stage.
 #
-#     tests/vm/guest-a-tests.sh STAGE TIMEOUT_S [--args "TEST ARGS"] TARGET...
+#     tests/vm/guest-a-tests.sh STAGE TIMEOUT_S [--smp N] [--args "TEST ARGS"] TARGET...
 #
+# --smp: the guest's vCPUs (default 4; each is a TCG thread on the host's 2 cores).
 # Exits 0 when every target passed, 77 when guest A cannot run here, 1 otherwise; each line it
 # prints about the outcome starts with STAGE.
 set -euo pipefail
@@ -11,8 +12,14 @@ cd "$(dirname "$0")/../.."
 
 stage=$1 timeout=$2
 shift 2
-test_args=
-if [ "${1:-}" = --args ]; then test_args=$2; shift 2; fi
+test_args= smp=4
+while [ $# -ge 2 ]; do
+    case $1 in
+        --args) test_args=$2; shift 2 ;;
+        --smp) smp=$2; shift 2 ;;
+        *) break ;;
+    esac
+done
 targets=("$@")
 
 built=$(tests/vm/build-static-tests.sh "${targets[@]}") || exit $?
@@ -36,10 +43,17 @@ runner=target/vm/guest-a-$stage.sh
     echo '[ $failed -eq 0 ]'
 } >"$runner"
 
+crash_log=${LOWSCHED_VM_CACHE:-target/vm}/logs/guest-a.crash.log
+started=$(date +%s)
 rc=0
-tests/vm/guest-a.sh --timeout "$timeout" "${adds[@]}" --add "$PWD/$runner:/run-tests.sh" -- sh /run-tests.sh || rc=$?
+tests/vm/guest-a.sh --timeout "$timeout" --smp "$smp" "${adds[@]}" --add "$PWD/$runner:/run-tests.sh" \
+    -- sh /run-tests.sh || rc=$?
+retried=
+if [ -f "$crash_log" ] && [ "$(stat -c %Y "$crash_log")" -ge "$started" ]; then
+    retried=" (after a GUEST KERNEL CRASH on the first boot, see $crash_log)"
+fi
 case $rc in
-    0) echo "$stage: ${targets[*]} passed on pure cgroup v2 (guest A)" ;;
+    0) echo "$stage: ${targets[*]} passed on pure cgroup v2 (guest A)$retried" ;;
     77) echo "$stage: cannot run guest A here (see above)"; exit 77 ;;
-    *) echo "$stage: FAILED (rc=$rc) for ${targets[*]}"; exit 1 ;;
+    *) echo "$stage: FAILED (rc=$rc) for ${targets[*]}$retried"; exit 1 ;;
 esac

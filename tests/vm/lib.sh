@@ -224,15 +224,16 @@ vm_stop_qemu() {
     kill -KILL "$pid" 2>/dev/null
 }
 
-# vm_run_qemu LOG TIMEOUT NONCE QEMU-ARGS...: runs qemu-system-x86_64 (TCG, q35) with the given
-# extra arguments, streams the serial console to stdout (and LOG), and enforces TIMEOUT seconds.
-# The guest prints "LOWSCHED_VM_RESULT NONCE rc=N" when done. Sets VM_RESULT to N and returns 0
-# when that line came; otherwise says why and returns VM_RC_TIMEOUT or VM_RC_CRASH.
+# vm_run_qemu LOG TIMEOUT NONCE QEMU-ARGS...: runs qemu-system-x86_64 (TCG, q35, VM_SMP vCPUs,
+# default 4) with the given extra arguments, streams the serial console to stdout (and LOG), and
+# enforces TIMEOUT seconds. -no-reboot makes a guest reboot (e.g. after a panic with panic=-1)
+# end QEMU. The guest prints "LOWSCHED_VM_RESULT NONCE rc=N" when done. Sets VM_RESULT to N and
+# returns 0 when that line came; otherwise says why and returns VM_RC_TIMEOUT or VM_RC_CRASH.
 vm_run_qemu() {
     local log=$1 timeout=$2 nonce=$3; shift 3
     # timeout(1) caps QEMU even if this script is killed outright and cannot stop it.
     local -a qemu=(timeout --kill-after=10 $((timeout + 90))
-        qemu-system-x86_64 -M q35,accel=tcg -cpu max -smp 4 -m 1G
+        qemu-system-x86_64 -M q35,accel=tcg -cpu max -smp "${VM_SMP:-4}" -m 1G
         -nodefaults -no-user-config -nographic -serial stdio -no-reboot "$@")
     : >"$log"
     "${qemu[@]}" </dev/null >>"$log" 2>&1 &
@@ -273,6 +274,22 @@ vm_run_qemu() {
     vm_say "CRASH: the guest stopped without printing its result (qemu rc=$qrc; kernel panic," \
         "init failure or qemu error: see the output above, log: ${log#"$VM_REPO"/})"
     return "$VM_RC_CRASH"
+}
+
+# The console lines of LOG that show the guest kernel crashed or locked up (panic, oops, soft
+# lockup, RCU stall): the first such kernel message and the 40 lines after it (registers and
+# stack), then any later panic line. Only kernel messages (with their "[ secs.usecs] " stamp)
+# count, not a test's output. Prints nothing and returns 1 when there is none.
+vm_kernel_crash_lines() {
+    local log=$1
+    local sig='\[ *[0-9]+\.[0-9]+\] .*(Kernel panic|soft lockup|BUG: |Oops: |general protection fault|rcu: INFO: .*stall)'
+    local first
+    first=$(grep -anE "$sig" "$log" | head -n1 | cut -d: -f1 || true)
+    [ -n "$first" ] || return 1
+    { sed -n "${first},$((first + 40))p" "$log"
+      tail -n +$((first + 41)) "$log" | grep -aE "$sig" | grep -a 'Kernel panic' | head -n 5 || true
+    } | sed 's/\r$//; s/\x1b\[[0-9;?]*[a-zA-Z]//g'
+    return 0
 }
 
 # Makes INT, TERM and HUP end the script through its EXIT trap (vm_cleanup).
