@@ -25,6 +25,7 @@ pub mod latency;
 pub mod loadgen;
 pub mod log;
 pub mod memcache;
+pub mod pmqos;
 pub mod policy;
 pub mod probe;
 pub mod procstat;

@@ -17,6 +17,13 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lowsched");
 
+/// One daemon protecting memcached at a time: they would share core 0 and its idle states.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     memcached: Option<u32>,
@@ -63,7 +70,14 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        for j in self.status() {
+        // No daemon (the test stopped it): nothing to cancel.
+        let jobs = if self.daemon.is_some() {
+            self.status()
+        } else {
+            Vec::new()
+        };
+        for j in jobs {
+
             if j["state"] == "running" || j["state"] == "paused" {
                 let _ = self.cli(&["cancel", &j["id"].to_string()]);
             }
@@ -226,6 +240,7 @@ fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
     {
         return;
     }
+    let _serial = serial();
     let port = free_port();
     let f = start(port);
     // Quiet: the controller settles on the bottom rung, where batch may use every core.
@@ -354,6 +369,7 @@ fn a_restarted_service_is_found_again_and_confined() {
     {
         return;
     }
+    let _serial = serial();
     let port = free_port();
     let mut f = start(port);
     let first = f.memcached.unwrap();
@@ -420,5 +436,51 @@ fn a_restarted_service_is_found_again_and_confined() {
         f.until(Duration::from_secs(20), |_| allowed_cpus(second) == "0"),
         "the restarted memcached was not confined: {}",
         allowed_cpus(second)
+    );
+}
+
+fn resume_latency(cpu: usize) -> String {
+    std::fs::read_to_string(format!(
+        "/sys/devices/system/cpu/cpu{cpu}/power/pm_qos_resume_latency_us"
+    ))
+    .unwrap_or_default()
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn the_service_core_polls_when_idle_and_gets_its_idle_states_back() {
+    if common::skip_unless(common::is_root(), "needs root (cgroups, sysfs PM QoS)")
+        || common::skip_unless(
+            common::have("memcached"),
+            "needs memcached (apt install memcached)",
+        )
+    {
+        return;
+    }
+    let _serial = serial();
+    let before = (resume_latency(0), resume_latency(1));
+    let port = free_port();
+    let mut f = start(port);
+    assert!(
+        f.until(Duration::from_secs(30), |f| memcached_cores(f)
+            .last()
+            .is_some_and(|c| c == "[0]")),
+        "controller never settled on the service's minimum: {:?}",
+        memcached_cores(&f)
+    );
+    assert_eq!(resume_latency(0), "n/a", "the service core may still halt");
+    assert_eq!(resume_latency(1), before.1, "a batch core was changed");
+    let mut d = f.daemon.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    d.wait().unwrap();
+    assert_eq!(
+        (resume_latency(0), resume_latency(1)),
+        before,
+        "not restored at exit"
     );
 }

@@ -337,6 +337,12 @@ impl Config {
                 "service.max_cores must be 0 (all) or >= service.min_cores".into(),
             ));
         }
+        if !(-1..=1_000_000).contains(&self.service.resume_latency_us) {
+            return Err(bad(format!(
+                "service.resume_latency_us is {}: use -1 (leave alone), 0 (poll) or up to 1000000",
+                self.service.resume_latency_us
+            )));
+        }
         if self.slo.p95_us == 0 || self.slo.window_ms == 0 {
             return Err(bad("slo.p95_us and slo.window_ms must be positive".into()));
         }

@@ -32,6 +32,8 @@ use crate::doorbell::{DISARMED, Doorbell, Tripwire};
 use crate::eventlog::EventLog;
 use crate::inventory::Inventory;
 use crate::journal::Journal;
+use crate::pmqos::ResumeLatency;
+
 use crate::probe::ProbeConfig;
 use crate::queue::JobQueue;
 use crate::sampler::{SamplerConfig, SamplerSet};
@@ -148,6 +150,22 @@ fn inventory(cfg: &Config) -> Result<Inventory, DaemonError> {
         node.gpus = g.clone();
     }
     Ok(node)
+}
+
+/// The service cores' idle-state limit, unless configured off. A saved-limits file that cannot
+/// be read turns it off for this run (with the file named), rather than guess what to restore.
+fn resume_latency(cfg: &Config) -> Option<ResumeLatency> {
+    let limit = u32::try_from(cfg.service.resume_latency_us).ok()?;
+    match ResumeLatency::open("/sys", &cfg.state_dir, limit) {
+        Ok(q) => Some(q),
+        Err(e) => {
+            crate::log::error(&format!(
+                "service cores keep their idle states: {e}; remove the file once the cores' \
+                 power/pm_qos_resume_latency_us values are checked"
+            ));
+            None
+        }
+    }
 }
 
 /// The signals that stop the daemon (SIGHUP is taken and ignored).
@@ -382,7 +400,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
             probe_slot: shared.probe.clone(),
             cpu_alarm: Some(cpu_alarm),
             bell: Some(bell),
+            pm_qos: resume_latency(&cfg),
         };
+
         Some(slo::SloLoop::new(setup).map_err(DaemonError::Service)?)
     } else {
         None

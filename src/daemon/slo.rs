@@ -12,6 +12,8 @@ use crate::controller::{Allocation, Change, Controller, ControllerConfig, Inputs
 use crate::cpuset::CpuSet;
 use crate::doorbell::{DISARMED, Doorbell, Tripwire};
 use crate::latency::NO_ANSWER_US;
+use crate::pmqos::ResumeLatency;
+
 use crate::probe::{Probe, ProbeConfig, ProbeHandle, ProbeStatus};
 use crate::sampler::{SamplerHandle, ServiceSource};
 use crate::service::{self, Found, ServiceConfig};
@@ -66,6 +68,8 @@ pub struct SloLoop {
     /// Early wake-ups: the service sampler's (milli-cores) and the probe's (recent p95, µs).
     cpu_alarm: Option<Tripwire>,
     latency_alarm: Option<Tripwire>,
+    /// Keeps the service's cores out of slow idle states; `None` when off or unavailable.
+    pm_qos: Option<ResumeLatency>,
 }
 
 /// Everything [`SloLoop::new`] needs.
@@ -87,6 +91,7 @@ pub struct SloSetup {
     /// the probe's tripwire rings.
     pub cpu_alarm: Option<Tripwire>,
     pub bell: Option<Doorbell>,
+    pub pm_qos: Option<ResumeLatency>,
 }
 
 impl SloLoop {
@@ -134,6 +139,7 @@ impl SloLoop {
             probe_slot: s.probe_slot,
             cpu_alarm: s.cpu_alarm,
             latency_alarm: s.bell.map(|b| Tripwire::new(b, DISARMED)),
+            pm_qos: s.pm_qos,
         };
         slo.arm();
         Ok(slo)
@@ -401,6 +407,16 @@ impl SloLoop {
         };
         self.applied = Some(alloc);
         self.arm();
+        if let Some(q) = self.pm_qos.as_mut() {
+            if let Err(e) = q.apply(cores) {
+                crate::log::warn(&format!(
+                    "{}: cannot limit its cores' resume latency, leaving idle states alone: {e}",
+                    self.cfg.name
+                ));
+                // Dropping it gives back what it already changed.
+                self.pm_qos = None;
+            }
+        }
     }
 
     /// Marks the idle allocation (no service found) as placed.

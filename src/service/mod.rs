@@ -62,6 +62,10 @@ pub struct ServiceConfig {
     pub placement: Placement,
     /// How often to look for the service again (it may be restarted or replaced), ms.
     pub rescan_ms: u64,
+    /// The resume-latency limit on the service's cores (see [`crate::pmqos`]): 0 makes an
+    /// idle service core poll instead of halting, N allows idle states left within N µs, -1
+    /// leaves the cores' limits alone.
+    pub resume_latency_us: i64,
 }
 
 impl ServiceConfig {
@@ -88,6 +92,7 @@ impl Default for ServiceConfig {
             max_cores: 0,
             placement: Placement::Auto,
             rescan_ms: 1_000,
+            resume_latency_us: 0,
         }
     }
 }
