@@ -210,8 +210,11 @@ impl Default for SloConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplerSection {
-    /// Sampling period, ms (/proc/stat moves in 10 ms ticks; shorter periods are noise).
+    /// Sampling period of the service's cores, ms (/proc/stat moves in 10 ms ticks; shorter
+    /// periods are noise).
     pub period_ms: u64,
+    /// Sampling period of the other cores, ms: their figures are shown, not acted on.
+    pub batch_period_ms: u64,
     /// Time constant of the utilization EWMA, ms.
     pub smoothing_ms: u64,
 }
@@ -220,6 +223,7 @@ impl Default for SamplerSection {
     fn default() -> Self {
         Self {
             period_ms: 50,
+            batch_period_ms: 250,
             smoothing_ms: 150,
         }
     }
@@ -353,6 +357,12 @@ impl Config {
                 "controller: period_ms must be positive and the grow thresholds above the shrink ones"
                     .into(),
             ));
+        }
+        if self.sampler.batch_period_ms < self.sampler.period_ms {
+            return Err(bad(format!(
+                "sampler.batch_period_ms ({}) must be at least sampler.period_ms ({})",
+                self.sampler.batch_period_ms, self.sampler.period_ms
+            )));
         }
         if self.sampler.period_ms == 0 || self.probe.rate == 0 {
             return Err(bad(

@@ -180,7 +180,11 @@ fn stop_signals() -> SigSet {
 /// Starts the thread that turns SIGTERM/SIGINT into a stop. The signals must already be
 /// blocked in every thread ([`run`] blocks them before starting any), so only `sigwait` here
 /// receives them.
-fn signal_thread(shared: Arc<Shared>, stop_server: Arc<AtomicBool>) -> Result<(), DaemonError> {
+fn signal_thread(
+    shared: Arc<Shared>,
+    stop_server: Arc<AtomicBool>,
+    socket: PathBuf,
+) -> Result<(), DaemonError> {
     let set = stop_signals();
     std::thread::Builder::new()
         .name("lowsched-signals".into())
@@ -194,6 +198,8 @@ fn signal_thread(shared: Arc<Shared>, stop_server: Arc<AtomicBool>) -> Result<()
                         crate::log::notice(&format!("{sig}: stopping (jobs keep running)"));
                         shared.stopping.store(true, Ordering::Relaxed);
                         stop_server.store(true, Ordering::Relaxed);
+                        // Wakes the accept thread out of its poll to see the flag.
+                        let _ = std::os::unix::net::UnixStream::connect(&socket);
                         shared.wake();
                         shared.changed.notify_all();
                         return;
@@ -352,7 +358,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
             ..Limits::default()
         },
     )?;
-    signal_thread(shared.clone(), server.stop_flag())?;
+    signal_thread(shared.clone(), server.stop_flag(), cfg.socket.clone())?;
 
     // Sensors wake the control loop when a reading crosses a grow threshold; rings are spaced
     // by the grow cool-down, the soonest the controller could climb again.
@@ -361,6 +367,8 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let sampler = SamplerSet::start(SamplerConfig {
         cores: Some(node.cores),
         period: Duration::from_millis(cfg.sampler.period_ms),
+        unwatched_period: Duration::from_millis(cfg.sampler.batch_period_ms),
+
         smoothing: Duration::from_millis(cfg.sampler.smoothing_ms),
         service_alarm: service_on.then(|| cpu_alarm.clone()),
         ..SamplerConfig::default()

@@ -146,7 +146,8 @@ impl Server {
         &self.path
     }
 
-    /// A flag that makes [`Server::serve`] return (within ~100 ms) when set.
+    /// A flag that makes [`Server::serve`] return when set: at the next connection (the daemon
+    /// makes one to its own socket to stop), or within a second.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
@@ -161,9 +162,12 @@ impl Server {
     pub fn serve<H: Handler>(&self, handler: Arc<H>) {
         while !self.stop.load(Ordering::Relaxed) {
             let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(100u16)) {
+            // A long timeout: the wake-up is the only cost of an idle daemon's accept thread.
+            match poll(&mut fds, PollTimeout::from(1000u16)) {
                 Ok(0) => continue,
+                Ok(_) if self.stop.load(Ordering::Relaxed) => break,
                 Ok(_) => {}
+
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     crate::log::error(&format!("poll on {}: {e}", self.path.display()));

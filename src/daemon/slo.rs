@@ -407,6 +407,8 @@ impl SloLoop {
         };
         self.applied = Some(alloc);
         self.arm();
+        self.sampler.watch(cores);
+
         if let Some(q) = self.pm_qos.as_mut() {
             if let Err(e) = q.apply(cores) {
                 crate::log::warn(&format!(

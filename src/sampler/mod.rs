@@ -53,6 +53,9 @@ pub struct SamplerConfig {
     /// its sampler: until it comes online it reports `online: false`.
     pub cores: Option<CpuSet>,
     pub period: Duration,
+    /// Period of the cores not watched (see [`SamplerHandle::watch`]): their figures are shown,
+    /// not acted on, so on a large node they need not cost a wake-up every `period`.
+    pub unwatched_period: Duration,
     /// EWMA time constant of the `smoothed` figures.
     pub smoothing: Duration,
     /// Where the service's CPU use is read first; change it with [`SamplerHandle::set_service`].
@@ -73,6 +76,7 @@ impl Default for SamplerConfig {
             sys_root: PathBuf::from("/sys"),
             cores: None,
             period: DEFAULT_PERIOD,
+            unwatched_period: DEFAULT_PERIOD,
             smoothing: DEFAULT_SMOOTHING,
             service: ServiceSource::None,
             service_core: None,
@@ -244,11 +248,15 @@ struct Slot {
     cell: SeqCell<6>,
     cpu_ns: AtomicU64,
     periods: AtomicU64,
+    /// Sampled every `period` (else every `unwatched_period`).
+    watched: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Shared {
     slots: Vec<Slot>,
+    /// The core whose thread reads the service's counter.
+    service_cpu: usize,
     service: SeqCell<8>,
     stop: AtomicBool,
     service_tx: crossbeam_channel::Sender<ServiceSource>,
@@ -296,6 +304,16 @@ impl SamplerHandle {
         self.shared.service.load()
     }
 
+    /// Samples `cores` every period and the others every unwatched period. The core that reads
+    /// the service's CPU counter always keeps the full period. A core newly watched switches
+    /// at the end of its current (possibly longer) period.
+    pub fn watch(&self, cores: &CpuSet) {
+        for s in &self.shared.slots {
+            let on = cores.contains(s.cpu) || s.cpu == self.shared.service_cpu;
+            s.watched.store(on, Ordering::Relaxed);
+        }
+    }
+
     /// Points the service sampler at a new source (service restarted or moved). Takes effect at
     /// the next period; figures from the new source carry a higher `generation`.
     pub fn set_service(&self, source: ServiceSource) -> Result<(), SamplerError> {
@@ -332,6 +350,12 @@ impl SamplerSet {
         if cfg.period < Duration::from_millis(1) || cfg.period > Duration::from_secs(60) {
             return Err(SamplerError::Config("period must be between 1 ms and 60 s"));
         }
+        if cfg.unwatched_period < cfg.period || cfg.unwatched_period > Duration::from_secs(60) {
+            return Err(SamplerError::Config(
+                "unwatched_period must be between period and 60 s",
+            ));
+        }
+
         let possible = std::fs::read_to_string(cfg.sys_root.join(CPU_POSSIBLE))
             .ok()
             .and_then(|t| t.trim().parse::<CpuSet>().ok());
@@ -370,8 +394,10 @@ impl SamplerSet {
                     cell: SeqCell::new(),
                     cpu_ns: AtomicU64::new(0),
                     periods: AtomicU64::new(0),
+                    watched: AtomicBool::new(true),
                 })
                 .collect(),
+            service_cpu,
             service: SeqCell::new(),
             stop: AtomicBool::new(false),
             service_tx: tx,

@@ -108,7 +108,8 @@ pub(super) fn run(ctx: Ctx) {
         service_rx,
     } = ctx;
     let slot = &shared.slots[index];
-    let period_ns = cfg.period.as_nanos() as u64;
+    let watched_ns = cfg.period.as_nanos() as u64;
+    let unwatched_ns = cfg.unwatched_period.as_nanos() as u64;
     let user_hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -273,7 +274,13 @@ pub(super) fn run(ctx: Ctx) {
         }
         slot.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
         slot.periods.fetch_add(1, Ordering::Relaxed);
+        let period_ns = if slot.watched.load(Ordering::Relaxed) {
+            watched_ns
+        } else {
+            unwatched_ns
+        };
         next += period_ns;
+
         if next <= now {
             // Fell behind (suspended, starved): skip the missed periods, stay on the grid.
             next += (now - next) / period_ns * period_ns + period_ns;

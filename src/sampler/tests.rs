@@ -291,3 +291,47 @@ fn ewma_moves_toward_the_sample_by_the_time_constant() {
     let v = ewma(Some(0.0), 1.0, 100_000_000, tau);
     assert!((v - (1.0 - (-1.0f64).exp())).abs() < 1e-9);
 }
+
+#[test]
+fn unwatched_cores_are_sampled_at_their_longer_period() {
+    let root = tempfile::tempdir().unwrap();
+    write_stat(
+        root.path(),
+        &[(0, 1000, 1000), (1, 500, 500), (2, 500, 500)],
+    );
+    let set = SamplerSet::start(SamplerConfig {
+        unwatched_period: Duration::from_millis(400),
+        ..fake_cfg(root.path(), 10)
+    })
+    .unwrap();
+    // The service's core is 1; core 0 reads the service's counter and stays on the short
+    // period; core 2 is batch.
+    set.handle().watch(&"1".parse().unwrap());
+    std::thread::sleep(Duration::from_millis(450)); // every thread on its new period
+    let periods = |cpu| {
+        set.handle()
+            .costs()
+            .iter()
+            .find(|c| c.cpu == cpu)
+            .unwrap()
+            .periods
+    };
+    let before: Vec<u64> = (0..3).map(periods).collect();
+    std::thread::sleep(Duration::from_millis(600));
+    let done: Vec<u64> = (0..3).map(|c| periods(c) - before[c]).collect();
+    // 60 periods of 10 ms for 0 and 1 (fewer on a loaded machine), at most 2 of 400 ms for 2.
+    assert!(
+        done[2] <= 2,
+        "batch core sampled {} times in 600 ms",
+        done[2]
+    );
+    assert!(done[0] > 5 && done[1] > 5, "watched cores: {done:?}");
+    assert!(
+        SamplerSet::start(SamplerConfig {
+            unwatched_period: Duration::from_millis(5),
+            ..fake_cfg(root.path(), 10)
+        })
+        .is_err(),
+        "an unwatched period shorter than the period is refused"
+    );
+}
