@@ -77,7 +77,6 @@ impl Drop for Fixture {
             Vec::new()
         };
         for j in jobs {
-
             if j["state"] == "running" || j["state"] == "paused" {
                 let _ = self.cli(&["cancel", &j["id"].to_string()]);
             }
