@@ -5,8 +5,8 @@
 //! The control loop sleeps on the [`Receiver`] between its periodic turns. A [`Tripwire`] pairs
 //! the doorbell with a level the controller sets (it moves with the service's core count, and
 //! is lifted out of reach when a grow is impossible) and the sensor compares readings against.
-//! Rings are at least `min_gap` apart across every sensor, so a sustained overload wakes the
-//! loop at a bounded rate; the channel holds one ring, so rings while the loop is busy merge.
+//! Each tripwire rings at most once per `min_gap`, so a sustained overload wakes the loop at a
+//! bounded rate; the channel holds one ring, so rings while the loop is busy merge.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,59 +17,44 @@ use crossbeam_channel::{Receiver, Sender};
 /// A level no reading reaches: the tripwire is disarmed.
 pub const DISARMED: u64 = u64::MAX;
 
-/// Wakes the control loop. Cheap to clone; clones share the spacing of rings.
+/// Wakes the control loop. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Doorbell {
     tx: Sender<()>,
+}
+
+impl Doorbell {
+    /// A doorbell and the receiver the control loop waits on.
+    pub fn new() -> (Self, Receiver<()>) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        (Self { tx }, rx)
+    }
+
+    pub fn ring(&self) {
+        // Full: a ring is already waiting for the loop, which is as good.
+        let _ = self.tx.try_send(());
+    }
+}
+
+/// A doorbell with a level: rings when a reading exceeds it, at most once per `min_gap`.
+/// Clones share the level and the spacing; separate tripwires do not share the spacing, so
+/// one sensor's ring (which may have led to nothing) never holds back another's.
+#[derive(Clone, Debug)]
+pub struct Tripwire {
+    bell: Doorbell,
+    level: Arc<AtomicU64>,
     /// `CLOCK_MONOTONIC` ns of the last ring (0: never).
     last_ns: Arc<AtomicU64>,
     min_gap_ns: u64,
 }
 
-impl Doorbell {
-    /// A doorbell and the receiver the control loop waits on.
-    pub fn new(min_gap: Duration) -> (Self, Receiver<()>) {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let bell = Self {
-            tx,
-            last_ns: Arc::new(AtomicU64::new(0)),
-            min_gap_ns: min_gap.as_nanos() as u64,
-        };
-        (bell, rx)
-    }
-
-    /// Rings unless another ring was less than `min_gap` before `now_ns`. True if it rang.
-    pub fn ring(&self, now_ns: u64) -> bool {
-        let last = self.last_ns.load(Ordering::Relaxed);
-        if last != 0 && now_ns.saturating_sub(last) < self.min_gap_ns {
-            return false;
-        }
-        // Two sensors crossing at once: one rings.
-        if self
-            .last_ns
-            .compare_exchange(last, now_ns.max(1), Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
-        // Full: a ring is already waiting for the loop, which is as good.
-        let _ = self.tx.try_send(());
-        true
-    }
-}
-
-/// A doorbell with a level: rings when a reading exceeds it.
-#[derive(Clone, Debug)]
-pub struct Tripwire {
-    bell: Doorbell,
-    level: Arc<AtomicU64>,
-}
-
 impl Tripwire {
-    pub fn new(bell: Doorbell, level: u64) -> Self {
+    pub fn new(bell: Doorbell, level: u64, min_gap: Duration) -> Self {
         Self {
             bell,
             level: Arc::new(AtomicU64::new(level)),
+            last_ns: Arc::new(AtomicU64::new(0)),
+            min_gap_ns: min_gap.as_nanos() as u64,
         }
     }
 
@@ -82,10 +67,26 @@ impl Tripwire {
         self.level.load(Ordering::Relaxed)
     }
 
-    /// Rings if `reading` is above the level (and the doorbell's spacing allows). True if it rang.
+    /// Rings if `reading` is above the level and the last ring is `min_gap` old. True if it rang.
     pub fn check(&self, reading: u64, now_ns: u64) -> bool {
         let level = self.level();
-        level != DISARMED && reading > level && self.bell.ring(now_ns)
+        if level == DISARMED || reading <= level {
+            return false;
+        }
+        let last = self.last_ns.load(Ordering::Relaxed);
+        if last != 0 && now_ns.saturating_sub(last) < self.min_gap_ns {
+            return false;
+        }
+        // Two clones crossing at once: one rings.
+        if self
+            .last_ns
+            .compare_exchange(last, now_ns.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.bell.ring();
+        true
     }
 }
 
@@ -97,37 +98,44 @@ mod tests {
 
     #[test]
     fn rings_are_spaced_by_the_minimum_gap() {
-        let (bell, rx) = Doorbell::new(Duration::from_millis(10));
-        assert!(bell.ring(100 * MS));
+        let (bell, rx) = Doorbell::new();
+        let wire = Tripwire::new(bell, 0, Duration::from_millis(10));
+        assert!(wire.check(1, 100 * MS));
         assert!(rx.try_recv().is_ok());
-        assert!(!bell.ring(105 * MS), "5 ms after a ring");
+        assert!(!wire.check(1, 105 * MS), "5 ms after a ring");
         assert!(rx.try_recv().is_err());
-        assert!(bell.ring(110 * MS));
+        assert!(wire.check(1, 110 * MS));
         assert!(rx.try_recv().is_ok());
     }
 
     #[test]
     fn rings_while_the_loop_is_busy_merge_into_one() {
-        let (bell, rx) = Doorbell::new(Duration::ZERO);
-        assert!(bell.ring(MS));
-        assert!(bell.ring(2 * MS));
+        let (bell, rx) = Doorbell::new();
+        bell.ring();
+        bell.ring();
         assert!(rx.try_recv().is_ok());
         assert!(rx.try_recv().is_err());
     }
 
     #[test]
-    fn clones_share_the_spacing() {
-        let (bell, rx) = Doorbell::new(Duration::from_millis(10));
-        let other = bell.clone();
-        assert!(bell.ring(100 * MS));
-        assert!(!other.ring(101 * MS));
+    fn one_sensors_ring_does_not_hold_back_anothers() {
+        let (bell, rx) = Doorbell::new();
+        let cpu = Tripwire::new(bell.clone(), 700, Duration::from_millis(60));
+        let latency = Tripwire::new(bell, 400, Duration::from_millis(60));
+        assert!(cpu.check(800, 100 * MS));
+        assert!(rx.try_recv().is_ok());
+        assert!(latency.check(500, 101 * MS));
+        assert!(
+            !latency.clone().check(500, 102 * MS),
+            "clones share the spacing"
+        );
         assert_eq!(rx.try_iter().count(), 1);
     }
 
     #[test]
     fn tripwire_rings_only_above_its_level_and_not_when_disarmed() {
-        let (bell, rx) = Doorbell::new(Duration::ZERO);
-        let wire = Tripwire::new(bell, 400);
+        let (bell, rx) = Doorbell::new();
+        let wire = Tripwire::new(bell, 400, Duration::ZERO);
         assert!(!wire.check(400, MS), "at the level is not above it");
         assert!(wire.check(401, 2 * MS));
         assert!(rx.try_recv().is_ok());

@@ -360,10 +360,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     )?;
     signal_thread(shared.clone(), server.stop_flag(), cfg.socket.clone())?;
 
-    // Sensors wake the control loop when a reading crosses a grow threshold; rings are spaced
-    // by the grow cool-down, the soonest the controller could climb again.
-    let (bell, bell_rx) = Doorbell::new(Duration::from_millis(cfg.controller.grow_cooldown_ms));
-    let cpu_alarm = Tripwire::new(bell.clone(), DISARMED);
+    // Sensors wake the control loop when a reading crosses a grow threshold.
+    let (bell, bell_rx) = Doorbell::new();
+    let cpu_alarm = Tripwire::new(bell.clone(), DISARMED, slo::RING_SPACING);
     let sampler = SamplerSet::start(SamplerConfig {
         cores: Some(node.cores),
         period: Duration::from_millis(cfg.sampler.period_ms),

@@ -19,6 +19,9 @@ use crate::sampler::{SamplerHandle, ServiceSource};
 use crate::service::{self, Found, ServiceConfig};
 use crate::sys::clock::monotonic_ns;
 
+/// A sensor over its grow threshold wakes the control loop at most this often.
+pub const RING_SPACING: Duration = Duration::from_millis(10);
+
 /// Latency the controller sees for requests that failed or never came back: far over any SLO.
 const FAILED_US: f64 = 1_000_000.0;
 
@@ -138,7 +141,7 @@ impl SloLoop {
             last_error: None,
             probe_slot: s.probe_slot,
             cpu_alarm: s.cpu_alarm,
-            latency_alarm: s.bell.map(|b| Tripwire::new(b, DISARMED)),
+            latency_alarm: s.bell.map(|b| Tripwire::new(b, DISARMED, RING_SPACING)),
             pm_qos: s.pm_qos,
         };
         slo.arm();

@@ -289,8 +289,8 @@ fn a_calm_server_is_probed_at_the_calm_rate() {
 
 #[test]
 fn a_stall_rings_the_alarm_and_fast_answers_do_not() {
-    let (bell, rx) = crate::doorbell::Doorbell::new(Duration::ZERO);
-    let wire = Tripwire::new(bell, 50_000);
+    let (bell, rx) = crate::doorbell::Doorbell::new();
+    let wire = Tripwire::new(bell, 50_000, Duration::ZERO);
     let mode = Arc::new(AtomicU8::new(ANSWER));
     let probe = Probe::start_with_alarm(cfg(fake_server(mode.clone())), Some(wire)).unwrap();
     wait_for("answers", &probe, |s| {
