@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{is_root, skip_unless};
-use daemon::{LONG, TestDaemon, lines, submitted_id, text, wait_file};
+use daemon::{LONG, TestDaemon, job_cpuset_group, lines, submitted_id, text, wait_file};
 
 fn root_or_skip() -> bool {
     skip_unless(
@@ -268,6 +268,40 @@ fn queued_jobs_cancel_without_running_and_time_out_as_unschedulable() {
             text(&out.stderr)
         );
     }
+}
+
+#[test]
+fn the_next_pending_jobs_groups_are_made_ahead_and_removed_on_cancel() {
+    if root_or_skip() {
+        return;
+    }
+    let d = TestDaemon::start("e2e-prepare", "");
+    let release = d.dir.path().join("release");
+    let b1 = blocker(&d, &release);
+    let b2 = blocker(&d, &release);
+    d.wait_state(b1, "running");
+    d.wait_state(b2, "running");
+    let next = d.submit(&["--", "true"]);
+    let group = job_cpuset_group(&d.cgroup_root, next);
+    let t0 = Instant::now();
+    while !group.is_dir() && t0.elapsed() < LONG {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(group.is_dir(), "no group made ahead at {}", group.display());
+    assert_eq!(d.status(next)["state"], "pending");
+    let out = d.cli(&["cancel", &next.to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!group.exists(), "{} left behind", group.display());
+    // A prepared job that does start runs in its group as usual.
+    let last = d.submit(&["--", "true"]);
+    let group = job_cpuset_group(&d.cgroup_root, last);
+    let t0 = Instant::now();
+    while !group.is_dir() && t0.elapsed() < LONG {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(d.wait_code(last), 0);
+    assert_eq!(d.wait_code(b1), 0);
 }
 
 #[test]

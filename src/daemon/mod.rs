@@ -12,6 +12,7 @@ pub mod control;
 pub mod handler;
 pub mod recovery;
 pub mod relax;
+mod requests;
 pub mod server;
 pub mod shared;
 pub mod slo;

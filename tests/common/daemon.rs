@@ -350,6 +350,18 @@ pub fn destroy_tree(root: &str) {
     }
 }
 
+/// The group that holds job `id`'s cores under cgroup root `root` (whether or not it exists).
+pub fn job_cpuset_group(root: &str, id: u64) -> PathBuf {
+    let cfg = TreeConfig {
+        root: RootName::Named(root.to_string()),
+        ..TreeConfig::default()
+    };
+    let tree = Layout::detect(Path::new("/proc"))
+        .and_then(|layout| Tree::open(layout, &cfg, Path::new("/proc")))
+        .unwrap();
+    tree.job_paths(lowsched::job::JobId(id)).cpuset
+}
+
 /// The one job id a successful `submit` printed (and nothing else on stdout).
 pub fn submitted_id(out: &Output) -> u64 {
     assert!(

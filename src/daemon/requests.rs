@@ -1,0 +1,136 @@
+//! User requests to the control loop: cancel, pause (hold) and resume of a job, each checked
+//! against the caller (only the job's owner or root) and answered with the job's new status.
+
+use crate::eventlog::{Event, Kind};
+use crate::job::JobId;
+use crate::jobstate::JobState;
+use crate::journal::Record;
+use crate::protocol::{ErrorCode, ProtocolError};
+
+use super::control::{Control, Reply, refuse};
+use super::server::Caller;
+use super::shared::{Op, now};
+
+impl Control {
+    fn authorize(&self, id: JobId, caller: &Caller) -> Result<JobState, ProtocolError> {
+        let table = self.shared.table();
+        let rec = table
+            .get(id)
+            .ok_or_else(|| refuse(ErrorCode::NotFound, format!("no job {id}")))?;
+        if !caller.is_root() && caller.uid != rec.owner.uid {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "job {id} belongs to {} (uid {}); only its owner or root may change it",
+                    rec.owner.user, rec.owner.uid
+                ),
+            ));
+        }
+        Ok(rec.state)
+    }
+
+    pub(super) fn op(
+        &mut self,
+        op: Op,
+        replies: &mut Vec<(Reply, Result<JobId, ProtocolError>, Caller)>,
+    ) {
+        match op {
+            Op::Wake => self.dirty = true,
+            Op::Cancel { id, caller, reply } => {
+                let r = self.cancel(id, &caller);
+                replies.push((reply, r.map(|()| id), caller));
+            }
+            Op::Pause { id, caller, reply } => {
+                let r = self.hold(id, &caller, true);
+                replies.push((reply, r.map(|()| id), caller));
+            }
+            Op::Resume { id, caller, reply } => {
+                let r = self.hold(id, &caller, false);
+                replies.push((reply, r.map(|()| id), caller));
+            }
+        }
+    }
+
+    fn cancel(&mut self, id: JobId, caller: &Caller) -> Result<(), ProtocolError> {
+        let state = self.authorize(id, caller)?;
+        let by = format!("cancelled by uid {}", caller.uid);
+        match state {
+            s if s.is_terminal() => Err(refuse(
+                ErrorCode::Conflict,
+                format!("job {id} already ended ({s})"),
+            )),
+            JobState::Pending => {
+                self.shared.queue.remove(id);
+                self.finish(id, JobState::Cancelled, None, Some(by));
+                self.release_prepared(id);
+                Ok(())
+            }
+            _ => {
+                self.cancelling.insert(id);
+                match self.actuator.kill(id) {
+                    Ok(()) => {
+                        // Its processes are gone; the waiter's exit event follows and is
+                        // recorded as this cancel.
+                        self.finish(id, JobState::Cancelled, None, Some(by));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.cancelling.remove(&id);
+                        Err(refuse(
+                            ErrorCode::Internal,
+                            format!("cannot kill job {id}: {e}"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    /// `lowsched pause` (hold) and `lowsched resume` (release the hold; the policy resumes the
+    /// job when cores are free, normally in this same turn).
+    fn hold(&mut self, id: JobId, caller: &Caller, hold: bool) -> Result<(), ProtocolError> {
+        let state = self.authorize(id, caller)?;
+        match (state, hold) {
+            (JobState::Running, true) => {
+                self.actuator.pause(id).map_err(|e| {
+                    refuse(ErrorCode::Internal, format!("cannot pause job {id}: {e}"))
+                })?;
+                let name = {
+                    let mut t = self.shared.table();
+                    let rec = t
+                        .transition(id, JobState::Paused, now())
+                        .map_err(|e| refuse(ErrorCode::Conflict, e.to_string()))?;
+                    rec.held = true;
+                    rec.spec.name.clone()
+                };
+                self.record_event(
+                    Event::new(name, Some(id), Kind::Pause)
+                        .because(format!("paused by uid {}", caller.uid)),
+                );
+            }
+            (JobState::Paused, _) => {
+                if let Some(r) = self.shared.table().get_mut(id) {
+                    r.held = hold;
+                }
+            }
+            (JobState::Running, false) => return Ok(()),
+            (s, _) => {
+                let verb = if hold { "pause" } else { "resume" };
+                return Err(refuse(
+                    ErrorCode::Conflict,
+                    format!("cannot {verb} job {id}: it is {s}"),
+                ));
+            }
+        }
+        if let Err(e) = self
+            .shared
+            .journal
+            .append_sync(&Record::Held { id, held: hold })
+        {
+            crate::log::error(&format!("job {id}: cannot journal the hold: {e}"));
+        }
+        self.shared.changed.notify_all();
+        self.dirty = true;
+        Ok(())
+    }
+}
