@@ -22,7 +22,9 @@
 # For c also the reaction time (from the reading that crossed a grow threshold to the new
 # allocation in force, from the daemon's events.jsonl) and the daemon's own CPU use over the run.
 # Results: target/e2e/results.json and a Markdown table on stdout. E2E_TRACE and E2E_JOBS
-# replace the trace and the job file (e.g. short ones to try the script).
+# replace the trace and the job file (e.g. short ones to try the script); E2E_C_TOML adds
+# lines to mode c's daemon config (e.g. $'[controller]\ngrow_p95_frac = 0.75').
+
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -79,7 +81,10 @@ run_mode() {
         case $mode in
             a) printf '[service]\nenabled = "no"\n' ;;
             b) printf '[node]\ncores = "1-%d"\n[service]\nenabled = "no"\n' "$last" ;;
-            c) printf '[service]\nenabled = "yes"\npid_file = "%s"\naddress = "127.0.0.1:%d"\n' "$dir/memcached.pid" "$port" ;;
+            c) printf '[service]\nenabled = "yes"\npid_file = "%s"\naddress = "127.0.0.1:%d"\n' "$dir/memcached.pid" "$port"
+               printf '%s\n' "${E2E_C_TOML:-}" ;;
+
+
         esac
     } >"$cfg"
     local pin=()

@@ -323,6 +323,28 @@ fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
     );
     assert!(grow["inputs"]["service_cpu"].is_number(), "{grow}");
     assert!(grow["inputs"]["reaction_us"].is_number(), "{grow}");
+    // The first climb (from sharing core 0 to owning it) moved the batch job there off it
+    // with a cpuset write before the service was placed, not after a freeze.
+    let events = f.events();
+    let moved = events
+        .iter()
+        .position(|e| e["reason"] == "off the service's cores for its grow");
+    let owned = events.iter().position(|e| {
+        e["job"] == "memcached"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("rung 0->1"))
+    });
+    assert!(
+        matches!((moved, owned), (Some(m), Some(o)) if m < o),
+        "no batch job moved off core 0 before the service owned it: {:?}",
+        events
+            .iter()
+            .filter(|e| e["event"] == "update_cores" || e["event"] == "pause")
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    );
+
     let _ = loadgen.wait();
 
     // Load gone: batch gets its cores back after the hold-down.

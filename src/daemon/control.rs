@@ -288,8 +288,8 @@ impl Control {
         }
     }
 
-    /// Lets the SLO controller move cores between the service and batch. A grow shrinks batch
-    /// first (so the service's new cores are free when it gets them), a shrink narrows the
+    /// Lets the SLO controller move cores between the service and batch. A grow moves batch off
+    /// the service's cores first (so they are free when it gets them), a shrink narrows the
     /// service first.
     fn control_step(&mut self) {
         let Some(slo) = self.slo.as_mut() else { return };
@@ -298,11 +298,49 @@ impl Control {
             || step.alloc.batch.len() < self.batch_cores.len();
         self.batch_cores = step.alloc.batch;
         if grow {
-            self.decide();
+            self.evacuate(&step.alloc.service);
             self.place_service(step);
+            self.decide();
         } else {
             self.place_service(step);
             self.decide();
+        }
+    }
+
+    /// Before a grow: moves every running batch job off the service's cores with one cpuset
+    /// write each (µs), onto its other cores or else onto the batch cores, where it may share a
+    /// core with another job until the policy, run right after the service is placed, pauses
+    /// what no longer fits. Pausing first made the service wait for the freeze to complete,
+    /// which took 9-75 ms for a job still starting up in the e2e runs.
+    fn evacuate(&mut self, service: &CpuSet) {
+        let batch = self.batch_cores;
+        let moves: Vec<(JobId, CpuSet, String)> = self
+            .shared
+            .table()
+            .active()
+            .filter(|r| r.state == JobState::Running && !r.cores.intersection(service).is_empty())
+            .filter_map(|r| {
+                let rest = r.cores.difference(service);
+                let to = if rest.is_empty() { batch } else { rest };
+                (!to.is_empty()).then(|| (r.id, to, r.spec.name.clone()))
+            })
+            .collect();
+        for (id, to, name) in moves {
+            match self.actuator.resize(id, to) {
+                Ok(()) => {
+                    if let Some(r) = self.shared.table().get_mut(id) {
+                        r.cores = to;
+                    }
+                    self.record_event(
+                        Event::new(name, Some(id), Kind::UpdateCores { cores: to })
+                            .because("off the service's cores for its grow"),
+                    );
+                }
+                // The policy pauses it instead, after the service is placed.
+                Err(e) => {
+                    crate::log::warn(&format!("job {id}: cannot move it off [{service}]: {e}"))
+                }
+            }
         }
     }
 
