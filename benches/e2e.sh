@@ -6,8 +6,10 @@
 #
 # Modes on the same memcached load trace (benches/e2e/trace.txt) and, but for 0, the same batch
 # (benches/e2e/parsec.json, seven PARSEC stand-ins run through lowsched's default policy):
-#   0  memcached alone: pinned to CPU 0 as in b, same load generator, no daemon, no batch. The
-#      floor: the SLO misses that come from the host itself (a shared VM), not from batch work.
+#   0  memcached alone: pinned to CPU 0 as in b, same load generator, no daemon, no batch: the
+#      SLO misses that come from the host itself (a shared VM), not from batch work. Its core's
+#      idle states are left alone, as in a and b; c keeps the service's cores polling (PM QoS)
+#      and so can do better than 0.
 #   a  uncontrolled: lowsched without a protected service; batch may use every core, memcached
 #      is not pinned.
 #   b  static partition: memcached pinned to CPU 0, batch confined to the other CPUs
@@ -185,7 +187,8 @@ for m in modes:
 if "0" in res:
     z = res["0"]
     print(f"\nmemcached alone (CPU 0, no daemon, no batch) missed the SLO in {100*z['frac_over']:.1f} % of windows "
-          f"(p95 {z['p95_us']} us, p99 {z['p99_us']} us): this is the floor the host allows.")
+          f"(p95 {z['p95_us']} us, p99 {z['p99_us']} us): what the host allows with no batch at all "
+          f"and the core's idle states left alone.")
 if "makespan_c_over_b" in res:
     print(f"\nmakespan(lowsched) / makespan(static) = {res['makespan_c_over_b']:.2f}")
 if "c" in res and "reaction_us_p50" in res["c"]:
