@@ -28,6 +28,15 @@ fn blocker(d: &TestDaemon, release: &Path) -> u64 {
     d.submit(&["--name", "blocker", "--", "sh", "-c", &cmd])
 }
 
+/// Two blockers that fill the test daemon's two cores, running.
+fn fill_both_cores(d: &TestDaemon, release: &Path) -> (u64, u64) {
+    let b1 = blocker(d, release);
+    let b2 = blocker(d, release);
+    d.wait_state(b1, "running");
+    d.wait_state(b2, "running");
+    (b1, b2)
+}
+
 /// A job that appends a line to `counter` every 20 ms, forever.
 fn ticker(d: &TestDaemon, counter: &Path) -> u64 {
     let cmd = format!(
@@ -226,10 +235,7 @@ fn queued_jobs_cancel_without_running_and_time_out_as_unschedulable() {
     let d = TestDaemon::start("e2e-queue", "");
     let release = d.dir.path().join("release");
     // The test daemon manages two cores and has no protected service: two blockers fill it.
-    let b1 = blocker(&d, &release);
-    let b2 = blocker(&d, &release);
-    d.wait_state(b1, "running");
-    d.wait_state(b2, "running");
+    let (b1, b2) = fill_both_cores(&d, &release);
 
     let marker = d.dir.path().join("ran");
     let cmd = format!("touch {}", marker.display());
@@ -277,10 +283,7 @@ fn the_next_pending_jobs_groups_are_made_ahead_and_removed_on_cancel() {
     }
     let d = TestDaemon::start("e2e-prepare", "");
     let release = d.dir.path().join("release");
-    let b1 = blocker(&d, &release);
-    let b2 = blocker(&d, &release);
-    d.wait_state(b1, "running");
-    d.wait_state(b2, "running");
+    let (b1, _) = fill_both_cores(&d, &release);
     let next = d.submit(&["--", "true"]);
     let group = job_cpuset_group(&d.cgroup_root, next);
     let t0 = Instant::now();

@@ -24,6 +24,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Skips (printing why) without root or memcached.
+fn cannot_run() -> bool {
+    common::skip_unless(
+        common::is_root(),
+        "needs root (cgroups, jobs as users, sysfs PM QoS)",
+    ) || common::skip_unless(
+        common::have("memcached"),
+        "needs memcached (apt install memcached)",
+    )
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     memcached: Option<u32>,
@@ -382,12 +393,7 @@ fn daemon_log(f: &Fixture) -> String {
 
 #[test]
 fn a_restarted_service_is_found_again_and_confined() {
-    if common::skip_unless(common::is_root(), "needs root (cgroups, jobs as users)")
-        || common::skip_unless(
-            common::have("memcached"),
-            "needs memcached (apt install memcached)",
-        )
-    {
+    if cannot_run() {
         return;
     }
     let _serial = serial();
@@ -471,12 +477,7 @@ fn resume_latency(cpu: usize) -> String {
 
 #[test]
 fn the_service_core_polls_when_idle_and_gets_its_idle_states_back() {
-    if common::skip_unless(common::is_root(), "needs root (cgroups, sysfs PM QoS)")
-        || common::skip_unless(
-            common::have("memcached"),
-            "needs memcached (apt install memcached)",
-        )
-    {
+    if cannot_run() {
         return;
     }
     let _serial = serial();

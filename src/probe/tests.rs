@@ -13,12 +13,18 @@ const SILENT: u8 = 2;
 
 /// A fake memcached on a free port: answers gets per `mode`, and `stats` with a counter.
 fn fake_server(mode: Arc<AtomicU8>) -> String {
+    counting_server(mode, Arc::default())
+}
+
+/// [`fake_server`] that also counts the gets it reads in `gets`.
+fn counting_server(mode: Arc<AtomicU8>, gets_seen: Arc<std::sync::atomic::AtomicU64>) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         for stream in l.incoming() {
             let Ok(stream) = stream else { return };
             let mode = mode.clone();
+            let gets_seen = gets_seen.clone();
             std::thread::spawn(move || {
                 let mut w = stream.try_clone().unwrap();
                 let mut gets = 0u64;
@@ -34,6 +40,7 @@ fn fake_server(mode: Arc<AtomicU8>) -> String {
                         }
                         continue;
                     } else {
+                        gets_seen.fetch_add(1, Ordering::Relaxed);
                         match mode.load(Ordering::Relaxed) {
                             ANSWER => b"END\r\n",
                             GARBAGE => b"HELLO?\r\n",
@@ -238,34 +245,6 @@ fn calm_needs_a_threshold_an_answering_server_and_every_probe_under_it() {
     assert!(!is_calm(&never, ProbeStatus::Up, &fast(1, 0)));
 }
 
-/// A fake memcached that answers every get at once and counts them.
-fn counting_server(gets: Arc<std::sync::atomic::AtomicU64>) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in l.incoming() {
-            let Ok(stream) = stream else { return };
-            let gets = gets.clone();
-            std::thread::spawn(move || {
-                let mut w = stream.try_clone().unwrap();
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { return };
-                    let reply: &[u8] = if line.starts_with("get") {
-                        gets.fetch_add(1, Ordering::Relaxed);
-                        b"END\r\n"
-                    } else {
-                        b"STAT pid 1\r\nSTAT cmd_get 1\r\nSTAT cmd_set 0\r\nEND\r\n"
-                    };
-                    if w.write_all(reply).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[test]
 fn a_calm_server_is_probed_at_the_calm_rate() {
     let gets = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -274,7 +253,10 @@ fn a_calm_server_is_probed_at_the_calm_rate() {
         calm_rate: 20,
         // Far above any loopback answer, so only the pacing is under test.
         calm_below_us: 50_000,
-        ..cfg(counting_server(gets.clone()))
+        ..cfg(counting_server(
+            Arc::new(AtomicU8::new(ANSWER)),
+            gets.clone(),
+        ))
     })
     .unwrap();
     wait_for("answers", &probe, |s| s.status == ProbeStatus::Up);
