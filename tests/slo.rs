@@ -236,6 +236,17 @@ fn memcached_cores(f: &Fixture) -> Vec<String> {
         .collect()
 }
 
+/// Waits for the controller to settle on the service's minimum, core 0 (quiet service).
+fn wait_settled(f: &Fixture) {
+    assert!(
+        f.until(Duration::from_secs(30), |f| memcached_cores(f)
+            .last()
+            .is_some_and(|c| c == "[0]")),
+        "controller never settled on the service's minimum: {:?}",
+        memcached_cores(f)
+    );
+}
+
 #[test]
 fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
     if common::skip_unless(common::is_root(), "needs root (cgroups, jobs as users)")
@@ -254,13 +265,7 @@ fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
     let port = free_port();
     let f = start(port);
     // Quiet: the controller settles on the bottom rung, where batch may use every core.
-    assert!(
-        f.until(Duration::from_secs(30), |f| memcached_cores(f)
-            .last()
-            .is_some_and(|c| c == "[0]")),
-        "controller never settled on the service's minimum: {:?}",
-        memcached_cores(&f)
-    );
+    wait_settled(&f);
     for _ in 0..2 {
         let out = f.cli(&[
             "submit",
@@ -484,13 +489,7 @@ fn the_service_core_polls_when_idle_and_gets_its_idle_states_back() {
     let before = (resume_latency(0), resume_latency(1));
     let port = free_port();
     let mut f = start(port);
-    assert!(
-        f.until(Duration::from_secs(30), |f| memcached_cores(f)
-            .last()
-            .is_some_and(|c| c == "[0]")),
-        "controller never settled on the service's minimum: {:?}",
-        memcached_cores(&f)
-    );
+    wait_settled(&f);
     assert_eq!(resume_latency(0), "n/a", "the service core may still halt");
     assert_eq!(resume_latency(1), before.1, "a batch core was changed");
     let mut d = f.daemon.take().unwrap();
