@@ -53,6 +53,9 @@ pub struct StatsReport {
     pub window_s: f64,
     pub slo: Slo,
     pub probe_rate: u32,
+    /// The slower rate while memcached is calm, when the probe has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_calm_rate: Option<u32>,
     pub status: ProbeStatus,
     pub last_error: Option<String>,
     pub cumulative: Percentiles,
@@ -78,6 +81,8 @@ impl StatsReport {
             window_s: cfg.window.as_secs_f64(),
             slo: cfg.slo,
             probe_rate: cfg.rate,
+            probe_calm_rate: (cfg.calm_below_us > 0 && cfg.calm_rate < cfg.rate)
+                .then_some(cfg.calm_rate),
             status: ProbeStatus::Starting,
             last_error: None,
             cumulative: Percentiles::default(),
@@ -155,13 +160,15 @@ pub fn render_table(r: &StatsReport) -> String {
     let qps = r.qps.map_or("? QPS".into(), |q| format!("{q:.0} QPS"));
     let _ = writeln!(
         s,
-        "memcached {}: {:?}, {qps}, SLO p{} <= {} us, window {} s, probing {}/s",
+        "memcached {}: {:?}, {qps}, SLO p{} <= {} us, window {} s, probing {}/s{}",
         r.server,
         r.status,
         r.slo.quantile * 100.0,
         r.slo.limit_us,
         r.window_s,
-        r.probe_rate
+        r.probe_rate,
+        r.probe_calm_rate
+            .map_or(String::new(), |c| format!(" ({c}/s while calm)"))
     );
     if let Some(e) = &r.last_error {
         let _ = writeln!(s, "last error: {e}");

@@ -58,6 +58,27 @@ fn table_shows_percentiles_windows_against_the_slo_and_counts() {
 }
 
 #[test]
+fn the_header_names_the_calm_rate_when_the_probe_has_one() {
+    let steady = StatsReport::empty(&ProbeConfig::default());
+    assert!(render_table(&steady).contains("probing 1000/s\n"));
+    let paced = StatsReport::empty(&ProbeConfig {
+        rate: 100,
+        calm_rate: 25,
+        calm_below_us: 400,
+        ..ProbeConfig::default()
+    });
+    let t = render_table(&paced);
+    assert!(t.contains("probing 100/s (25/s while calm)"), "{t}");
+    let json = serde_json::to_string(&paced).unwrap();
+    assert_eq!(serde_json::from_str::<StatsReport>(&json).unwrap(), paced);
+    // A report from a daemon without the field still reads.
+    let old = json.replace(",\"probe_calm_rate\":25", "");
+    let read = serde_json::from_str::<StatsReport>(&old).unwrap();
+    assert_eq!(read.probe_calm_rate, None);
+    assert_eq!(read.probe_rate, 100);
+}
+
+#[test]
 fn json_round_trips_with_histograms() {
     let r = sample_report();
     let mut out = Vec::new();
