@@ -140,6 +140,9 @@ journal | grep -m1 'protecting memcached' | sed 's/^/    journal: /'
 mc=$(cat /run/memcached/memcached.pid)
 check "memcached (pid $mc) stays in its own unit's cgroup" in_procs "$mc" /sys/fs/cgroup/system.slice/memcached.service/cgroup.procs
 eventually 60 "every memcached thread is pinned to the service's cores" memcached_pinned
+svc_cpu=$(status_service | sed 's/[-,].*//')
+eventually 30 "memcached's core ${svc_cpu:-?} polls when idle (PM QoS resume latency n/a)" \
+    sh -c "[ \"\$(cat /sys/devices/system/cpu/cpu${svc_cpu:-x}/power/pm_qos_resume_latency_us)\" = n/a ]"
 echo "    status: $(status_text)"
 
 section "jobs submitted with the CLI"
@@ -205,6 +208,8 @@ pd=$(job_pid "$d")
 check "systemctl stop lowsched" timeout 120 systemctl stop $unit
 check "the unit is inactive: $(show ActiveState)/$(show SubState) Result=$(show Result)" \
     test "$(show ActiveState)/$(show Result)" = inactive/success
+check "every core has its idle states back: $(cat /sys/devices/system/cpu/cpu*/power/pm_qos_resume_latency_us | tr '\n' ' ')" \
+    sh -c '! grep -qx n/a /sys/devices/system/cpu/cpu*/power/pm_qos_resume_latency_us'
 check "the CLI gets no answer while it is stopped" sh -c '! lowsched status >/dev/null 2>&1'
 check "job $d's process $pd keeps running in its group" \
     sh -c "kill -0 $pd && grep -qx $pd $cg/batch/job-$d/task/cgroup.procs"
