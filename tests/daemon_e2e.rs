@@ -12,15 +12,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{is_root, skip_unless};
+use common::root_or_skip;
 use daemon::{LONG, TestDaemon, job_cpuset_group, lines, submitted_id, text, wait_file};
-
-fn root_or_skip() -> bool {
-    skip_unless(
-        is_root(),
-        "the daemon creates cgroups and runs jobs: needs root",
-    )
-}
 
 /// A job that blocks until `release` exists, holding one core.
 fn blocker(d: &TestDaemon, release: &Path) -> u64 {
@@ -286,11 +279,7 @@ fn the_next_pending_jobs_groups_are_made_ahead_and_removed_on_cancel() {
     let (b1, _) = fill_both_cores(&d, &release);
     let next = d.submit(&["--", "true"]);
     let group = job_cpuset_group(&d.cgroup_root, next);
-    let t0 = Instant::now();
-    while !group.is_dir() && t0.elapsed() < LONG {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(group.is_dir(), "no group made ahead at {}", group.display());
+    wait_file(&group); // made ahead while the job waits
     assert_eq!(d.status(next)["state"], "pending");
     let out = d.cli(&["cancel", &next.to_string()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -298,10 +287,7 @@ fn the_next_pending_jobs_groups_are_made_ahead_and_removed_on_cancel() {
     // A prepared job that does start runs in its group as usual.
     let last = d.submit(&["--", "true"]);
     let group = job_cpuset_group(&d.cgroup_root, last);
-    let t0 = Instant::now();
-    while !group.is_dir() && t0.elapsed() < LONG {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_file(&group);
     std::fs::write(&release, "").unwrap();
     assert_eq!(d.wait_code(last), 0);
     assert_eq!(d.wait_code(b1), 0);

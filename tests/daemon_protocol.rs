@@ -14,7 +14,7 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::{is_root, skip_unless};
+use common::root_or_skip;
 use daemon::{TestDaemon, exchange, read_response, text};
 use lowsched::protocol::MAX_REQUEST;
 use serde_json::Value;
@@ -26,13 +26,6 @@ fn start(area: &str) -> TestDaemon {
     TestDaemon::start(
         area,
         &format!("[server]\nmax_connections = {MAX_CONNECTIONS}\nidle_timeout_ms = {IDLE_MS}\n"),
-    )
-}
-
-fn root_or_skip() -> bool {
-    skip_unless(
-        is_root(),
-        "the daemon creates cgroups and runs jobs: needs root",
     )
 }
 

@@ -13,19 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{is_root, skip_unless};
+use common::root_or_skip;
 use daemon::{LONG, TestDaemon, lines, text};
 use lowsched::client::Client;
 use lowsched::job::JobSpec;
 use lowsched::protocol::{Reply, Request, Submit};
 use serde_json::Value;
-
-fn root_or_skip() -> bool {
-    skip_unless(
-        is_root(),
-        "the daemon creates cgroups and runs jobs: needs root",
-    )
-}
 
 fn alive(pid: u64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

@@ -13,15 +13,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use common::{have, is_root, skip_unless};
+use common::{have, root_or_skip, skip_unless};
 use daemon::{NOBODY, NOGROUP, TestDaemon, submitted_id, text};
-
-fn root_or_skip() -> bool {
-    skip_unless(
-        is_root(),
-        "the daemon creates cgroups and runs jobs: needs root",
-    )
-}
 
 /// Sends one raw request line to the daemon as `nobody` and returns the answer line.
 fn raw_as_nobody(d: &TestDaemon, line: &str) -> serde_json::Value {

@@ -28,14 +28,6 @@ impl Drop for Memcached {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn stats_show_the_protected_services_latency_as_table_json_and_hlog() {
     if skip_unless(is_root(), "the daemon needs root")
@@ -45,7 +37,7 @@ fn stats_show_the_protected_services_latency_as_table_json_and_hlog() {
     }
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("memcached.pid");
-    let port = free_port();
+    let port = common::free_port();
     let _mc = Memcached(
         Command::new("memcached")
             .args(["-u", "root", "-l", "127.0.0.1", "-t", "1", "-m", "64"])

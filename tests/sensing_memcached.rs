@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -82,12 +82,7 @@ impl Memcached {
     }
 
     fn start_in(group: Option<&CpuGroup>) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port, group)
+        Self::start_on(common::free_port(), group)
     }
 
     fn start_on(port: u16, group: Option<&CpuGroup>) -> Self {

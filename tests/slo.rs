@@ -118,14 +118,6 @@ impl Drop for Fixture {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(port: u16) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("memcached.pid");
@@ -262,7 +254,7 @@ fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
         return;
     }
     let _serial = serial();
-    let port = free_port();
+    let port = common::free_port();
     let f = start(port);
     // Quiet: the controller settles on the bottom rung, where batch may use every core.
     wait_settled(&f);
@@ -402,7 +394,7 @@ fn a_restarted_service_is_found_again_and_confined() {
         return;
     }
     let _serial = serial();
-    let port = free_port();
+    let port = common::free_port();
     let mut f = start(port);
     let first = f.memcached.unwrap();
     assert!(
@@ -487,7 +479,7 @@ fn the_service_core_polls_when_idle_and_gets_its_idle_states_back() {
     }
     let _serial = serial();
     let before = (resume_latency(0), resume_latency(1));
-    let port = free_port();
+    let port = common::free_port();
     let mut f = start(port);
     wait_settled(&f);
     assert_eq!(resume_latency(0), "n/a", "the service core may still halt");

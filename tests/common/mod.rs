@@ -28,3 +28,20 @@ pub fn have(cmd: &str) -> bool {
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
         .unwrap_or(false)
 }
+
+/// Skips (printing why) unless running as root, which a test daemon needs.
+pub fn root_or_skip() -> bool {
+    skip_unless(
+        is_root(),
+        "the daemon creates cgroups and runs jobs: needs root",
+    )
+}
+
+/// A local TCP port nobody listened on a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
