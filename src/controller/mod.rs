@@ -177,9 +177,31 @@ impl Controller {
     }
 
     /// How busy the service is relative to the cores it holds on `rung` (0 = idle, 1 = all).
+    /// The cores `busy` divides the service's CPU use by on `rung`.
+    fn service_cores(&self, rung: usize) -> f64 {
+        self.rungs[rung].service.len().max(1) as f64
+    }
+
+    /// The recent p95 (µs) above which the controller climbs.
+    fn grow_p95_us(&self) -> f64 {
+        self.cfg.grow_p95_frac * self.slo_p95_us
+    }
+
+    /// The readings above which the current rung climbs: the service's CPU use in cores and
+    /// the recent p95 in µs, for sensors that wake the controller early. `None` on the top
+    /// rung, where nothing climbs.
+    pub fn grow_triggers(&self) -> Option<(f64, f64)> {
+        (self.level + 1 < self.rungs.len()).then(|| {
+            (
+                self.cfg.grow_util * self.service_cores(self.level),
+                self.grow_p95_us(),
+            )
+        })
+    }
+
     fn busy(&self, inp: &Inputs, rung: usize) -> Option<f64> {
         let a = &self.rungs[rung];
-        let n = a.service.len().max(1) as f64;
+        let n = self.service_cores(rung);
         match (inp.service_cpu, inp.service_core_util) {
             (Some(cpu), _) => Some(cpu / n),
             (None, Some(util)) if a.exclusive => Some(util),
@@ -218,7 +240,7 @@ impl Controller {
     fn decide(&self, inp: &Inputs) -> Option<Change> {
         let slo = self.slo_p95_us;
         let top = self.rungs.len() - 1;
-        let grow_p95 = self.cfg.grow_p95_frac * slo;
+        let grow_p95 = self.grow_p95_us();
         let since = |t: Option<Duration>| t.map(|t| inp.now.saturating_sub(t));
         let hot_latency = inp.p95_recent_us.filter(|&p| p > grow_p95);
         let busy = self.busy(inp, self.level);

@@ -234,3 +234,30 @@ fn the_load_that_needed_a_rung_is_its_peak_while_settling() {
     let rungs = run(&mut c, t + PERIOD * 601, 10, calm);
     assert_eq!(rungs[0], 0);
 }
+
+#[test]
+fn grow_triggers_are_the_readings_just_above_which_a_rung_climbs() {
+    let (c, now) = settled();
+    let (cores, p95_us) = c.grow_triggers().expect("the bottom rung can climb");
+    let cooled = now + Duration::from_secs(60);
+    let at = |cpu: f64, p95: f64| {
+        let mut c = c.clone();
+        let inp = Inputs {
+            service_cpu: Some(cpu),
+            p95_recent_us: Some(p95),
+            ..calm(cooled)
+        };
+        c.step(&inp).alloc.rung
+    };
+    assert_eq!(at(cores, 80.0), 0, "at the CPU trigger");
+    assert_eq!(at(cores + 0.01, 80.0), 1, "above the CPU trigger");
+    assert_eq!(at(0.1, p95_us), 0, "at the latency trigger");
+    assert_eq!(at(0.1, p95_us + 1.0), 1, "above the latency trigger");
+    let mut top = controller();
+    assert!(top.step(&hot(Duration::ZERO)).alloc.rung + 1 == top.rungs().len());
+    assert_eq!(
+        top.grow_triggers(),
+        None,
+        "nothing climbs from the top rung"
+    );
+}

@@ -34,7 +34,6 @@ use crate::eventlog::EventLog;
 use crate::inventory::Inventory;
 use crate::journal::Journal;
 use crate::pmqos::ResumeLatency;
-
 use crate::probe::ProbeConfig;
 use crate::queue::JobQueue;
 use crate::sampler::{SamplerConfig, SamplerSet};
@@ -368,7 +367,6 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         cores: Some(node.cores),
         period: Duration::from_millis(cfg.sampler.period_ms),
         unwatched_period: Duration::from_millis(cfg.sampler.batch_period_ms),
-
         smoothing: Duration::from_millis(cfg.sampler.smoothing_ms),
         service_alarm: service_on.then(|| cpu_alarm.clone()),
         ..SamplerConfig::default()
@@ -410,7 +408,6 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
             bell: Some(bell),
             pm_qos: resume_latency(&cfg),
         };
-
         Some(slo::SloLoop::new(setup).map_err(DaemonError::Service)?)
     } else {
         None
@@ -434,7 +431,6 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         ops: ops_rx,
         bell: bell_rx,
         slo,
-
         managed: node.cores,
         batch_cores: if service_on {
             CpuSet::new()

@@ -13,7 +13,6 @@ use crate::cpuset::CpuSet;
 use crate::doorbell::{DISARMED, Doorbell, Tripwire};
 use crate::latency::NO_ANSWER_US;
 use crate::pmqos::ResumeLatency;
-
 use crate::probe::{Probe, ProbeConfig, ProbeHandle, ProbeStatus};
 use crate::sampler::{SamplerHandle, ServiceSource};
 use crate::service::{self, Found, ServiceConfig};
@@ -148,25 +147,15 @@ impl SloLoop {
         Ok(slo)
     }
 
-    /// Sets the tripwires to the current rung's grow thresholds, or disarms them on the top
-    /// rung, where a rise cannot be answered with more cores.
+    /// Sets the tripwires to the controller's grow triggers for the current rung, or disarms
+    /// them on the top rung, where a rise cannot be answered with more cores.
     fn arm(&self) {
-        let a = self.controller.allocation();
-        let top = a.rung + 1 >= self.controller.rungs().len();
+        let triggers = self.controller.grow_triggers();
         if let Some(w) = &self.cpu_alarm {
-            let cores = a.service.len().max(1) as f64;
-            w.set_level(if top {
-                DISARMED
-            } else {
-                (self.ctl_cfg.grow_util * cores * 1000.0) as u64
-            });
+            w.set_level(triggers.map_or(DISARMED, |(cores, _)| (cores * 1000.0) as u64));
         }
         if let Some(w) = &self.latency_alarm {
-            w.set_level(if top {
-                DISARMED
-            } else {
-                (self.ctl_cfg.grow_p95_frac * self.slo_p95_us) as u64
-            });
+            w.set_level(triggers.map_or(DISARMED, |(_, p95_us)| p95_us as u64));
         }
     }
 
@@ -411,7 +400,6 @@ impl SloLoop {
         self.applied = Some(alloc);
         self.arm();
         self.sampler.watch(cores);
-
         if let Some(q) = self.pm_qos.as_mut() {
             if let Err(e) = q.apply(cores) {
                 crate::log::warn(&format!(

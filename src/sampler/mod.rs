@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpuset::CpuSet;
 use crate::doorbell::Tripwire;
-
 use crate::seqcell::{Packed, SeqCell};
 pub use service::{ServiceKind, ServiceSource};
 
