@@ -236,7 +236,7 @@ pub struct ProbeSection {
     /// Probe requests per second.
     pub rate: u32,
     /// Probe requests per second while the service is calm: its recent p95 below
-    /// `calm_p95_frac` of the SLO target, every probe answered.
+    /// `calm_p95_frac` of the SLO target and no recent probe failed.
     pub calm_rate: u32,
     pub calm_p95_frac: f64,
     /// Span of the recent-latency signal the controller reacts to, ms.

@@ -99,8 +99,6 @@ impl Control {
                 recv(self.exits) -> ev => if let Ok(ev) = ev { self.exit(ev) },
                 // Every sensor gone (no service protected): never wake for it again.
                 recv(self.bell) -> r => if r.is_err() { self.bell = crossbeam_channel::never() },
-
-
                 default(period) => {},
             }
             while let Ok(ev) = self.exits.try_recv() {

@@ -29,8 +29,8 @@ pub struct ProbeConfig {
     pub server: String,
     /// Probe `get`s per second.
     pub rate: u32,
-    /// The slower rate while memcached is calm: the recent p95 below `calm_below_us` and every
-    /// probe answered. Any slower answer brings `rate` back at the next send.
+    /// The slower rate while memcached is calm: the recent p95 below `calm_below_us` and no
+    /// recent probe failed. A recent p95 at or over it brings `rate` back at the next send.
     pub calm_rate: u32,
     /// 0: never calm (always `rate`).
     pub calm_below_us: u64,

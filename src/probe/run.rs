@@ -424,9 +424,9 @@ impl Probe {
         self.pace(now);
     }
 
-    /// Slows to the calm rate while every recent probe was answered fast, and speeds up as
-    /// soon as one was not: a rise shows at most one calm interval late, and a calm service
-    /// costs a quarter of the wake-ups.
+    /// Slows to the calm rate while the recent p95 is low, and speeds up as soon as it is
+    /// not: a rise shows at most one calm interval late, and a calm service costs a quarter
+    /// of the wake-ups.
     fn pace(&mut self, now: u64) {
         let calm = is_calm(&self.cfg, self.status, &self.signal.fast);
         let interval = if calm { self.calm_ns } else { self.full_ns };
@@ -454,7 +454,8 @@ impl Probe {
     }
 }
 
-/// Calm: a calm threshold is set, memcached is up, and every recent probe came back under it.
+/// Calm: a calm threshold is set, memcached is up, no recent probe failed and the recent p95
+/// is under the threshold.
 pub(super) fn is_calm(cfg: &ProbeConfig, status: ProbeStatus, fast: &FastLatency) -> bool {
     cfg.calm_below_us > 0
         && status == ProbeStatus::Up
