@@ -109,24 +109,24 @@ impl ResumeLatency {
             .copied()
             .filter(|c| !cores.contains(*c))
             .collect();
-        for cpu in released {
-            if let Some(value) = self.saved.get(&cpu).cloned() {
-                write(&self.file(cpu), &value)?;
-                self.saved.remove(&cpu);
-                self.save()?;
-            }
-        }
         let taken: Vec<usize> = cores
             .iter()
             .filter(|c| !self.saved.contains_key(c))
             .collect();
-        for cpu in taken {
+        if released.is_empty() && taken.is_empty() {
+            return Ok(());
+        }
+        // Given back before they are forgotten: a crash in between gives them back again.
+        for &cpu in &released {
+            write(&self.file(cpu), &self.saved[&cpu])?;
+        }
+        for cpu in &released {
+            self.saved.remove(cpu);
+        }
+        for &cpu in &taken {
             let path = self.file(cpu);
             let old = std::fs::read_to_string(&path)
-                .map_err(|source| PmQosError::Read {
-                    path: path.clone(),
-                    source,
-                })?
+                .map_err(|source| PmQosError::Read { path, source })?
                 .trim()
                 .to_string();
             // A core already at our limit was most likely left so by a lowsched that died
@@ -138,8 +138,11 @@ impl ResumeLatency {
                 old
             };
             self.saved.insert(cpu, old);
-            self.save()?;
-            write(&path, &self.limit)?;
+        }
+        // Saved once, before any limit is written.
+        self.save()?;
+        for &cpu in &taken {
+            write(&self.file(cpu), &self.limit)?;
         }
         Ok(())
     }
