@@ -289,7 +289,6 @@ pub(super) fn run(
     iv.close_all(run_end);
     let run_s = (run_end - start) as f64 / 1e9;
     let wall_s = (finish - start) as f64 / 1e9;
-    let p = Percentiles::of(&iv.cumulative, iv.errors);
     let qps = answered as f64 / run_s;
     let cpu_core = cpu_s / wall_s.max(1e-9);
     Ok(LoadgenReport {
@@ -301,13 +300,7 @@ pub(super) fn run(
         qps,
         sent: iv.sent,
         answered,
-        errors: iv.errors,
-        p50_us: p.p50_us,
-        p90_us: p.p90_us,
-        p95_us: p.p95_us,
-        p99_us: p.p99_us,
-        p999_us: p.p999_us,
-        max_us: p.max_us,
+        latency: Percentiles::of(&iv.cumulative, iv.errors),
         intervals: std::mem::take(&mut iv.done),
         cpu_s,
         cpu_core,
@@ -524,7 +517,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(r.errors, 0, "{r:?}");
+        assert_eq!(r.latency.errors, 0, "{r:?}");
         assert_eq!(r.sent, r.answered);
         assert!((r.qps - 2000.0).abs() < 100.0, "{r:?}");
         assert_eq!(r.intervals.len(), 3);
@@ -534,9 +527,9 @@ mod tests {
     #[test]
     fn a_dropped_connection_counts_failures_and_reconnects() {
         let r = run(&cfg(fake_server(500)), None).unwrap();
-        assert!(r.errors > 0, "{r:?}");
+        assert!(r.latency.errors > 0, "{r:?}");
         assert!(r.answered > 1000, "reconnected and kept going: {r:?}");
-        assert_eq!(r.sent, r.answered + r.errors);
+        assert_eq!(r.sent, r.answered + r.latency.errors);
     }
 
     #[test]
