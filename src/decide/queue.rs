@@ -200,6 +200,11 @@ impl<T: Send + Sync + 'static> JobQueue<T> {
         self.take(&job).then_some(job)
     }
 
+    /// Whether job `id` is queued (a scan of the queue).
+    pub fn contains(&self, id: JobId) -> bool {
+        self.iter().any(|q| q.id() == id)
+    }
+
     /// Queued jobs in order, without removing them. Weakly consistent: it reflects pushes and
     /// removals that happen while it walks as the skip list does, but never lists a job twice.
     pub fn iter(&self) -> impl Iterator<Item = Queued<T>> + '_ {
@@ -277,9 +282,11 @@ mod tests {
     #[test]
     fn removes_by_id_exactly_once() {
         let q = queue_of(&[0, 0, 0]);
+        assert!(q.contains(JobId(1)));
         let got = q.remove(JobId(1)).unwrap();
         assert_eq!((got.id(), got.seq()), (JobId(1), 1));
         assert!(q.remove(JobId(1)).is_none());
+        assert!(!q.contains(JobId(1)));
         assert!(q.remove(JobId(99)).is_none());
         assert_eq!(ids(q.iter()), [0, 2]);
         assert_eq!(q.len(), 2);
