@@ -120,6 +120,7 @@ fn signal_thread(
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
+#[allow(clippy::too_many_lines)] // TODO(lead): split
 pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let (cfg, used) = Config::load(o)?;
     let notifier = prepare_process(&cfg, used.as_deref())?;

@@ -195,6 +195,7 @@ impl SloLoop {
     }
 
     /// Looks for the service if it is not known or its processes are gone.
+    #[allow(clippy::too_many_lines)] // TODO(lead): split
     fn rescan(&mut self) {
         if self.last_scan.elapsed() < Duration::from_millis(self.cfg.rescan_ms) {
             return;
