@@ -10,6 +10,8 @@
 pub mod config;
 pub mod control;
 pub mod handler;
+pub mod metrics;
+pub mod observe;
 pub mod recovery;
 pub mod relax;
 mod requests;
@@ -340,7 +342,12 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         ops: ops_tx,
         probe: Arc::new(Mutex::new(None)),
         stopping: AtomicBool::new(false),
+        metrics: Arc::new(metrics::MetricsBoard::new(
+            Path::new("/proc/self"),
+            crate::sys::clock::unix_time_s(),
+        )),
     });
+    let _ = shared.events.set_tap(shared.metrics.clone());
     {
         let table = shared.table();
         for id in &recovered.pending {
@@ -464,7 +471,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         crate::log::warn(&e.to_string());
     }
     let notifier = Notifier::from_env();
+    let observers = observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Thread)?;
     control.run();
+    observers.stop();
 
     let _ = notifier.stopping();
     let _ = serve.join();
