@@ -48,7 +48,8 @@ fn parse_svg(path: &Path) -> Svg {
     let doc = roxmltree::Document::parse(&text).expect("the SVG is well-formed XML");
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "svg");
-    let num = |n: &roxmltree::Node<'_, '_>, a: &str| n.attribute(a).unwrap().parse::<f64>().unwrap();
+    let num =
+        |n: &roxmltree::Node<'_, '_>, a: &str| n.attribute(a).unwrap().parse::<f64>().unwrap();
     let mut svg = Svg {
         width: num(&root, "width"),
         height: num(&root, "height"),
@@ -111,14 +112,21 @@ fn a_recorded_run_draws_every_series_on_one_ordered_time_axis() {
     let out = dir.path().join("r");
     let o = report(&["--state-dir", fixture().to_str().unwrap()], &out);
     let summary = String::from_utf8_lossy(&o.stdout);
-    assert!(summary.contains("windows over the SLO (p95 <= 800 us"), "{summary}");
+    assert!(
+        summary.contains("windows over the SLO (p95 <= 800 us"),
+        "{summary}"
+    );
     assert!(summary.contains("3 jobs (3 succeeded)"), "{summary}");
     assert!(summary.contains("makespan"), "{summary}");
     assert!(summary.contains("1 paused stretches"), "{summary}");
 
     let svg = parse_svg(&out.with_extension("svg"));
     assert_eq!(svg.width, 1400.0);
-    assert!((700.0..5000.0).contains(&svg.height), "height {}", svg.height);
+    assert!(
+        (700.0..5000.0).contains(&svg.height),
+        "height {}",
+        svg.height
+    );
     for t in [
         "p95",
         "p99",
@@ -150,7 +158,10 @@ fn a_recorded_run_draws_every_series_on_one_ordered_time_axis() {
     // The p95 line spans the history: from near the left edge to near the right one.
     let p95 = svg.series(P95);
     let (first, last) = (p95[0].0, p95[p95.len() - 1].0);
-    assert!(first < 150.0 && last > 1250.0, "p95 spans x {first}..{last}");
+    assert!(
+        first < 150.0 && last > 1250.0,
+        "p95 spans x {first}..{last}"
+    );
     // Gantt stretches: three jobs, fft in two running and one paused stretch.
     assert!(svg.rects >= 6, "{} rects", svg.rects);
     assert_eq!(
@@ -200,7 +211,10 @@ fn a_span_narrows_the_axis() {
     assert!(svg.has_text(&format!("{name} #{id} (succeeded)")));
     // Jobs that ended before the span are left out.
     for (t, name, id) in ends.iter().filter(|e| e.0 < since) {
-        assert!(!svg.has_text(&format!("{name} #{id} (succeeded)")), "{name} ended at {t}");
+        assert!(
+            !svg.has_text(&format!("{name} #{id} (succeeded)")),
+            "{name} ended at {t}"
+        );
     }
 }
 
@@ -241,7 +255,10 @@ fn no_jobs_still_draws_and_says_so() {
         &out,
     );
     let summary = String::from_utf8_lossy(&o.stdout);
-    assert!(summary.contains("no batch jobs ran in this span"), "{summary}");
+    assert!(
+        summary.contains("no batch jobs ran in this span"),
+        "{summary}"
+    );
     let svg = parse_svg(&out.with_extension("svg"));
     assert!(svg.has_text("no batch jobs ran in this span"));
     assert!(!svg.series(P95).is_empty());

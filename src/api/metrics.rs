@@ -26,8 +26,8 @@ pub const JOB_STATES: &[&str] = &[
 /// Upper bounds (seconds) of the service latency histogram's buckets: around the default SLO of
 /// 0.8 ms, doubling, up to a stall.
 pub const LATENCY_BUCKETS_S: &[f64] = &[
-    50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 12.8e-3, 25.6e-3, 51.2e-3,
-    0.1, 0.5, 1.0,
+    50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 12.8e-3, 25.6e-3, 51.2e-3, 0.1,
+    0.5, 1.0,
 ];
 
 /// Upper bounds (seconds) of the actuation histograms (launch, freeze, reaction): µs to 100 ms.

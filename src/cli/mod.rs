@@ -322,7 +322,10 @@ fn stats(socket: &Path, args: StatsArgs) -> Result<ExitCode, ClientError> {
     if let Some(path) = &args.hlog {
         match stats::export_history(&args, path) {
             Ok(Some(n)) => {
-                eprintln!("lowsched: wrote {n} windows of the history to {}", path.display());
+                eprintln!(
+                    "lowsched: wrote {n} windows of the history to {}",
+                    path.display()
+                );
                 exported = true;
             }
             Ok(None) => {}

@@ -37,9 +37,15 @@ pub fn parse_time(spec: &str, now_unix_s: f64) -> Result<f64, String> {
 fn parse_iso_utc(s: &str) -> Option<f64> {
     let body = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
     let (date, time) = body.split_once('T')?;
-    let d: Vec<i64> = date.split('-').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let t: Vec<i64> = hms.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let t: Vec<i64> = hms
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     if d.len() != 3 || t.len() != 3 {
         return None;
     }
@@ -89,7 +95,13 @@ mod tests {
 
     #[test]
     fn nonsense_is_refused_naming_the_input() {
-        for bad in ["", "yesterday", "-5m", "2026-13-01T00:00:00Z", "2026-12-07 00:40:00"] {
+        for bad in [
+            "",
+            "yesterday",
+            "-5m",
+            "2026-13-01T00:00:00Z",
+            "2026-12-07 00:40:00",
+        ] {
             let e = parse_time(bad, 0.0).unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }

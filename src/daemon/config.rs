@@ -410,11 +410,7 @@ impl Config {
             )));
         }
         if !self.metrics.listen.is_empty()
-            && self
-                .metrics
-                .listen
-                .parse::<std::net::SocketAddr>()
-                .is_err()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(bad(format!(
                 "metrics.listen {:?}: expected HOST:PORT with a numeric address, e.g. 127.0.0.1:9480",

@@ -163,7 +163,8 @@ impl Control {
         s.queue_depth = queue;
         s.cores
             .insert("service".into(), self.service_cores.len() as u64);
-        s.cores.insert("batch".into(), self.batch_cores.len() as u64);
+        s.cores
+            .insert("batch".into(), self.batch_cores.len() as u64);
         for us in timings.launch_us {
             s.launch.observe(us as f64 / 1e6, 1);
         }
@@ -312,9 +313,15 @@ mod tests {
         assert_eq!(s, "200 OK");
         assert!(body.contains("lowsched_daemon_cpu_seconds_total 3\n"));
         assert!(body.contains("lowsched_daemon_start_time_seconds 1800000000\n"));
-        assert_eq!(answer("POST /metrics HTTP/1.1\r\n\r\n", &b).0, "405 Method Not Allowed");
+        assert_eq!(
+            answer("POST /metrics HTTP/1.1\r\n\r\n", &b).0,
+            "405 Method Not Allowed"
+        );
         assert_eq!(answer("GET / HTTP/1.1\r\n\r\n", &b).0, "404 Not Found");
-        assert_eq!(answer("GET /metricsx HTTP/1.1\r\n\r\n", &b).0, "404 Not Found");
+        assert_eq!(
+            answer("GET /metricsx HTTP/1.1\r\n\r\n", &b).0,
+            "404 Not Found"
+        );
     }
 
     #[test]
@@ -353,7 +360,8 @@ mod tests {
         let b = Arc::new(board());
         let server = MetricsServer::start("127.0.0.1:0", b).unwrap();
         let mut c = TcpStream::connect(server.addr()).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
         let mut got = String::new();
         c.read_to_string(&mut got).unwrap();
         assert!(got.starts_with("HTTP/1.1 200 OK\r\n"));

@@ -111,7 +111,10 @@ pub fn new_ns_histogram() -> Histogram<u64> {
 pub fn to_ns(latency_us: &Histogram<u64>, failed: u64) -> Histogram<u64> {
     let mut h = new_ns_histogram();
     for v in latency_us.iter_recorded() {
-        let ns = v.value_iterated_to().saturating_mul(1_000).clamp(LOW_NS, FAILED_NS);
+        let ns = v
+            .value_iterated_to()
+            .saturating_mul(1_000)
+            .clamp(LOW_NS, FAILED_NS);
         h.saturating_record_n(ns, v.count_at_value());
     }
     if failed > 0 {
@@ -133,7 +136,10 @@ fn stamp(unix_s: f64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs_f64(unix_s.max(0.0));
     let iso = crate::store::eventlog::iso8601(t);
     // 2026-12-07T00:45:12.123456+00:00 -> 20261207T004512.123Z
-    let digits: String = iso[..19].chars().filter(|c| *c != '-' && *c != ':').collect();
+    let digits: String = iso[..19]
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
     format!("{digits}.{}Z", &iso[20..23])
 }
 
@@ -297,13 +303,12 @@ impl HistoryWriter {
         if self.rotation.keep == 0 {
             return;
         }
-        let Ok(segs) = segments(&self.dir) else { return };
+        let Ok(segs) = segments(&self.dir) else {
+            return;
+        };
         let extra = segs.len().saturating_sub(self.rotation.keep);
         for name in &segs[..extra] {
-            let _ = fs::remove_file(
-                self.dir
-                    .join(format!("{HLOG_PREFIX}{name}{HLOG_SUFFIX}")),
-            );
+            let _ = fs::remove_file(self.dir.join(format!("{HLOG_PREFIX}{name}{HLOG_SUFFIX}")));
             let _ = fs::remove_file(
                 self.dir
                     .join(format!("{SERVICE_PREFIX}{name}{SERVICE_SUFFIX}")),
@@ -433,9 +438,7 @@ pub fn read_service(
         out.extend(
             text.lines()
                 .filter_map(|l| serde_json::from_str::<ServiceWindow>(l).ok())
-                .filter(|w| {
-                    since.is_none_or(|s| w.t + w.dur > s) && until.is_none_or(|u| w.t < u)
-                }),
+                .filter(|w| since.is_none_or(|s| w.t + w.dur > s) && until.is_none_or(|u| w.t < u)),
         );
     }
     out.sort_by(|a, b| a.t.total_cmp(&b.t));
@@ -456,10 +459,10 @@ pub fn write_intervals(
         (a, b) => a.or(b),
     }
     .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64())
-        });
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    });
     let werr = |source| HistoryError::Write {
         path: PathBuf::from("<output>"),
         source,

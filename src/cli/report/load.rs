@@ -222,7 +222,10 @@ fn service_timeline(lines: &[Line], from: f64, to: f64) -> ServiceTimeline {
     let mut name = None;
     let mut cores: Vec<(f64, usize)> = Vec::new();
     let mut decisions = Vec::new();
-    for l in lines.iter().filter(|l| l.id.is_none() && l.job != "scheduler") {
+    for l in lines
+        .iter()
+        .filter(|l| l.id.is_none() && l.job != "scheduler")
+    {
         let t = l.time_ms as f64 / 1e3;
         let Some(n) = core_count(l.args.first()) else {
             continue;

@@ -160,7 +160,9 @@ pub fn summary(d: &RunData) -> String {
             let _ = write!(
                 s,
                 "service{}: {over}/{n} windows over the SLO (p95 <= {} us, {:.1} %)",
-                d.service.as_deref().map_or(String::new(), |s| format!(" {s}")),
+                d.service
+                    .as_deref()
+                    .map_or(String::new(), |s| format!(" {s}")),
                 d.slo_us,
                 100.0 * over as f64 / n as f64
             );

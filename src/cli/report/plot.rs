@@ -184,11 +184,18 @@ where
         .draw()
         .map_err(err)?;
     if d.windows.is_empty() {
-        return note(area, "no service latency in this span (no service monitored)");
+        return note(
+            area,
+            "no service latency in this span (no service monitored)",
+        );
     }
     let clamp = |v: f64| v.clamp(bottom, top);
     for (name, style, pick) in [
-        ("p99", P99.stroke_width(1), (|w| w.p99_us) as fn(&Window) -> f64),
+        (
+            "p99",
+            P99.stroke_width(1),
+            (|w| w.p99_us) as fn(&Window) -> f64,
+        ),
         ("p95", P95.stroke_width(2), |w| w.p95_us),
     ] {
         for (i, run) in runs(d, |w| Some(clamp(pick(w)))).into_iter().enumerate() {
@@ -297,9 +304,8 @@ where
             .draw_series(LineSeries::new(run, QPS.stroke_width(2)))
             .map_err(err)?;
         if i == 0 {
-            s.label("service QPS").legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], QPS.stroke_width(2))
-            });
+            s.label("service QPS")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], QPS.stroke_width(2)));
         }
     }
     chart
@@ -320,7 +326,14 @@ fn cores_panel<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let top = d.service_cores.iter().map(|c| c.1).max().unwrap_or(1).max(2) as f64 + 0.5;
+    let top = d
+        .service_cores
+        .iter()
+        .map(|c| c.1)
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64
+        + 0.5;
     let mut chart = ChartBuilder::on(area)
         .margin(8)
         .x_label_area_size(24)

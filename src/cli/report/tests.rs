@@ -36,16 +36,36 @@ fn a_jobs_stretches_follow_its_events() {
         ev(104.0, "pause", "a", Some(7), &[], "no room"),
         ev(106.0, "unpause", "a", Some(7), &[], "free again"),
         ev(108.0, "end", "a", Some(7), &[], "failed: exit 1"),
-        ev(102.0, "update_cores", "memcached", None, &["[0,1]"], "grow rung 0->1: busy"),
-        ev(107.0, "update_cores", "memcached", None, &["[0]"], "shrink rung 1->0: calm"),
+        ev(
+            102.0,
+            "update_cores",
+            "memcached",
+            None,
+            &["[0,1]"],
+            "grow rung 0->1: busy",
+        ),
+        ev(
+            107.0,
+            "update_cores",
+            "memcached",
+            None,
+            &["[0]"],
+            "shrink rung 1->0: calm",
+        ),
         ev(110.0, "end", "scheduler", None, &[], ""),
     ];
     let d = run_of(&lines, None, None);
     assert_eq!((d.from, d.to), (100.0, 110.0));
     let a = &d.jobs[0];
-    assert_eq!((a.id, a.name.as_str(), a.final_state.as_str()), (7, "a", "failed"));
-    let s: Vec<(f64, f64, Phase, usize)> =
-        a.stretches.iter().map(|s| (s.from, s.to, s.phase, s.cores)).collect();
+    assert_eq!(
+        (a.id, a.name.as_str(), a.final_state.as_str()),
+        (7, "a", "failed")
+    );
+    let s: Vec<(f64, f64, Phase, usize)> = a
+        .stretches
+        .iter()
+        .map(|s| (s.from, s.to, s.phase, s.cores))
+        .collect();
     assert_eq!(
         s,
         vec![

@@ -61,8 +61,14 @@ fn round_trips_over_a_restart_and_a_rotation() {
     assert!(files.len() >= 3, "a restart and a rotation: {files:?}");
     let ivs = read_intervals(&dir.path().join(HISTORY_DIR), None, None).unwrap();
     let starts: Vec<f64> = ivs.iter().map(|i| i.start_unix_s - t0).collect();
-    assert_eq!(starts, vec![0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0]);
-    for (iv, want) in ivs.iter().zip([100, 101, 102, 110, 111, 112, 113, 114, 115]) {
+    assert_eq!(
+        starts,
+        vec![0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0]
+    );
+    for (iv, want) in ivs
+        .iter()
+        .zip([100, 101, 102, 110, 111, 112, 113, 114, 115])
+    {
         assert!(iv.hist_ns.equivalent(iv.hist_ns.max(), want * 1000));
         assert_eq!(iv.hist_ns.len(), 1);
     }
@@ -82,7 +88,8 @@ fn age_rotation_and_keep_prune_old_segments() {
     let mut w = HistoryWriter::new(dir.path(), r, "age");
     let t0 = 1_800_000_000.0;
     for i in 0..35 {
-        w.append(&win(t0 + f64::from(i), 0), &window_us(&[50])).unwrap();
+        w.append(&win(t0 + f64::from(i), 0), &window_us(&[50]))
+            .unwrap();
     }
     let hdir = dir.path().join(HISTORY_DIR);
     assert_eq!(hlog_files(&hdir).unwrap().len(), 2);
@@ -98,7 +105,8 @@ fn export_spans_read_back() {
     let mut w = HistoryWriter::new(dir.path(), Rotation::default(), "x");
     let t0 = 1_800_000_000.0;
     for i in 0..10 {
-        w.append(&win(t0 + f64::from(i), 0), &window_us(&[200])).unwrap();
+        w.append(&win(t0 + f64::from(i), 0), &window_us(&[200]))
+            .unwrap();
     }
     let hdir = dir.path().join(HISTORY_DIR);
     let span = read_intervals(&hdir, Some(t0 + 5.0), Some(t0 + 8.0)).unwrap();
@@ -118,6 +126,14 @@ fn export_spans_read_back() {
 #[test]
 fn a_missing_history_is_empty() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(read_intervals(&dir.path().join("nope"), None, None).unwrap().is_empty());
-    assert!(read_service(&dir.path().join("nope"), None, None).unwrap().is_empty());
+    assert!(
+        read_intervals(&dir.path().join("nope"), None, None)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        read_service(&dir.path().join("nope"), None, None)
+            .unwrap()
+            .is_empty()
+    );
 }
