@@ -89,7 +89,13 @@ fn history_and_metrics_follow_the_probe_across_a_restart() {
         read_service(&hdir, None, None).is_ok_and(|w| w.len() >= 3)
     });
 
-    // GET /metrics: the exposition text with the probe's windows in it.
+    check_endpoint(&d, mport, &textfile);
+    check_restart(&mut d);
+}
+
+/// `/metrics` (GET only), `lowsched metrics` and the textfile show the same metrics, with the
+/// probe's windows and a job's launch in them.
+fn check_endpoint(d: &TestDaemon, mport: u16, textfile: &std::path::Path) {
     let got = http(mport, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     assert!(got.contains("Content-Type: text/plain; version=0.0.4"));
@@ -118,7 +124,7 @@ fn history_and_metrics_follow_the_probe_across_a_restart() {
     assert_eq!(names(&via_socket), names(body));
     wait_until("the textfile", || textfile.exists());
     assert_eq!(
-        names(&std::fs::read_to_string(&textfile).unwrap()),
+        names(&std::fs::read_to_string(textfile).unwrap()),
         names(body)
     );
 
@@ -130,8 +136,11 @@ fn history_and_metrics_follow_the_probe_across_a_restart() {
         sample(&t, "lowsched_launch_seconds_count").is_some_and(|n| n >= 1.0)
             && sample(&t, "lowsched_jobs{state=\"succeeded\",origin=\"submit\"}") == Some(1.0)
     });
+}
 
-    // A restart starts a second segment; the history reads back in order across both.
+/// A restart starts a second segment; the history reads back in order across both.
+fn check_restart(d: &mut TestDaemon) {
+    let hdir = d.state.join(HISTORY_DIR);
     let before = read_intervals(&hdir, None, None).unwrap().len();
     d.stop();
     d.start_again();

@@ -153,6 +153,21 @@ fn title(d: &RunData) -> String {
 pub fn summary(d: &RunData) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", title(d));
+    service_summary(&mut s, d);
+    let grows = d.decisions.iter().filter(|c| c.kind == "grow").count();
+    let shrinks = d.decisions.iter().filter(|c| c.kind == "shrink").count();
+    let undos = d.decisions.iter().filter(|c| c.kind == "undo").count();
+    if !d.decisions.is_empty() {
+        let _ = writeln!(
+            s,
+            "controller: {grows} grows, {shrinks} shrinks, {undos} undos"
+        );
+    }
+    batch_summary(&mut s, d);
+    s
+}
+
+fn service_summary(s: &mut String, d: &RunData) {
     match (&d.service, d.windows.is_empty()) {
         (_, false) => {
             let over = d.windows.iter().filter(|w| w.over).count();
@@ -186,18 +201,12 @@ pub fn summary(d: &RunData) -> String {
             let _ = writeln!(s, "no service was monitored in this span");
         }
     }
-    let grows = d.decisions.iter().filter(|c| c.kind == "grow").count();
-    let shrinks = d.decisions.iter().filter(|c| c.kind == "shrink").count();
-    let undos = d.decisions.iter().filter(|c| c.kind == "undo").count();
-    if !d.decisions.is_empty() {
-        let _ = writeln!(
-            s,
-            "controller: {grows} grows, {shrinks} shrinks, {undos} undos"
-        );
-    }
+}
+
+fn batch_summary(s: &mut String, d: &RunData) {
     if d.jobs.is_empty() {
         let _ = writeln!(s, "no batch jobs ran in this span");
-        return s;
+        return;
     }
     let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
     for j in &d.jobs {
@@ -231,7 +240,6 @@ pub fn summary(d: &RunData) -> String {
         states.join(", "),
         end - start
     );
-    s
 }
 
 #[cfg(test)]
