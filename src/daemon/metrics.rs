@@ -150,7 +150,7 @@ impl Control {
             return;
         }
         let counts = self.shared.table().counts();
-        let queue = self.shared.queue.len() as u64;
+        let queue = self.shared.jobs.queue().len() as u64;
         let Ok(mut s) = board.snapshot.try_lock() else {
             return;
         };

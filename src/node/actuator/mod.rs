@@ -416,8 +416,8 @@ impl Actuator {
         Ok(())
     }
 
-    /// Applies one policy command. `launch` supplies the launch request for `Run`.
-    /// `MarkUnschedulable` has nothing to do on the node.
+    /// Applies one policy command: the one dispatcher, used by the control loop. `launch`
+    /// supplies the launch request for `Run`. `MarkUnschedulable` has nothing to do on the node.
     pub fn apply<'a>(
         &mut self,
         cmd: &Command,
@@ -434,15 +434,6 @@ impl Actuator {
             Command::Kill { job, .. } => self.kill(*job),
             Command::MarkUnschedulable { .. } => Ok(()),
         }
-    }
-
-    /// Applies commands in order; one result per command, a failure does not stop the rest.
-    pub fn apply_all<'a>(
-        &mut self,
-        cmds: &[Command],
-        mut launch: impl FnMut(JobId) -> Option<LaunchRequest<'a>>,
-    ) -> Vec<Result<(), ActuationError>> {
-        cmds.iter().map(|c| self.apply(c, &mut launch)).collect()
     }
 
     /// Sets the job's memory limit (pure v2 with the memory controller; elsewhere memory is not
