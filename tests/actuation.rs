@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used)]
 //! Node actuation on the real host, as root: jobs in their cgroups, freeze and thaw, resize,
 //! kill, exit statuses, users, outputs, adoption after a restart. Runs on whatever layout the
-//! host has (hybrid here, pure v2 in the QEMU guest); the hybrid-only v1-freezer variants run
-//! where a v1 freezer exists.
+//! host has (hybrid here, pure v2 in the QEMU guest). The `*_v1_freezer` variants need a v1
+//! freezer: they fail under the test command where there is none, and stage 40 (pure v2) leaves
+//! them out by name and lists them as not run.
 
 mod common;
 #[path = "actuation/harness.rs"]
