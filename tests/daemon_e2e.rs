@@ -225,7 +225,12 @@ fn pause_freezes_and_resume_thaws_a_real_process() {
 fn sched_policy(pid: u64) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
-    after_comm.split_whitespace().nth(38).unwrap().parse().unwrap()
+    after_comm
+        .split_whitespace()
+        .nth(38)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// The policy of every process of a running job that forks one child; waits for both.

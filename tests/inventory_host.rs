@@ -108,7 +108,10 @@ fn a_fake_two_socket_smt_server_with_gpus() {
     let inv = detect(&sys, &proc).unwrap();
     assert_eq!(inv.cores.to_string(), "0-14");
     let groups: Vec<String> = inv.smt_groups.iter().map(|g| g.to_string()).collect();
-    assert_eq!(groups, ["0,8", "1,9", "2,10", "3,11", "4,12", "5,13", "6,14"]);
+    assert_eq!(
+        groups,
+        ["0,8", "1,9", "2,10", "3,11", "4,12", "5,13", "6,14"]
+    );
     assert_eq!(inv.memory.get(), 263_856_308 * 1024);
     let gpus: Vec<(u32, &str)> = inv
         .gpus

@@ -223,7 +223,10 @@ fn latency_grows_the_service_and_a_step_down_that_hurts_is_undone() {
             .spawn()
             .unwrap(),
     );
-    let hogs_cmd = format!("{} nice -n -10 stress-ng --cpu 6 -t 600 --quiet", group.enter());
+    let hogs_cmd = format!(
+        "{} nice -n -10 stress-ng --cpu 6 -t 600 --quiet",
+        group.enter()
+    );
     let hogs = d.submit(&["--cpus", "1:2", "--", "sh", "-c", &hogs_cmd]);
     d.wait_state(hogs, "running");
 
@@ -243,14 +246,22 @@ fn latency_grows_the_service_and_a_step_down_that_hurts_is_undone() {
     // The load that needed the climb goes away; the hogs stay (on the batch core). Once calm,
     // the controller steps down, the hogs come back to the service's core, and the step down
     // is undone.
-    let _ = d.wait_for(hogs, "on core 1 only", |s| s["cores"] == serde_json::json!([1]));
+    let _ = d.wait_for(hogs, "on core 1 only", |s| {
+        s["cores"] == serde_json::json!([1])
+    });
     std::thread::sleep(Duration::from_secs(3));
     drop(load);
     let (down_at, _, _) = wait_move(&d, "shrink rung 1->0", grow_at + 1);
     let (_, undo, inputs) = wait_move(&d, "undo rung 0->1", down_at + 1);
     assert!(undo.contains("undo step down: recent p95"), "{undo}");
-    assert!(inputs["p95_recent_us"].as_f64().unwrap() > 8000.0, "{inputs}");
-    assert_eq!(inputs["batch_cores"], "1", "the undo left batch on the service's core");
+    assert!(
+        inputs["p95_recent_us"].as_f64().unwrap() > 8000.0,
+        "{inputs}"
+    );
+    assert_eq!(
+        inputs["batch_cores"], "1",
+        "the undo left batch on the service's core"
+    );
     for (i, reason, inputs) in service_moves(&d) {
         eprintln!("#{i} {reason} (recent p95 {})", inputs["p95_recent_us"]);
     }
