@@ -4,7 +4,8 @@
 set -euo pipefail
 log=target/ci/20-cargo-test.log
 mkdir -p target/ci
-cargo test --locked --all-targets 2>&1 | tee "$log"
+rc=0
+cargo test --locked --all-targets 2>&1 | tee "$log" || rc=$?
 if [ -n "${LOWSCHED_NOT_RUN_DIR:-}" ]; then
     # "Running tests/vm_guest.rs (...)" names the target of the "test NAME ... ignored" lines.
     awk '/^ *Running / { t = $2; sub(/^(tests|benches|src)\//, "", t); sub(/\.rs$/, "", t) }
@@ -12,3 +13,4 @@ if [ -n "${LOWSCHED_NOT_RUN_DIR:-}" ]; then
                              print t "::" name ": " (reason == "" ? "ignored, no reason given" : reason) }' \
         "$log" >"$LOWSCHED_NOT_RUN_DIR/20-cargo-test"
 fi
+exit $rc
