@@ -120,11 +120,12 @@ impl Env {
         JobId(id)
     }
 
-    /// The next exit event, within 20 s.
+    /// The next exit event, within 60 s (generous: under TCG on a loaded host a kill right
+    /// after a launch waits for the waiter to start first).
     pub fn exit(&self) -> ExitEvent {
         self.events
-            .recv_timeout(Duration::from_secs(20))
-            .expect("no exit event within 20 s")
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no exit event within 60 s")
     }
 
     /// The job's processes once there are at least `n`.
