@@ -258,6 +258,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     };
     acfg.layout = Some(layout);
     acfg.idle_priority = cfg.batch.idle_priority;
+    jobs_config(&mut acfg, &cfg, &node)?;
     let (mut actuator, exits) = Actuator::open(&acfg)?;
     actuator.enter_daemon_group()?;
     let mode = actuator.tree().mode();
@@ -474,5 +475,22 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         crate::log::error(&format!("journal compaction at exit failed: {e}"));
     }
     crate::log::notice("stopped");
+    Ok(())
+}
+
+/// What every job gets (issue 15): limits, caps, where its default output goes.
+fn jobs_config(
+    acfg: &mut ActuatorConfig,
+    cfg: &Config,
+    node: &crate::model::inventory::Inventory,
+) -> Result<(), DaemonError> {
+    acfg.limits = cfg.jobs.limits().map_err(DaemonError::Policy)?;
+    acfg.pids_max = Some(cfg.jobs.pids_max).filter(|&n| n > 0);
+    acfg.memory_max = Some(
+        cfg.jobs
+            .memory_max
+            .map_or(node.memory.get() / 10 * 9, |b| b.get()),
+    );
+    acfg.output_dir = cfg.jobs.output_dir.clone();
     Ok(())
 }
