@@ -243,7 +243,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
             "journal line {line} is corrupt and was skipped: {why}"
         ));
     }
-    let events = EventLog::open(&cfg.state_dir)?;
+    let events = EventLog::open_with_group(&cfg.state_dir, server::socket_gid())?;
     let node = inventory(&cfg)?;
     let policy_cfg = cfg.policy.policy_config().map_err(DaemonError::Policy)?;
     let policy = crate::decide::policy::by_name(&cfg.policy.name, &policy_cfg)

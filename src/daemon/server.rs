@@ -27,6 +27,15 @@ use crate::api::protocol::{ErrorCode, MAX_REQUEST, ProtocolError, Request, Respo
 /// The group whose members may use the socket, if it exists.
 pub const SOCKET_GROUP: &str = "lowsched";
 
+/// The gid of [`SOCKET_GROUP`], if the group exists: its members use the socket and read the
+/// event logs.
+pub fn socket_gid() -> Option<u32> {
+    Group::from_name(SOCKET_GROUP)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
 /// Who is on the other end of a connection, as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {

@@ -320,6 +320,23 @@ pub fn is_unsafe_char(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// `s` with every [`is_unsafe_char`] written as a visible escape (`\u{1b}`), for output that
+/// reaches a terminal; other text, non-ASCII letters included, is kept as is.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(is_unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Serde for `Option<Duration>` as (fractional) seconds, the unit users type.
 pub mod secs {
     use std::time::Duration;
@@ -448,6 +465,14 @@ mod tests {
         let mut s = spec();
         s.name = "Größe-日本".into();
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn escaping_keeps_text_and_shows_controls() {
+        assert_eq!(escape_controls("Größe job"), "Größe job");
+        let e = escape_controls("a\u{1b}[31mb\u{9b}c\n");
+        assert_eq!(e, "a\\u{1b}[31mb\\u{9b}c\\n");
+        assert!(!e.chars().any(is_unsafe_char));
     }
 
     #[test]
