@@ -95,15 +95,28 @@ fn read_request() -> Result<ShimRequest, String> {
     serde_json::from_str(&text).map_err(|e| format!("bad request: {e}"))
 }
 
-/// The exit record, created empty now ("started"): root only, never through a symlink.
+/// Bytes reserved for the exit record: its lines are short (a reason is one line of text).
+const RECORD_RESERVE: i64 = 16 * 1024;
+
+/// The exit record, created empty now ("started"): root only, never through a symlink. Its
+/// blocks are reserved now (fallocate, size unchanged), so that a job which fills the state
+/// dir's filesystem cannot stop the waiter from recording how the job ended. Best effort: a
+/// filesystem without fallocate records as before.
 fn open_record(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+        .open(path)?;
+    let _ = nix::fcntl::fallocate(
+        &file,
+        nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        0,
+        RECORD_RESERVE,
+    );
+    Ok(file)
 }
 
 fn write_record(file: &mut File, status: &ExitStatus) -> std::io::Result<()> {
