@@ -356,6 +356,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         &cfg.socket,
         Limits {
             max_connections: cfg.server.max_connections,
+            max_per_user: cfg.server.max_connections_per_user,
             idle_timeout: Duration::from_millis(cfg.server.idle_timeout_ms),
             ..Limits::default()
         },
