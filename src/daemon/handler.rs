@@ -115,6 +115,12 @@ impl RequestHandler {
             fit::check(spec, &self.shared.node, capacity)
                 .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
         }
+        // Queue caps (issue 15): refused whole, before anything is journaled.
+        let earlier = super::queuecap::Earlier {
+            mine: acc.jobs.iter().filter(|(_, c)| c.uid == creds.uid).count(),
+            all: acc.jobs.len(),
+        };
+        super::queuecap::check(&self.shared.table(), creds.uid, specs.len(), earlier)?;
         let owner = Owner {
             uid: creds.uid,
             gid: creds.gid,

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod control;
 pub mod handler;
+pub mod queuecap;
 pub mod recovery;
 pub mod relax;
 mod requests;
@@ -493,5 +494,9 @@ fn jobs_config(
             .map_or(node.memory.get() / 10 * 9, |b| b.get()),
     );
     acfg.output_dir = cfg.jobs.output_dir.clone();
+    queuecap::configure(queuecap::QueueCaps {
+        per_user: cfg.jobs.max_queued_per_user,
+        total: cfg.jobs.max_queued,
+    });
     Ok(())
 }
