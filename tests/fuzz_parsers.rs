@@ -2,6 +2,8 @@
 //! in the test command. `LOWSCHED_FUZZ_SECS=600 cargo test --release --test fuzz_parsers --
 //! --nocapture --test-threads 1` fuzzes each target for ten minutes; see the README.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "fuzz/harness.rs"]
 mod harness;
 
