@@ -26,9 +26,9 @@ mod daemon;
 use std::time::{Duration, Instant};
 
 use daemon::TestDaemon;
-use lowsched::client::Client;
-use lowsched::job::{JobId, JobSpec};
-use lowsched::protocol::{Reply, Request, Submit, Wait};
+use lowsched::api::client::Client;
+use lowsched::api::protocol::{Reply, Request, Submit, Wait};
+use lowsched::model::job::{JobId, JobSpec};
 
 /// Requests in flight per client.
 const WINDOW: usize = 64;

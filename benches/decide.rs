@@ -12,12 +12,12 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use lowsched::cpuset::CpuSet;
-use lowsched::inventory::{GpuSet, Inventory};
-use lowsched::job::{JobId, JobSpec, Timestamp};
-use lowsched::jobstate::JobState;
-use lowsched::policy::{ActiveJob, JobView, PolicyConfig, Snapshot, by_name};
-use lowsched::resources::{Bytes, CoreRange};
+use lowsched::decide::policy::{ActiveJob, JobView, PolicyConfig, Snapshot, by_name};
+use lowsched::model::cpuset::CpuSet;
+use lowsched::model::inventory::{GpuSet, Inventory};
+use lowsched::model::job::{JobId, JobSpec, Timestamp};
+use lowsched::model::jobstate::JobState;
+use lowsched::model::resources::{Bytes, CoreRange};
 
 const NOW: u64 = 10_000_000;
 

@@ -9,11 +9,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lowsched::actuator::{Actuator, ActuatorConfig, LaunchRequest};
-use lowsched::cgroup::{Layout, RootName, TreeConfig};
-use lowsched::credentials::Credentials;
-use lowsched::inventory::GpuSet;
-use lowsched::job::{JobId, JobSpec};
+use lowsched::model::credentials::Credentials;
+use lowsched::model::inventory::GpuSet;
+use lowsched::model::job::{JobId, JobSpec};
+use lowsched::node::actuator::{Actuator, ActuatorConfig, LaunchRequest};
+use lowsched::node::cgroup::{Layout, RootName, TreeConfig};
 
 struct Stats {
     what: String,
@@ -67,8 +67,8 @@ fn bench(legacy: bool, n: usize) {
     let cores = act.tree().root_cores().unwrap().to_vec();
     let a = cores[cores.len() - 1];
     let b = cores[cores.len().saturating_sub(2)];
-    let one: lowsched::cpuset::CpuSet = a.to_string().parse().unwrap();
-    let two: lowsched::cpuset::CpuSet = format!("{a},{b}").parse().unwrap();
+    let one: lowsched::model::cpuset::CpuSet = a.to_string().parse().unwrap();
+    let two: lowsched::model::cpuset::CpuSet = format!("{a},{b}").parse().unwrap();
 
     let true_spec = JobSpec::new(vec!["/bin/true".into()]);
     launches(&mut act, &events, &true_spec, one, n, &mode, "");
@@ -136,9 +136,9 @@ fn bench(legacy: bool, n: usize) {
 /// made ahead with `prepare`), and until the exit event.
 fn launches(
     act: &mut Actuator,
-    events: &crossbeam_channel::Receiver<lowsched::exit::ExitEvent>,
+    events: &crossbeam_channel::Receiver<lowsched::model::exit::ExitEvent>,
     spec: &JobSpec,
-    cores: lowsched::cpuset::CpuSet,
+    cores: lowsched::model::cpuset::CpuSet,
     n: usize,
     mode: &str,
     how: &str,
@@ -179,7 +179,7 @@ fn launches(
 
 /// Where launch time goes: creating the job's groups (mkdirs, cores), removing them, and the
 /// vfork-style clone3 + exec alone (of /bin/true, straight into a group).
-fn breakdown(act: &Actuator, cores: lowsched::cpuset::CpuSet, n: usize, mode: &str) {
+fn breakdown(act: &Actuator, cores: lowsched::model::cpuset::CpuSet, n: usize, mode: &str) {
     use std::ffi::CString;
     use std::os::fd::AsFd;
     let tree = act.tree();

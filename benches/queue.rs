@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use lowsched::job::JobId;
-use lowsched::policy::Rank;
-use lowsched::queue::JobQueue;
+use lowsched::decide::policy::Rank;
+use lowsched::decide::queue::JobQueue;
+use lowsched::model::job::JobId;
 
 /// Jobs per measured batch: large enough that starting the producer threads is noise.
 const BATCH: u64 = 20_000;

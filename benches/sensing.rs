@@ -10,9 +10,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use lowsched::latency::{EncodedHistogram, new_histogram};
-use lowsched::memcache::proto::parse_reply;
-use lowsched::procstat::{CpuLineFinder, parse_all};
+use lowsched::sense::latency::{EncodedHistogram, new_histogram};
+use lowsched::sense::memcache::proto::parse_reply;
+use lowsched::sense::procstat::{CpuLineFinder, parse_all};
 use lowsched::sys::uring::DeadlineReads;
 
 fn procstat(c: &mut Criterion) {

@@ -16,9 +16,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lowsched::cpuset::CpuSet;
-use lowsched::loadgen::{LoadgenConfig, Schedule, run_loadgen};
-use lowsched::sampler::{SamplerConfig, SamplerSet, ServiceSource};
+use lowsched::model::cpuset::CpuSet;
+use lowsched::sense::sampler::{SamplerConfig, SamplerSet, ServiceSource};
+use lowsched::tools::loadgen::{LoadgenConfig, Schedule, run_loadgen};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -28,7 +28,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn sampler_overhead() {
     println!(
         "## sampler overhead at the default period ({:?})",
-        lowsched::sampler::DEFAULT_PERIOD
+        lowsched::sense::sampler::DEFAULT_PERIOD
     );
     let sources = [
         ("no service", ServiceSource::None),
@@ -122,7 +122,7 @@ fn period_noise() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let tau = lowsched::sampler::DEFAULT_SMOOTHING;
+    let tau = lowsched::sense::sampler::DEFAULT_SMOOTHING;
     for ms in [10u64, 20, 50, 100, 200] {
         let mut cores = CpuSet::new();
         cores.insert(1);
@@ -143,7 +143,7 @@ fn period_noise() {
                 if let (Some((at0, idle0)), Some(u), Some(s)) = (last, c.utilization, c.smoothed) {
                     let dt_us = (c.at_ns - at0) as f64 / 1e3;
                     let truth = (1.0 - (idle - idle0) as f64 / dt_us).clamp(0.0, 1.0);
-                    let r = lowsched::sampler::ewma(ref_smooth, truth, c.at_ns - at0, tau);
+                    let r = lowsched::sense::sampler::ewma(ref_smooth, truth, c.at_ns - at0, tau);
                     ref_smooth = Some(r);
                     if t0.elapsed() > Duration::from_secs(1) {
                         raw_err.push(u - truth);
@@ -265,7 +265,10 @@ fn loadgen_cpu() {
         );
     };
     for qps in [10_000.0, 20_000.0, 50_000.0] {
-        row(qps, lowsched::loadgen::DEFAULT_TICK.as_micros() as u64);
+        row(
+            qps,
+            lowsched::tools::loadgen::DEFAULT_TICK.as_micros() as u64,
+        );
     }
     for tick in [10, 25, 100, 200] {
         row(50_000.0, tick);
@@ -284,10 +287,10 @@ fn probe_cpu() {
     }
     let mut pct = Vec::new();
     for _ in 0..3 {
-        let p = lowsched::probe::Probe::start(lowsched::probe::ProbeConfig {
+        let p = lowsched::sense::probe::Probe::start(lowsched::sense::probe::ProbeConfig {
             server: format!("127.0.0.1:{port}"),
             cpu: Some(1),
-            ..lowsched::probe::ProbeConfig::default()
+            ..lowsched::sense::probe::ProbeConfig::default()
         })
         .unwrap();
         std::thread::sleep(Duration::from_millis(500));

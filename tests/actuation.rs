@@ -12,12 +12,12 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use harness::{Env, cpu_time_ns, nobody, root, status_field};
-use lowsched::actuator::{ActuationError, Actuator, LaunchRequest};
-use lowsched::cpuset::CpuSet;
-use lowsched::exit::{ExitEvent, ExitStatus};
-use lowsched::inventory::GpuSet;
-use lowsched::job::{JobId, JobSpec};
-use lowsched::policy::Command;
+use lowsched::decide::policy::Command;
+use lowsched::model::cpuset::CpuSet;
+use lowsched::model::exit::{ExitEvent, ExitStatus};
+use lowsched::model::inventory::GpuSet;
+use lowsched::model::job::{JobId, JobSpec};
+use lowsched::node::actuator::{ActuationError, Actuator, LaunchRequest};
 use nix::unistd::Pid;
 
 fn lands_in_its_cgroup(legacy: bool) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::root_or_skip;
 use daemon::{TestDaemon, exchange, read_response, text};
-use lowsched::protocol::MAX_REQUEST;
+use lowsched::api::protocol::MAX_REQUEST;
 use serde_json::Value;
 
 const MAX_CONNECTIONS: usize = 8;

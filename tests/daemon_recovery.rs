@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::root_or_skip;
 use daemon::{LONG, TestDaemon, lines, text};
-use lowsched::client::Client;
-use lowsched::job::JobSpec;
-use lowsched::protocol::{Reply, Request, Submit};
+use lowsched::api::client::Client;
+use lowsched::api::protocol::{Reply, Request, Submit};
+use lowsched::model::job::JobSpec;
 use serde_json::Value;
 
 fn alive(pid: u64) -> bool {

@@ -16,7 +16,7 @@ use daemon::{LONG, TestDaemon, text};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-use lowsched::statsdump::StatsReport;
+use lowsched::sense::probe::report::StatsReport;
 
 /// Our memcached, killed on drop.
 struct Memcached(Child);

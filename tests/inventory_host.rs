@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use lowsched::inventory::detect;
+use lowsched::model::inventory::detect;
 
 #[test]
 fn detects_this_host() {

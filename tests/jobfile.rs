@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lowsched::jobfile::{JobFileError, load};
-use lowsched::resources::{Bytes, CoreRange};
+use lowsched::api::jobfile::{JobFileError, load};
+use lowsched::model::resources::{Bytes, CoreRange};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -11,15 +11,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lowsched::cpuset::CpuSet;
-use lowsched::inventory::{Gpu, GpuSet, Inventory};
-use lowsched::job::{JobId, JobSpec, Timestamp};
-use lowsched::jobstate::JobState;
-use lowsched::policy::adaptive;
-use lowsched::policy::{
+use lowsched::decide::policy::adaptive;
+use lowsched::decide::policy::{
     ActiveJob, Command, JobView, NAMES, Policy, PolicyConfig, Rank, Snapshot, by_name,
 };
-use lowsched::resources::{Bytes, CoreRange, GpuRequest};
+use lowsched::model::cpuset::CpuSet;
+use lowsched::model::inventory::{Gpu, GpuSet, Inventory};
+use lowsched::model::job::{JobId, JobSpec, Timestamp};
+use lowsched::model::jobstate::JobState;
+use lowsched::model::resources::{Bytes, CoreRange, GpuRequest};
 use proptest::prelude::*;
 
 const NAME_POOL: [&str; 4] = ["n0", "n1", "n2", "n3"];

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::thread;
 
-use lowsched::job::JobId;
-use lowsched::policy::Rank;
-use lowsched::queue::JobQueue;
+use lowsched::decide::policy::Rank;
+use lowsched::decide::queue::JobQueue;
+use lowsched::model::job::JobId;
 
 const PRODUCERS: u64 = 4;
 const PER_PRODUCER: u64 = 20_000;

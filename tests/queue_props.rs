@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use lowsched::job::JobId;
-use lowsched::policy::Rank;
-use lowsched::queue::JobQueue;
+use lowsched::decide::policy::Rank;
+use lowsched::decide::queue::JobQueue;
+use lowsched::model::job::JobId;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use lowsched::latency::Slo;
-use lowsched::loadgen::{self, LoadgenConfig, Schedule};
-use lowsched::probe::{Probe, ProbeConfig, ProbeHandle, ProbeSignal, ProbeStatus};
+use lowsched::sense::latency::Slo;
+use lowsched::sense::probe::{Probe, ProbeConfig, ProbeHandle, ProbeSignal, ProbeStatus};
+use lowsched::tools::loadgen::{self, LoadgenConfig, Schedule};
 
 /// A CPU cgroup with a very high weight (v1 `cpu.shares`, or v2 `cpu.weight` on pure-v2 hosts).
 /// memcached and the hogs run in it: inside, they compete as equals, as the test wants; against
@@ -392,7 +392,7 @@ fn memcached_killed_mid_run_is_reported_and_recovered_from() {
     let s = wait_for("down", &probe, 5, |s| s.status == ProbeStatus::Down);
     eprintln!("down reported {:?} after the kill", t_kill.elapsed());
     assert!(
-        s.fast.errors > 0 || s.fast.p95_us == lowsched::latency::NO_ANSWER_US,
+        s.fast.errors > 0 || s.fast.p95_us == lowsched::sense::latency::NO_ANSWER_US,
         "{s:?}"
     );
     wait_for("failed windows", &probe, 5, |s| {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lowsched::sampler::service::cgroup_of_pid;
-use lowsched::sampler::{
+use lowsched::sense::sampler::service::cgroup_of_pid;
+use lowsched::sense::sampler::{
     SamplerConfig, SamplerHandle, SamplerSet, ServiceCpu, ServiceKind, ServiceSource,
 };
 

@@ -1,5 +1,5 @@
-//! `lowsched-shim`: the per-job waiter the daemon starts; see `lowsched::shim`.
+//! `lowsched-shim`: the per-job waiter the daemon starts; see `lowsched::node::shim`.
 
 fn main() {
-    std::process::exit(lowsched::shim::main())
+    std::process::exit(lowsched::node::shim::main())
 }

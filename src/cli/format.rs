@@ -1,12 +1,9 @@
 //! Human-readable output of the client subcommands: job tables, job details, event lines.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::Path;
 
-use crate::cpuset::CpuSet;
-use crate::protocol::{EventRecord, JobStatus};
-use crate::statsdump::StatsReport;
+use crate::api::protocol::{EventRecord, JobStatus};
+use crate::model::cpuset::CpuSet;
 
 fn cores(c: &[usize]) -> String {
     if c.is_empty() {
@@ -64,7 +61,11 @@ pub fn job_table(jobs: &[JobStatus]) -> String {
 /// `lowsched status ID`: one job, one field per line.
 pub fn job_detail(j: &JobStatus) -> String {
     let mut out = String::new();
-    let ms = |v: Option<u64>| v.map_or("-".to_string(), |m| crate::eventlog::iso8601(to_time(m)));
+    let ms = |v: Option<u64>| {
+        v.map_or("-".to_string(), |m| {
+            crate::store::eventlog::iso8601(to_time(m))
+        })
+    };
     let _ = writeln!(out, "id:        {}", j.id);
     let _ = writeln!(out, "name:      {}", j.name);
     let _ = writeln!(
@@ -110,7 +111,7 @@ fn to_time(ms: u64) -> std::time::SystemTime {
 pub fn event_line(e: &EventRecord) -> String {
     let mut s = format!(
         "{} {} {}",
-        crate::eventlog::iso8601(to_time(e.time_ms)),
+        crate::store::eventlog::iso8601(to_time(e.time_ms)),
         e.event,
         e.job
     );
@@ -123,16 +124,4 @@ pub fn event_line(e: &EventRecord) -> String {
         s.push_str(&e.reason);
     }
     s
-}
-
-/// The stats dump as the monitor's table.
-pub fn stats(report: &StatsReport) -> String {
-    crate::statsdump::render_table(report)
-}
-
-/// Writes the windows' histograms of a stats answer as an HdrHistogram interval log.
-pub fn write_hlog(report: &StatsReport, path: &Path) -> Result<(), String> {
-    let mut f = std::fs::File::create(path).map_err(|e| e.to_string())?;
-    crate::statsdump::write_report_hlog(report, &mut f).map_err(|e| e.to_string())?;
-    f.flush().map_err(|e| e.to_string())
 }

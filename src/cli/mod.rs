@@ -1,6 +1,7 @@
 //! The `lowsched` command line: argument definitions (argh) and the client subcommands.
 
 mod format;
+pub mod stats;
 mod submit;
 
 use std::path::{Path, PathBuf};
@@ -8,11 +9,11 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
-use crate::client::{Client, ClientError, socket_path};
-use crate::job::JobId;
-use crate::jobstate::JobState;
-use crate::protocol::{self, Reply, Request};
-use crate::statsdump::StatsReport;
+use crate::api::client::{Client, ClientError, socket_path};
+use crate::api::protocol::{self, Reply, Request};
+use crate::model::job::JobId;
+use crate::model::jobstate::JobState;
+use crate::sense::probe::report::StatsReport;
 
 pub use submit::SubmitArgs;
 
@@ -51,7 +52,7 @@ pub enum Cmd {
     Wait(WaitArgs),
     Stats(StatsArgs),
     Events(EventsArgs),
-    Loadgen(crate::loadgen::LoadgenArgs),
+    Loadgen(crate::tools::loadgen::LoadgenArgs),
 }
 
 /// Run the scheduler daemon (as root).
@@ -170,7 +171,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Cmd::Stats(args) => stats(&socket, args),
         Cmd::Events(args) => events(&socket, args),
         Cmd::Loadgen(args) => {
-            return match crate::loadgen::run(args) {
+            return match crate::tools::loadgen::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("lowsched loadgen: {e}");
@@ -214,7 +215,7 @@ fn run_daemon(global_socket: Option<PathBuf>, args: DaemonArgs) -> ExitCode {
 }
 
 fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
-    crate::client::call(socket, req, crate::client::BUSY_PATIENCE)
+    crate::api::client::call(socket, req, crate::api::client::BUSY_PATIENCE)
 }
 
 fn unexpected(reply: Reply) -> ClientError {
@@ -293,11 +294,11 @@ fn stats(socket: &Path, args: StatsArgs) -> Result<ExitCode, ClientError> {
     if args.json {
         println!("{}", to_json(&stats));
     } else {
-        print!("{}", format::stats(&report));
+        print!("{}", stats::render_table(&report));
     }
     if let Some(path) = args.hlog {
-        if let Err(e) = format::write_hlog(&report, &path) {
-            eprintln!("lowsched: cannot write {}: {e}", path.display());
+        if let Err(e) = stats::write_hlog_file(&report, &path) {
+            eprintln!("lowsched: {e}");
             return Ok(ExitCode::from(exit::ERROR));
         }
     }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::client::ClientError;
-use crate::job::{JobId, JobSpec};
-use crate::protocol::{Reply, Request, Submit, SubmitMany};
-use crate::resources::{Bytes, CoreRange, GpuRequest};
+use crate::api::client::ClientError;
+use crate::api::protocol::{Reply, Request, Submit, SubmitMany};
+use crate::model::job::{JobId, JobSpec};
+use crate::model::resources::{Bytes, CoreRange, GpuRequest};
 
 /// Submit a job and print its id: lowsched submit [options] -- CMD [ARGS...]
 #[derive(FromArgs, Debug, Default)]
@@ -85,7 +85,7 @@ pub enum SubmitError {
     #[error("bad --{flag} {value}: expected a number of seconds >= 0")]
     Seconds { flag: &'static str, value: f64 },
     #[error(transparent)]
-    JobFile(#[from] crate::jobfile::JobFileError),
+    JobFile(#[from] crate::api::jobfile::JobFileError),
     #[error("cannot determine the current directory: {0}")]
     Cwd(std::io::Error),
     #[error(
@@ -129,7 +129,7 @@ pub fn chunks(
                 limit,
             });
         }
-        if size + own >= limit || current.len() == crate::protocol::MAX_BATCH {
+        if size + own >= limit || current.len() == crate::api::protocol::MAX_BATCH {
             out.push(SubmitMany {
                 jobs: std::mem::take(&mut current),
                 user: user.clone(),
@@ -192,10 +192,10 @@ pub fn spec_from_args(args: &SubmitArgs, here: &Path) -> Result<JobSpec, SubmitE
     Ok(spec)
 }
 
-/// The jobs of a job-list file (native or seed form, see [`crate::jobfile`]), with relative
+/// The jobs of a job-list file (native or seed form, see [`crate::api::jobfile`]), with relative
 /// paths made absolute against the current directory.
 pub fn specs_from_file(path: &Path, here: &Path) -> Result<Vec<JobSpec>, SubmitError> {
-    let mut specs = crate::jobfile::load(path)?;
+    let mut specs = crate::api::jobfile::load(path)?;
     for s in &mut specs {
         s.stdout = absolute(here, s.stdout.take());
         s.stderr = absolute(here, s.stderr.take());
@@ -217,7 +217,7 @@ pub fn run(socket: &Path, args: SubmitArgs) -> Result<ExitCode, ClientError> {
         Some(_) if !args.command.is_empty() => return fail(SubmitError::FileAndCommand),
         Some(path) => {
             let parts = match specs_from_file(path, &here)
-                .and_then(|jobs| chunks(jobs, args.user.clone(), crate::protocol::MAX_REQUEST))
+                .and_then(|jobs| chunks(jobs, args.user.clone(), crate::api::protocol::MAX_REQUEST))
             {
                 Ok(parts) => parts,
                 Err(e) => return fail(e),
@@ -232,7 +232,7 @@ pub fn run(socket: &Path, args: SubmitArgs) -> Result<ExitCode, ClientError> {
             Err(e) => return fail(e),
         },
     };
-    match crate::client::call(socket, &req, crate::client::BUSY_PATIENCE)? {
+    match crate::api::client::call(socket, &req, crate::api::client::BUSY_PATIENCE)? {
         Reply::Submitted { id } if args.json => println!("{{\"id\":{id}}}"),
         Reply::Submitted { id } => println!("{id}"),
         other => return Err(super::unexpected(other)),
@@ -247,10 +247,10 @@ fn submit_list(socket: &Path, parts: Vec<SubmitMany>, json: bool) -> Result<Exit
     let mut done: Vec<JobId> = Vec::new();
     let mut failed = None;
     for part in parts {
-        match crate::client::call(
+        match crate::api::client::call(
             socket,
             &Request::SubmitMany(part),
-            crate::client::BUSY_PATIENCE,
+            crate::api::client::BUSY_PATIENCE,
         ) {
             Ok(Reply::SubmittedMany { ids }) => {
                 if !json {
@@ -394,14 +394,14 @@ mod tests {
         let parts = chunks(
             jobs.clone(),
             Some("alice".into()),
-            crate::protocol::MAX_REQUEST,
+            crate::api::protocol::MAX_REQUEST,
         )
         .unwrap();
         assert!(parts.len() > 1, "2000 jobs fit one request?");
         for p in &parts {
             let line = Request::SubmitMany(p.clone()).to_line();
             assert!(
-                line.len() + 1 < crate::protocol::MAX_REQUEST,
+                line.len() + 1 < crate::api::protocol::MAX_REQUEST,
                 "{} bytes",
                 line.len()
             );
@@ -417,7 +417,7 @@ mod tests {
         let mut big = JobSpec::new(vec!["echo".into(), "x".repeat(70_000)]);
         big.name = "huge".into();
         jobs.push(big);
-        let e = chunks(jobs, None, crate::protocol::MAX_REQUEST).unwrap_err();
+        let e = chunks(jobs, None, crate::api::protocol::MAX_REQUEST).unwrap_err();
         let e = e.to_string();
         assert!(e.contains("job 1") && e.contains("huge"), "{e}");
     }

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::controller::ControllerConfig;
-use crate::inventory::Gpu;
-use crate::policy::config::PolicyConfig;
-use crate::resources::Bytes;
-use crate::service::ServiceConfig;
+use crate::decide::controller::ControllerConfig;
+use crate::decide::policy::config::PolicyConfig;
+use crate::model::inventory::Gpu;
+use crate::model::resources::Bytes;
+use crate::node::service::ServiceConfig;
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/lowsched/lowsched.toml";
@@ -59,7 +59,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from(crate::client::DEFAULT_SOCKET),
+            socket: PathBuf::from(crate::api::client::DEFAULT_SOCKET),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             cgroup_root: DEFAULT_CGROUP_ROOT.into(),
             log_level: "info".into(),
@@ -110,7 +110,7 @@ impl Default for JournalConfig {
     fn default() -> Self {
         Self {
             compact_after: 50_000,
-            keep_finished: crate::journal::DEFAULT_KEEP_FINISHED,
+            keep_finished: crate::store::journal::DEFAULT_KEEP_FINISHED,
         }
     }
 }
@@ -326,11 +326,11 @@ impl Config {
                 self.log_level
             )));
         }
-        crate::policy::config::by_name(&self.policy.name, &PolicyConfig::default())
+        crate::decide::policy::config::by_name(&self.policy.name, &PolicyConfig::default())
             .map_err(|e| bad(format!("policy.name: {e}")))?;
         self.policy.policy_config().map_err(bad)?;
         if let Some(c) = &self.node.cores {
-            c.parse::<crate::cpuset::CpuSet>()
+            c.parse::<crate::model::cpuset::CpuSet>()
                 .map_err(|e| bad(format!("node.cores: {e}")))?;
         }
         if self.service.min_cores == 0 {

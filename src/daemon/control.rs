@@ -9,19 +9,19 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::actuator::{Actuator, LaunchRequest};
-use crate::controller::Move;
-use crate::cpuset::CpuSet;
-use crate::credentials::Credentials;
-use crate::eventlog::{Event, Kind};
-use crate::exit::{ExitEvent, ExitStatus};
-use crate::job::JobId;
-use crate::jobstate::JobState;
-use crate::journal::Record;
-use crate::policy::{Command, JobView, Snapshot};
-use crate::protocol::{ErrorCode, JobStatus, ProtocolError};
-use crate::queue::Queued;
-use crate::sdnotify::Notifier;
+use crate::api::protocol::{ErrorCode, JobStatus, ProtocolError};
+use crate::daemon::sdnotify::Notifier;
+use crate::decide::controller::Move;
+use crate::decide::policy::{Command, JobView, Snapshot};
+use crate::decide::queue::Queued;
+use crate::model::cpuset::CpuSet;
+use crate::model::credentials::Credentials;
+use crate::model::exit::{ExitEvent, ExitStatus};
+use crate::model::job::JobId;
+use crate::model::jobstate::JobState;
+use crate::node::actuator::{Actuator, LaunchRequest};
+use crate::store::eventlog::{Event, Kind};
+use crate::store::journal::Record;
 
 use super::server::Caller;
 use super::shared::{Op, Shared, now};
@@ -387,7 +387,7 @@ impl Control {
     /// the queue without running has its groups released.
     fn prepare_next(&mut self) {
         let n = self.batch_cores.len().clamp(1, PREPARE_AHEAD);
-        let next: Vec<(JobId, crate::job::JobSpec)> = {
+        let next: Vec<(JobId, crate::model::job::JobSpec)> = {
             let table = self.shared.table();
             self.shared
                 .queue
@@ -593,7 +593,12 @@ impl Control {
     }
 
     /// A command the node refused: the job keeps its state; say so in the log and event log.
-    fn failed_command(&mut self, name: &str, cmd: &Command, e: &crate::actuator::ActuationError) {
+    fn failed_command(
+        &mut self,
+        name: &str,
+        cmd: &Command,
+        e: &crate::node::actuator::ActuationError,
+    ) {
         crate::log::error(&format!("{cmd}: failed: {e}"));
         self.record_event(
             Event::new(

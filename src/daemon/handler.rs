@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
 
-use crate::credentials::Credentials;
-use crate::job::{JobId, JobSpec};
-use crate::journal::{Owner, Record, Ticket};
-use crate::policy::fit;
-use crate::protocol::{
+use crate::api::protocol::{
     ErrorCode, MAX_POLL_MS, ProtocolError, Reply, Request, Response, Stats, Wait,
 };
+use crate::decide::policy::fit;
+use crate::model::credentials::Credentials;
+use crate::model::job::{JobId, JobSpec};
+use crate::store::journal::{Owner, Record, Ticket};
 
 use super::server::{Caller, Handler};
 use super::shared::{Op, Shared, now};
@@ -222,7 +222,7 @@ impl RequestHandler {
     fn op(
         &self,
         make: impl FnOnce(
-            crossbeam_channel::Sender<Result<crate::protocol::JobStatus, ProtocolError>>,
+            crossbeam_channel::Sender<Result<crate::api::protocol::JobStatus, ProtocolError>>,
         ) -> Op,
     ) -> Result<Reply, ProtocolError> {
         let (tx, rx) = bounded(1);

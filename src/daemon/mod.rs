@@ -13,6 +13,7 @@ pub mod handler;
 pub mod recovery;
 pub mod relax;
 mod requests;
+pub mod sdnotify;
 pub mod server;
 pub mod shared;
 pub mod slo;
@@ -26,18 +27,18 @@ use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::actuator::{Actuator, ActuatorConfig};
-use crate::cgroup::{Layout, Mode, RootName, TreeConfig};
-use crate::cpuset::CpuSet;
-use crate::doorbell::{DISARMED, Doorbell, Tripwire};
-use crate::eventlog::EventLog;
-use crate::inventory::Inventory;
-use crate::journal::Journal;
-use crate::pmqos::ResumeLatency;
-use crate::probe::ProbeConfig;
-use crate::queue::JobQueue;
-use crate::sampler::{SamplerConfig, SamplerSet};
-use crate::sdnotify::{Notifier, watchdog_interval};
+use crate::daemon::sdnotify::{Notifier, watchdog_interval};
+use crate::decide::queue::JobQueue;
+use crate::model::cpuset::CpuSet;
+use crate::model::inventory::Inventory;
+use crate::node::actuator::{Actuator, ActuatorConfig};
+use crate::node::cgroup::{Layout, Mode, RootName, TreeConfig};
+use crate::node::pmqos::ResumeLatency;
+use crate::sense::doorbell::{DISARMED, Doorbell, Tripwire};
+use crate::sense::probe::ProbeConfig;
+use crate::sense::sampler::{SamplerConfig, SamplerSet};
+use crate::store::eventlog::EventLog;
+use crate::store::journal::Journal;
 
 use config::{Config, Overrides};
 use control::Control;
@@ -58,15 +59,15 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Journal(#[from] crate::journal::JournalError),
+    Journal(#[from] crate::store::journal::JournalError),
     #[error(transparent)]
-    EventLog(#[from] crate::eventlog::EventLogError),
+    EventLog(#[from] crate::store::eventlog::EventLogError),
     #[error("cannot read the node's inventory: {0}")]
     Inventory(String),
     #[error("bad policy: {0}")]
     Policy(String),
     #[error(transparent)]
-    Actuation(#[from] crate::actuator::ActuationError),
+    Actuation(#[from] crate::node::actuator::ActuationError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
     #[error("cannot start the samplers: {0}")]
@@ -129,7 +130,7 @@ fn delegation_marked(dir: &Path) -> Option<bool> {
 
 /// The node's inventory: detected, then the config's overrides.
 fn inventory(cfg: &Config) -> Result<Inventory, DaemonError> {
-    let mut node = crate::inventory::detect(Path::new("/sys"), Path::new("/proc"))
+    let mut node = crate::model::inventory::detect(Path::new("/sys"), Path::new("/proc"))
         .map_err(|e| DaemonError::Inventory(e.to_string()))?;
     if let Some(cores) = &cfg.node.cores {
         let want: CpuSet = cores
@@ -245,11 +246,11 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let events = EventLog::open(&cfg.state_dir)?;
     let node = inventory(&cfg)?;
     let policy_cfg = cfg.policy.policy_config().map_err(DaemonError::Policy)?;
-    let policy = crate::policy::by_name(&cfg.policy.name, &policy_cfg)
+    let policy = crate::decide::policy::by_name(&cfg.policy.name, &policy_cfg)
         .map_err(|e| DaemonError::Policy(e.to_string()))?;
 
     let layout = Layout::detect(Path::new("/proc"))
-        .map_err(|e| DaemonError::Actuation(crate::actuator::ActuationError::Tree(e)))?;
+        .map_err(|e| DaemonError::Actuation(crate::node::actuator::ActuationError::Tree(e)))?;
     let mut acfg = ActuatorConfig::new(&cfg.state_dir);
     acfg.tree = TreeConfig {
         root: cgroup_root(&cfg.cgroup_root, &layout),
@@ -296,7 +297,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
                 ));
             }
         }
-        if rec.state == crate::jobstate::JobState::Running
+        if rec.state == crate::model::jobstate::JobState::Running
             && (rec.cores.is_empty() || !rec.cores.is_subset(&node.cores))
         {
             repause.push(rec.id);
@@ -304,7 +305,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     }
     for id in repause {
         if actuator.pause(id).is_ok() {
-            let _ = table.transition(id, crate::jobstate::JobState::Paused, shared::now());
+            let _ = table.transition(id, crate::model::jobstate::JobState::Paused, shared::now());
         }
     }
     crate::log::info(&format!(
@@ -317,7 +318,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         recovered.unknown_killed
     ));
 
-    let service_on = cfg.service.enabled != crate::service::Enabled::No;
+    let service_on = cfg.service.enabled != crate::node::service::Enabled::No;
     let capacity = if service_on {
         node.cores.len().saturating_sub(cfg.service.min_cores)
     } else {
@@ -388,9 +389,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
                 calm_rate: cfg.probe.calm_rate,
                 calm_below_us: (cfg.probe.calm_p95_frac * cfg.slo.p95_us as f64) as u64,
                 window: Duration::from_millis(cfg.slo.window_ms),
-                slo: crate::latency::Slo {
+                slo: crate::sense::latency::Slo {
                     limit_us: cfg.slo.p95_us,
-                    ..crate::latency::Slo::default()
+                    ..crate::sense::latency::Slo::default()
                 },
                 fast_horizon: Duration::from_millis(cfg.probe.fast_horizon_ms),
                 realtime: (cfg.probe.realtime_priority > 0).then_some(cfg.probe.realtime_priority),

@@ -5,12 +5,12 @@
 
 use std::collections::HashSet;
 
-use crate::actuator::{Actuator, Adoption};
-use crate::eventlog::{Event, EventLog, Kind};
-use crate::exit::ExitEvent;
-use crate::job::JobId;
-use crate::jobstate::JobState;
-use crate::journal::{Journal, Record, Replay};
+use crate::model::exit::ExitEvent;
+use crate::model::job::JobId;
+use crate::model::jobstate::JobState;
+use crate::node::actuator::{Actuator, Adoption};
+use crate::store::eventlog::{Event, EventLog, Kind};
+use crate::store::journal::{Journal, Record, Replay};
 
 use super::shared::now;
 use super::table::{JobRecord, JobTable};
@@ -64,7 +64,7 @@ pub fn recover(
                 JobState::Running
             };
             rec.cores = if a.paused {
-                crate::cpuset::CpuSet::new()
+                crate::model::cpuset::CpuSet::new()
             } else {
                 a.cores
             };

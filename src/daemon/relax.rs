@@ -13,7 +13,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::cgroup::Layout;
+use crate::node::cgroup::Layout;
 
 const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
 /// The sub-group systemd runs a delegated unit's control processes in.

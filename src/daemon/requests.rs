@@ -1,11 +1,11 @@
 //! User requests to the control loop: cancel, pause (hold) and resume of a job, each checked
 //! against the caller (only the job's owner or root) and answered with the job's new status.
 
-use crate::eventlog::{Event, Kind};
-use crate::job::JobId;
-use crate::jobstate::JobState;
-use crate::journal::Record;
-use crate::protocol::{ErrorCode, ProtocolError};
+use crate::api::protocol::{ErrorCode, ProtocolError};
+use crate::model::job::JobId;
+use crate::model::jobstate::JobState;
+use crate::store::eventlog::{Event, Kind};
+use crate::store::journal::Record;
 
 use super::control::{Control, Reply, refuse};
 use super::server::Caller;

@@ -22,7 +22,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Group, Uid, chown};
 
-use crate::protocol::{ErrorCode, MAX_REQUEST, ProtocolError, Request, Response};
+use crate::api::protocol::{ErrorCode, MAX_REQUEST, ProtocolError, Request, Response};
 
 /// The group whose members may use the socket, if it exists.
 pub const SOCKET_GROUP: &str = "lowsched";
@@ -319,8 +319,8 @@ pub fn serve_connection<H: Handler + ?Sized>(stream: UnixStream, handler: &H, li
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::JobId;
-    use crate::protocol::Reply;
+    use crate::api::protocol::Reply;
+    use crate::model::job::JobId;
     use std::io::{BufRead, BufReader};
 
     /// Answers `status` with the caller's uid as the job id; echoes parse errors.

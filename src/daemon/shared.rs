@@ -7,15 +7,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 
-use crate::credentials::Credentials;
-use crate::eventlog::EventLog;
-use crate::inventory::Inventory;
-use crate::job::{JobId, Timestamp};
-use crate::journal::Journal;
-use crate::policy::Policy;
-use crate::probe::ProbeHandle;
-use crate::protocol::{JobStatus, ProtocolError};
-use crate::queue::JobQueue;
+use crate::api::protocol::{JobStatus, ProtocolError};
+use crate::decide::policy::Policy;
+use crate::decide::queue::JobQueue;
+use crate::model::credentials::Credentials;
+use crate::model::inventory::Inventory;
+use crate::model::job::{JobId, Timestamp};
+use crate::sense::probe::ProbeHandle;
+use crate::store::eventlog::EventLog;
+use crate::store::journal::Journal;
 
 use super::server::Caller;
 use super::table::JobTable;

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cgroup::ServiceGroup;
-use crate::controller::{Allocation, Change, Controller, ControllerConfig, Inputs};
-use crate::cpuset::CpuSet;
-use crate::doorbell::{DISARMED, Doorbell, Tripwire};
-use crate::latency::NO_ANSWER_US;
-use crate::pmqos::ResumeLatency;
-use crate::probe::{Probe, ProbeConfig, ProbeHandle, ProbeStatus};
-use crate::sampler::{SamplerHandle, ServiceSource};
-use crate::service::{self, Found, ServiceConfig};
+use crate::decide::controller::{Allocation, Change, Controller, ControllerConfig, Inputs};
+use crate::model::cpuset::CpuSet;
+use crate::node::cgroup::ServiceGroup;
+use crate::node::pmqos::ResumeLatency;
+use crate::node::service::{self, Found, ServiceConfig};
+use crate::sense::doorbell::{DISARMED, Doorbell, Tripwire};
+use crate::sense::latency::NO_ANSWER_US;
+use crate::sense::probe::{Probe, ProbeConfig, ProbeHandle, ProbeStatus};
+use crate::sense::sampler::{SamplerHandle, ServiceSource};
 use crate::sys::clock::monotonic_ns;
 
 /// A sensor over its grow threshold wakes the control loop at most this often.

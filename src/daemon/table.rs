@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cpuset::CpuSet;
-use crate::inventory::GpuSet;
-use crate::job::{JobId, JobSpec, Timestamp};
-use crate::jobstate::{IllegalTransition, JobState};
-use crate::journal::{Ending, Owner};
-use crate::policy::{ActiveJob, JobView};
-use crate::protocol::JobStatus;
+use crate::api::protocol::JobStatus;
+use crate::decide::policy::{ActiveJob, JobView};
+use crate::model::cpuset::CpuSet;
+use crate::model::inventory::GpuSet;
+use crate::model::job::{JobId, JobSpec, Timestamp};
+use crate::model::jobstate::{IllegalTransition, JobState};
+use crate::store::journal::{Ending, Owner};
 
 /// One job as the daemon tracks it.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use lowsched::actuator::{Actuator, ActuatorConfig, LaunchRequest, SHIM_ENV};
-use lowsched::cgroup::{Layout, RootName, TreeConfig};
-use lowsched::credentials::Credentials;
-use lowsched::exit::ExitEvent;
-use lowsched::inventory::GpuSet;
-use lowsched::job::{JobId, JobSpec};
+use lowsched::model::credentials::Credentials;
+use lowsched::model::exit::ExitEvent;
+use lowsched::model::inventory::GpuSet;
+use lowsched::model::job::{JobId, JobSpec};
+use lowsched::node::actuator::{Actuator, ActuatorConfig, LaunchRequest, SHIM_ENV};
+use lowsched::node::cgroup::{Layout, RootName, TreeConfig};
 use nix::unistd::Pid;
 
 use super::common;

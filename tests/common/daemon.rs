@@ -16,8 +16,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lowsched::cgroup::{Layout, RootName, Tree, TreeConfig};
-use lowsched::client::Client;
+use lowsched::api::client::Client;
+use lowsched::node::cgroup::{Layout, RootName, Tree, TreeConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -124,7 +124,7 @@ impl TestDaemon {
             }
             if let Ok(mut c) = Client::connect(&self.socket) {
                 c.set_timeout(Some(Duration::from_secs(5))).unwrap();
-                let req = lowsched::protocol::Request::Status(Default::default());
+                let req = lowsched::api::protocol::Request::Status(Default::default());
                 if c.call(&req).is_ok() {
                     return;
                 }
@@ -317,7 +317,7 @@ pub fn run_bounded(mut cmd: Command, args: &[&str]) -> Output {
 
 /// The first two online CPUs, in list format (tests need at least two).
 pub fn two_cores() -> String {
-    let online: lowsched::cpuset::CpuSet =
+    let online: lowsched::model::cpuset::CpuSet =
         std::fs::read_to_string("/sys/devices/system/cpu/online")
             .unwrap()
             .trim()
@@ -359,7 +359,7 @@ pub fn job_cpuset_group(root: &str, id: u64) -> PathBuf {
     let tree = Layout::detect(Path::new("/proc"))
         .and_then(|layout| Tree::open(layout, &cfg, Path::new("/proc")))
         .unwrap();
-    tree.job_paths(lowsched::job::JobId(id)).cpuset
+    tree.job_paths(lowsched::model::job::JobId(id)).cpuset
 }
 
 /// The one job id a successful `submit` printed (and nothing else on stdout).

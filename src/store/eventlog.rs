@@ -1,0 +1,451 @@
+//! The event log: every decision and state change, twice — `events.log` in the course-project
+//! format and `events.jsonl` with the decision's reason and inputs — plus a ring of recent events
+//! that `lowsched events` reads (with long polling for `--follow`).
+//!
+//! `events.log` lines are `<ISO-8601 time> <event> <job> [args]`: events `start` (with the core
+//! list and thread count), `end`, `update_cores`, `pause`, `unpause` and `custom`; each daemon run
+//! opens with `start scheduler` and closes with `end scheduler`.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::cpuset::CpuSet;
+use crate::model::job::JobId;
+
+/// One line of the event log as kept in the ring and served to `lowsched events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub event: String,
+    pub job: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+pub const EVENTS_LOG: &str = "events.log";
+pub const EVENTS_JSONL: &str = "events.jsonl";
+/// The job name the scheduler's own start and end are logged under.
+pub const SCHEDULER: &str = "scheduler";
+/// Events kept in memory for `lowsched events`.
+pub const RING_LEN: usize = 100_000;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// A job (or the service) started on `cores` with `threads` threads.
+    Start {
+        cores: CpuSet,
+        threads: usize,
+    },
+    End,
+    UpdateCores {
+        cores: CpuSet,
+    },
+    Pause,
+    Unpause,
+    /// Anything else worth a line: a controller decision, a refused command, a state change.
+    Custom {
+        text: String,
+    },
+}
+
+impl Kind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Start { .. } => "start",
+            Self::End => "end",
+            Self::UpdateCores { .. } => "update_cores",
+            Self::Pause => "pause",
+            Self::Unpause => "unpause",
+            Self::Custom { .. } => "custom",
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Self::Start { cores, threads } => vec![bracketed(cores), threads.to_string()],
+            Self::UpdateCores { cores } => vec![bracketed(cores)],
+            Self::Custom { text } => vec![text.clone()],
+            Self::End | Self::Pause | Self::Unpause => Vec::new(),
+        }
+    }
+}
+
+/// `[0,1,2]`, the course format's core list.
+fn bracketed(cores: &CpuSet) -> String {
+    let ids: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
+    format!("[{}]", ids.join(","))
+}
+
+/// One event to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// A job name, `memcached` (the protected service) or `scheduler`.
+    pub job: String,
+    pub id: Option<JobId>,
+    pub kind: Kind,
+    /// Why (for decisions); empty for plain state changes.
+    pub reason: String,
+    /// The decision's inputs, e.g. the controller's latency and utilization readings.
+    pub inputs: Option<Value>,
+}
+
+impl Event {
+    pub fn new(job: impl Into<String>, id: Option<JobId>, kind: Kind) -> Self {
+        Self {
+            job: job.into(),
+            id,
+            kind,
+            reason: String::new(),
+            inputs: None,
+        }
+    }
+
+    pub fn because(mut self, reason: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    pub fn with_inputs(mut self, inputs: Value) -> Self {
+        self.inputs = Some(inputs);
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventLogError {
+    #[error("cannot open event log {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: Option<File>,
+    jsonl: Option<File>,
+    ring: VecDeque<EventRecord>,
+    next_seq: u64,
+    /// Last write error, reported once rather than on every event.
+    write_error: Option<String>,
+}
+
+/// The open event log. Events are also kept when the files cannot be written (full disk): the
+/// daemon keeps scheduling and reports the write error once.
+#[derive(Debug)]
+pub struct EventLog {
+    dir: Option<PathBuf>,
+    inner: Mutex<Inner>,
+    added: Condvar,
+}
+
+impl EventLog {
+    /// Opens both files in `dir` for appending and logs `start scheduler`.
+    pub fn open(dir: &Path) -> Result<EventLog, EventLogError> {
+        let open = |name: &str| {
+            let path = dir.join(name);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| EventLogError::Open { path, source })
+        };
+        let log = Self::with_files(
+            Some(dir.to_path_buf()),
+            Some(open(EVENTS_LOG)?),
+            Some(open(EVENTS_JSONL)?),
+        );
+        log.record(Event::new(
+            SCHEDULER,
+            None,
+            Kind::Start {
+                cores: CpuSet::new(),
+                threads: 0,
+            },
+        ));
+        Ok(log)
+    }
+
+    /// An event log that only keeps the in-memory ring (tests, tools).
+    pub fn in_memory() -> EventLog {
+        Self::with_files(None, None, None)
+    }
+
+    fn with_files(dir: Option<PathBuf>, log: Option<File>, jsonl: Option<File>) -> EventLog {
+        EventLog {
+            dir,
+            inner: Mutex::new(Inner {
+                log,
+                jsonl,
+                ring: VecDeque::new(),
+                next_seq: 1,
+                write_error: None,
+            }),
+            added: Condvar::new(),
+        }
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an event and returns its sequence number. A failed file write is logged once (to
+    /// stderr) until a write succeeds again; the event still reaches the in-memory ring.
+    pub fn record(&self, ev: Event) -> u64 {
+        self.record_at(ev, SystemTime::now())
+    }
+
+    fn record_at(&self, ev: Event, at: SystemTime) -> u64 {
+        let time_ms = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let iso = iso8601(at);
+        // `start scheduler` / `end scheduler` carry no arguments in the course format.
+        let mut args = if ev.job == SCHEDULER {
+            Vec::new()
+        } else {
+            ev.kind.args()
+        };
+        // The course format is whitespace-separated: keep the job name one token.
+        let job: String = ev
+            .job
+            .chars()
+            .map(|c| if c.is_whitespace() { '_' } else { c })
+            .collect();
+        let mut line = format!("{iso} {} {job}", ev.kind.name());
+        for a in &args {
+            line.push(' ');
+            line.push_str(a);
+        }
+        line.push('\n');
+
+        let mut inner = self.lock();
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let mut json = serde_json::json!({
+            "seq": seq, "time": iso, "time_ms": time_ms, "event": ev.kind.name(), "job": ev.job,
+        });
+        if let Some(id) = ev.id {
+            json["id"] = id.0.into();
+        }
+        if !args.is_empty() {
+            json["args"] = args.clone().into();
+        }
+        if !ev.reason.is_empty() {
+            json["reason"] = ev.reason.clone().into();
+        }
+        if let Some(inputs) = &ev.inputs {
+            json["inputs"] = inputs.clone();
+        }
+        let mut jline = json.to_string();
+        jline.push('\n');
+        let result = write_both(&mut inner, line.as_bytes(), jline.as_bytes());
+        match result {
+            Ok(()) => inner.write_error = None,
+            Err(e) if inner.write_error.is_none() => {
+                crate::log::error(&format!("event log write failed: {e}"));
+                inner.write_error = Some(e.to_string());
+            }
+            Err(_) => {}
+        }
+        if let Some(id) = ev.id {
+            args.push(format!("id={id}"));
+        }
+        inner.ring.push_back(EventRecord {
+            seq,
+            time_ms,
+            event: ev.kind.name().to_string(),
+            job: ev.job,
+            args,
+            reason: ev.reason,
+        });
+        if inner.ring.len() > RING_LEN {
+            inner.ring.pop_front();
+        }
+        drop(inner);
+        self.added.notify_all();
+        seq
+    }
+
+    /// Events with `seq > after`, at most `limit`; if there are none yet, waits up to `timeout`
+    /// for one. Returns them and the last sequence number handed out so far.
+    pub fn since(&self, after: u64, limit: usize, timeout: Duration) -> (Vec<EventRecord>, u64) {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            let last = inner.next_seq - 1;
+            if last > after || Instant::now() >= deadline {
+                let out: Vec<EventRecord> = inner
+                    .ring
+                    .iter()
+                    .filter(|e| e.seq > after)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                let last_sent = out.last().map_or(last.max(after), |e| e.seq);
+                return (out, last_sent);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            inner = self
+                .added
+                .wait_timeout(inner, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Logs `end scheduler` and flushes both files.
+    pub fn close(&self) {
+        self.record(Event::new(SCHEDULER, None, Kind::End));
+        let inner = self.lock();
+        for f in [&inner.log, &inner.jsonl].into_iter().flatten() {
+            let _ = f.sync_data();
+        }
+    }
+}
+
+fn write_both(inner: &mut Inner, line: &[u8], jline: &[u8]) -> io::Result<()> {
+    if let Some(f) = inner.log.as_mut() {
+        f.write_all(line)?;
+    }
+    if let Some(f) = inner.jsonl.as_mut() {
+        f.write_all(jline)?;
+    }
+    Ok(())
+}
+
+/// UTC time as ISO 8601 with microseconds and an explicit offset, which every ISO parser
+/// (including Python's `datetime.fromisoformat`) reads: `2026-11-22T22:06:01.123456+00:00`.
+pub fn iso8601(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`: shift to a March-based era of 400 years, then split).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.000000+00:00");
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_393_561_123_456);
+        assert_eq!(iso8601(t), "2026-11-23T00:26:01.123456+00:00");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert!(iso8601(leap).starts_with("2000-02-29T00:00:00"));
+    }
+
+    #[test]
+    fn both_files_in_the_course_format_and_jsonl() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        let cores: CpuSet = "2-3".parse().unwrap();
+        log.record(Event::new(
+            "blackscholes",
+            Some(JobId(4)),
+            Kind::Start { cores, threads: 2 },
+        ));
+        log.record(
+            Event::new(
+                "memcached",
+                None,
+                Kind::UpdateCores {
+                    cores: "0-1".parse().unwrap(),
+                },
+            )
+            .because("p95 900us > 800us"),
+        );
+        log.record(Event::new("blackscholes", Some(JobId(4)), Kind::Pause));
+        log.record(Event::new("blackscholes", Some(JobId(4)), Kind::Unpause));
+        log.record(Event::new(
+            "my job",
+            Some(JobId(5)),
+            Kind::Custom {
+                text: "resized".into(),
+            },
+        ));
+        log.record(Event::new("blackscholes", Some(JobId(4)), Kind::End));
+        log.close();
+        let text = std::fs::read_to_string(dir.path().join(EVENTS_LOG)).unwrap();
+        let rest: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let (time, rest) = l.split_once(' ').unwrap();
+                assert!(time.len() == 32 && time.ends_with("+00:00"), "{time}");
+                rest.to_string()
+            })
+            .collect();
+        assert_eq!(
+            rest,
+            [
+                "start scheduler",
+                "start blackscholes [2,3] 2",
+                "update_cores memcached [0,1]",
+                "pause blackscholes",
+                "unpause blackscholes",
+                "custom my_job resized",
+                "end blackscholes",
+                "end scheduler",
+            ]
+        );
+        let jsonl = std::fs::read_to_string(dir.path().join(EVENTS_JSONL)).unwrap();
+        let second: Value = serde_json::from_str(jsonl.lines().nth(2).unwrap()).unwrap();
+        assert_eq!(second["reason"], "p95 900us > 800us");
+        assert_eq!(second["args"][0], "[0,1]");
+        let first: Value = serde_json::from_str(jsonl.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(first["id"], 4);
+    }
+
+    #[test]
+    fn since_returns_new_events_and_waits_for_them() {
+        let log = std::sync::Arc::new(EventLog::in_memory());
+        log.record(Event::new("a", None, Kind::End));
+        let (got, last) = log.since(0, 10, Duration::ZERO);
+        assert_eq!((got.len(), last), (1, 1));
+        let (got, last) = log.since(1, 10, Duration::from_millis(10));
+        assert_eq!((got.len(), last), (0, 1));
+        let l2 = log.clone();
+        let t = std::thread::spawn(move || l2.since(1, 10, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(20));
+        log.record(Event::new("b", None, Kind::End));
+        let (got, last) = t.join().unwrap();
+        assert_eq!(got[0].job, "b");
+        assert_eq!(last, 2);
+    }
+}
