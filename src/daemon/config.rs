@@ -10,6 +10,7 @@ use crate::decide::policy::config::PolicyConfig;
 use crate::model::inventory::Gpu;
 use crate::model::resources::Bytes;
 use crate::node::service::ServiceConfig;
+use crate::node::slurm::SlurmConfig;
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/lowsched/lowsched.toml";
@@ -54,6 +55,7 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub sampler: SamplerSection,
     pub probe: ProbeSection,
+    pub slurm: SlurmConfig,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             controller: ControllerConfig::default(),
             sampler: SamplerSection::default(),
             probe: ProbeSection::default(),
+            slurm: SlurmConfig::default(),
         }
     }
 }
@@ -380,6 +383,7 @@ impl Config {
         if !(0..=99).contains(&self.probe.realtime_priority) {
             return Err(bad("probe.realtime_priority must be 0 (off) or 1-99".into()));
         }
+        self.slurm.check().map_err(bad)?;
         if self.server.max_connections == 0 {
             return Err(bad("server.max_connections must be positive".into()));
         }
