@@ -53,8 +53,6 @@ pub struct SloLoop {
     /// Pure v2: the service may be moved into `service/`.
     may_move: bool,
     controller: Controller,
-    ctl_cfg: ControllerConfig,
-    slo_p95_us: f64,
     sampler: SamplerHandle,
     probe_cfg: ProbeConfig,
     probe: Option<Probe>,
@@ -107,7 +105,7 @@ impl SloLoop {
             s.cfg.max_cores
         };
         let controller = Controller::new(
-            s.controller.clone(),
+            s.controller,
             s.slo_p95_us as f64,
             s.managed,
             s.cfg.min_cores.min(s.managed.len()),
@@ -128,8 +126,6 @@ impl SloLoop {
             group: s.group,
             may_move: s.may_move,
             controller,
-            ctl_cfg: s.controller,
-            slo_p95_us: s.slo_p95_us as f64,
             sampler: s.sampler,
             probe_cfg: s.probe,
             probe: None,
@@ -160,7 +156,7 @@ impl SloLoop {
     }
 
     pub fn period(&self) -> Duration {
-        Duration::from_millis(self.ctl_cfg.period_ms)
+        Duration::from_millis(self.controller.config().period_ms)
     }
 
     pub fn name(&self) -> &str {
@@ -347,7 +343,7 @@ impl SloLoop {
             }
         });
         // The reading a climb would react to: latency first (it is what the SLO is about).
-        let grow_at = self.ctl_cfg.grow_p95_frac * self.slo_p95_us;
+        let grow_at = self.controller.grow_p95_us();
         let sampled_ns = match (fast, sig) {
             (Some(p), Some(s)) if p > grow_at => s.at_ns,
             _ if service.at_ns > 0 => service.at_ns,

@@ -82,6 +82,18 @@ impl Credentials {
         }
     }
 
+    /// Who a process with these ids runs as: the user's passwd entry and groups where one
+    /// exists (else only the numbers), with `gid` as the effective group, as SO_PEERCRED
+    /// reports it for a socket peer and as the journal keeps it for a job's owner.
+    pub fn of_ids(uid: u32, gid: u32) -> Self {
+        let mut c = Self::by_uid(uid).unwrap_or_else(|_| Self::from_ids(uid, gid));
+        c.gid = gid;
+        if !c.groups.contains(&gid) {
+            c.groups.push(gid);
+        }
+        c
+    }
+
     fn from_nss(u: User) -> Self {
         let gid = u.gid.as_raw();
         let groups = CString::new(u.name.clone())
