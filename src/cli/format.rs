@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::api::protocol::{EventRecord, JobStatus};
 use crate::model::cpuset::CpuSet;
+use crate::model::job::Origin;
 
 fn cores(c: &[usize]) -> String {
     if c.is_empty() {
@@ -45,7 +46,7 @@ pub fn job_table(jobs: &[JobStatus]) -> String {
         let _ = writeln!(
             out,
             "{:>6}  {:<16} {:<13} {:<10} {:<9} {:>4} {:>6}  {}",
-            j.id,
+            j.origin.display_id(j.id),
             clip(&j.name, 16),
             state,
             clip(&j.user, 10),
@@ -66,7 +67,10 @@ pub fn job_detail(j: &JobStatus) -> String {
             crate::store::eventlog::iso8601(to_time(m))
         })
     };
-    let _ = writeln!(out, "id:        {}", j.id);
+    let _ = writeln!(out, "id:        {}", j.origin.display_id(j.id));
+    if let Origin::Slurm(n) = j.origin {
+        let _ = writeln!(out, "origin:    slurm (job {n}; lowsched id {})", j.id);
+    }
     let _ = writeln!(out, "name:      {}", j.name);
     let _ = writeln!(
         out,

@@ -436,6 +436,14 @@ mod tests {
     }
 
     #[test]
+    fn the_slurm_node_section_users_copy_parses() {
+        let text = include_str!("../../cgroups/slurm/lowsched-slurm.toml");
+        let cfg = Config::parse(text, Path::new("lowsched-slurm.toml")).unwrap();
+        assert_eq!(cfg.slurm.enabled, crate::node::service::Enabled::Auto);
+        assert!(Config::parse("[slurm]\ndrain_hold_s = -3", Path::new("x")).is_err());
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_key() {
         let e = Config::parse("polcy = 1", Path::new("/etc/x.toml"))
             .unwrap_err()

@@ -27,6 +27,7 @@ use super::jobs::Change;
 use super::server::Caller;
 use super::shared::{Op, Shared, now};
 use super::slo::SloLoop;
+use super::slurm::SlurmSide;
 
 /// How often job pids shown by `status` are refreshed.
 const PIDS_EVERY: Duration = Duration::from_millis(500);
@@ -53,6 +54,8 @@ pub struct ControlSetup {
     pub notifier: Notifier,
     pub watchdog: Option<Duration>,
     pub journal: JournalConfig,
+    /// Slurm's jobs on this node, when `[slurm]` is on.
+    pub slurm: Option<SlurmSide>,
 }
 
 /// The control loop's state, run on its own thread.
@@ -65,6 +68,8 @@ pub struct Control {
     slo: Option<SloLoop>,
     batch_cores: CpuSet,
     service_cores: CpuSet,
+    managed: CpuSet,
+    slurm: Option<SlurmSide>,
     policy_tick: Duration,
     notifier: Notifier,
     watchdog: Option<Duration>,
@@ -96,6 +101,8 @@ impl Control {
                 s.managed
             },
             service_cores: CpuSet::new(),
+            managed: s.managed,
+            slurm: s.slurm,
             shared: s.shared,
             actuator: s.actuator,
             exits: s.exits,
@@ -162,6 +169,7 @@ impl Control {
                 self.op(op, &mut replies);
             }
             self.control_step();
+            self.slurm_turn(false);
             let since = last_decide.elapsed();
             if (self.dirty && since >= decide_cost * 2) || since >= self.policy_tick {
                 let started = Instant::now();
@@ -195,6 +203,9 @@ impl Control {
                 self.maybe_compact();
                 last_status = Instant::now();
             }
+        }
+        if let Some(side) = self.slurm.take() {
+            side.stop(&self.shared);
         }
     }
 
@@ -338,12 +349,31 @@ impl Control {
         self.batch_cores = step.alloc.batch;
         if grow {
             self.evacuate(&step.alloc.service);
+            self.service_cores = step.alloc.service;
+            self.slurm_turn(true);
             self.place_service(step);
             self.decide();
         } else {
             self.place_service(step);
             self.decide();
         }
+    }
+
+    /// The Slurm side's turn: Slurm's jobs are kept off the managed cores batch may not use
+    /// (nothing is squeezed before the service is placed); `urgent` on a grow, before the
+    /// service takes its new cores.
+    fn slurm_turn(&mut self, urgent: bool) {
+        let Some(side) = self.slurm.as_mut() else {
+            return;
+        };
+        let placed = self.slo.is_none() || !self.service_cores.is_empty();
+        let forbidden = placed.then(|| self.managed.difference(&self.batch_cores));
+        side.turn(
+            &self.shared,
+            forbidden,
+            !self.batch_cores.is_empty(),
+            urgent,
+        );
     }
 
     /// Before a grow: moves every running batch job off the service's cores with one cpuset

@@ -18,6 +18,7 @@ pub mod sdnotify;
 pub mod server;
 pub mod shared;
 pub mod slo;
+pub mod slurm;
 mod startup;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::daemon::sdnotify::{Notifier, watchdog_interval};
-use crate::node::cgroup::Mode;
+use crate::node::cgroup::{Layout, Mode};
 use crate::sense::doorbell::{DISARMED, Doorbell, Tripwire};
 use crate::sense::probe::ProbeConfig;
 use crate::sense::sampler::{SamplerConfig, SamplerSet};
@@ -40,6 +41,7 @@ use control::{Control, ControlSetup};
 use jobs::Jobs;
 use server::{Limits, Server};
 use shared::Shared;
+use slurm::SlurmSide;
 
 /// Why the daemon could not start (or stop cleanly).
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +201,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         None
     };
     let serve = serve(server, shared.clone())?;
+    let slurm = Layout::detect(Path::new("/proc"))
+        .ok()
+        .and_then(|layout| SlurmSide::start(&cfg.slurm, &layout, &shared, &recovered.foreign));
 
     let mut control = Control::new(ControlSetup {
         shared: shared.clone(),
@@ -212,6 +217,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         notifier,
         watchdog: watchdog_interval(),
         journal: cfg.journal.clone(),
+        slurm,
     });
     control.start(recovered.ended_while_down, &cfg.socket);
     control.run();

@@ -143,6 +143,34 @@ pub struct JobSpec {
     pub stderr: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "is_default_colocation")]
     pub colocation: Colocation,
+    /// Who placed and started the job; only the daemon sets anything but `lowsched`.
+    #[serde(default, skip_serializing_if = "Origin::is_lowsched")]
+    pub origin: Origin,
+}
+
+/// Where a job comes from: submitted to lowsched, or found running under another scheduler
+/// (a Slurm job on this node, which lowsched squeezes but does not start or end).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    #[default]
+    Lowsched,
+    /// Slurm's job id.
+    Slurm(u64),
+}
+
+impl Origin {
+    pub fn is_lowsched(&self) -> bool {
+        *self == Origin::Lowsched
+    }
+
+    /// The id users know the job by: lowsched's own, or `slurm:<id>`.
+    pub fn display_id(&self, id: JobId) -> String {
+        match self {
+            Origin::Lowsched => id.to_string(),
+            Origin::Slurm(n) => format!("slurm:{n}"),
+        }
+    }
 }
 
 fn is_default_colocation(c: &Colocation) -> bool {
@@ -156,6 +184,8 @@ pub enum JobError {
     BadId { text: String },
     #[error("job has no command (argv is empty)")]
     EmptyArgv,
+    #[error("origin is set by the daemon (jobs of other schedulers are found, not submitted)")]
+    Origin,
     #[error("{field} contains a NUL byte")]
     Nul { field: String },
     #[error("{field} is {len} long; the limit is {max}")]
@@ -196,6 +226,7 @@ impl JobSpec {
             stdout: None,
             stderr: None,
             colocation: Colocation::default(),
+            origin: Origin::Lowsched,
         }
     }
 
@@ -204,6 +235,9 @@ impl JobSpec {
     pub fn validate(&self) -> Result<(), JobError> {
         if self.argv.is_empty() {
             return Err(JobError::EmptyArgv);
+        }
+        if !self.origin.is_lowsched() {
+            return Err(JobError::Origin);
         }
         if self.name.is_empty() {
             return Err(JobError::EmptyName);

@@ -237,6 +237,33 @@ impl Jobs {
         Ok(())
     }
 
+    /// A job another scheduler already started (a Slurm job found on the node): journaled
+    /// durably and shown as accepted like a submit, but never queued, then started on `cores`
+    /// through [`Jobs::apply`].
+    pub fn accept_started(
+        &self,
+        rec: JobRecord,
+        creds: Credentials,
+        cores: CpuSet,
+        reason: String,
+        at: Timestamp,
+    ) -> Result<(), JobsError> {
+        let id = rec.id;
+        let mut staged = Staged::default();
+        self.stage(&mut staged, rec, creds)?;
+        self.accept(&mut staged, |_| Rank::default())?;
+        self.queue.remove(id);
+        self.apply(
+            id,
+            Change::Started {
+                cores,
+                gpus: GpuSet::default(),
+                reason,
+            },
+            at,
+        )
+    }
+
     /// Puts a job read back from the journal into the table as it was (recovery): no journal
     /// record and no event, since nothing changed. With a `rank`, a pending one goes back in
     /// the queue; without, recovery moves it on through [`Jobs::apply`].

@@ -56,7 +56,7 @@ fn no_target_ever_leaves_the_allocation() {
 fn a_job_left_without_a_core_is_paused_and_resumed_when_one_comes_back() {
     let j = job(5, "0", "0");
     assert_eq!(
-        plan(&[j.clone()], &set("0")),
+        plan(std::slice::from_ref(&j), &set("0")),
         vec![SlurmAction::Pause { job: 5 }]
     );
     let paused = SlurmJobView { paused: true, ..j };

@@ -19,7 +19,7 @@ use crate::node::cgroup::{DEFAULT_TIMEOUT, Layout};
 
 use super::discover::{DiscoverError, SlurmJobGroups, SlurmRoots, discover};
 use super::drain::Drainer;
-use super::scontrol::Tools;
+use super::scontrol::{JobEnd, Tools};
 use super::worker::{Answer, Request, Worker};
 use super::{SlurmConfig, group};
 
@@ -84,9 +84,11 @@ pub enum SlurmChange {
         id: u64,
         held: bool,
     },
-    /// Its group is gone: Slurm ended it.
+    /// Its group is gone: Slurm ended it; `end` is Slurm's record of how, or why it is not
+    /// known.
     Ended {
         id: u64,
+        end: Result<JobEnd, String>,
     },
     /// Something failed; the agent goes on (the service stays protected).
     Failed {
@@ -194,7 +196,7 @@ impl SlurmAgent {
             .collect();
         for id in gone {
             self.jobs.remove(&id);
-            out.push(SlurmChange::Ended { id });
+            self.worker.send(Request::End(id));
         }
         for groups in found {
             if let Some(job) = self.jobs.get_mut(&groups.job) {
@@ -249,6 +251,11 @@ impl SlurmAgent {
                 }
             }
             Answer::Done(request, result) => self.done(&request, result, out),
+            Answer::End(id, end) => {
+                let end =
+                    end.and_then(|e| e.ok_or_else(|| format!("Slurm no longer knows job {id}")));
+                out.push(SlurmChange::Ended { id, end });
+            }
             Answer::Jobs(Ok(queued)) => {
                 for q in queued {
                     let Some(job) = self.jobs.get_mut(&q.id) else {
@@ -276,6 +283,7 @@ impl SlurmAgent {
     fn done(&mut self, request: &Request, result: Result<(), String>, out: &mut Vec<SlurmChange>) {
         let ok = result.is_ok();
         match request {
+            Request::End(_) => {}
             Request::Suspend(id) | Request::Resume(id) | Request::Allocation(id) => {
                 if let Some(job) = self.jobs.get_mut(id) {
                     job.in_flight = job.in_flight.saturating_sub(1);
@@ -337,10 +345,10 @@ impl SlurmAgent {
             };
             match result {
                 Ok(change) => out.push(change),
-                Err(e) if !group::exists(&job.groups) => {
-                    let _ = e;
+                // Ended under our hands: its end is asked of Slurm like any other's.
+                Err(_) if !group::exists(&job.groups) => {
                     self.jobs.remove(&id);
-                    out.push(SlurmChange::Ended { id });
+                    self.worker.send(Request::End(id));
                 }
                 Err(e) => out.push(SlurmChange::Failed {
                     id: Some(id),
@@ -349,6 +357,42 @@ impl SlurmAgent {
             }
         }
         out
+    }
+
+    /// When the daemon stops: gives every job its whole allocation back, thaws and resumes in
+    /// Slurm what lowsched paused (never what someone else suspended), and resumes the node if
+    /// lowsched drained it. Slurm's jobs must not depend on lowsched running. The Slurm calls
+    /// are finished when the agent is dropped.
+    pub fn release_all(&mut self) -> Vec<SlurmChange> {
+        let actions: Vec<SlurmAction> = self
+            .jobs
+            .values()
+            .filter(|j| !j.held_by_other)
+            .filter_map(|j| {
+                if j.paused {
+                    Some(SlurmAction::Resume {
+                        job: j.id,
+                        cores: j.allocation,
+                    })
+                } else {
+                    (j.cores != j.allocation).then_some(SlurmAction::Resize {
+                        job: j.id,
+                        from: j.cores,
+                        to: j.allocation,
+                    })
+                }
+            })
+            .collect();
+        let changes = self.carry_out(&actions);
+        if self.drainer.as_ref().is_some_and(Drainer::drained) {
+            self.worker.send(Request::Undrain);
+        }
+        changes
+    }
+
+    /// Asks Slurm how job `id` ended (answered as [`SlurmChange::Ended`] by a later scan).
+    pub fn ask_end(&self, id: u64) {
+        self.worker.send(Request::End(id));
     }
 
     /// Tells the drain side whether batch has a core now; sends a drain or undrain when due.

@@ -188,6 +188,36 @@ pub fn parse_cpu_ids(text: &str, node: &str) -> Option<CpuSet> {
     })
 }
 
+/// How a job ended, from `scontrol show job -o N`: its `JobState` (`COMPLETED`, `FAILED`,
+/// `CANCELLED`, `TIMEOUT`, ...; `COMPLETING` just after the script exits) and `ExitCode=C:S`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobEnd {
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+pub fn parse_job_end(text: &str) -> Option<JobEnd> {
+    let field = |key: &str| {
+        text.split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .map(str::to_string)
+    };
+    let state = field("JobState=")?;
+    let (code, signal) = match field("ExitCode=") {
+        Some(v) => {
+            let (c, s) = v.split_once(':').unwrap_or((v.as_str(), "0"));
+            (c.parse().ok(), s.parse().ok().filter(|&s: &i32| s != 0))
+        }
+        None => (None, None),
+    };
+    Some(JobEnd {
+        state,
+        exit_code: code,
+        signal,
+    })
+}
+
 /// The `sinfo -o` format [`parse_node`] reads: state and reason.
 pub const SINFO_FORMAT: &str = "%T|%E";
 
@@ -251,6 +281,18 @@ mod tests {
         assert_eq!(parse_cpu_ids(text, "vm"), Some("0-1".parse().unwrap()));
         assert_eq!(parse_cpu_ids(text, "n2"), Some("2-3".parse().unwrap()));
         assert_eq!(parse_cpu_ids(text, "n9"), None);
+    }
+
+    #[test]
+    fn a_jobs_end_is_its_state_and_exit_code() {
+        let text =
+            "JobId=2 JobName=job.sh JobState=COMPLETED Reason=None ExitCode=0:0 RunTime=00:00:30";
+        let end = parse_job_end(text).unwrap();
+        assert_eq!(end.state, "COMPLETED");
+        assert_eq!((end.exit_code, end.signal), (Some(0), None));
+        let end = parse_job_end("JobState=CANCELLED ExitCode=0:15").unwrap();
+        assert_eq!((end.exit_code, end.signal), (Some(0), Some(15)));
+        assert_eq!(parse_job_end("slurm_load_jobs error: Invalid job id"), None);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crate::model::cpuset::CpuSet;
 
 use super::scontrol::{
-    NodeStatus, QueuedJob, SCONTROL, SINFO, SINFO_FORMAT, SQUEUE, SQUEUE_FORMAT, Tools,
-    parse_cpu_ids, parse_node, parse_squeue,
+    JobEnd, NodeStatus, QueuedJob, SCONTROL, SINFO, SINFO_FORMAT, SQUEUE, SQUEUE_FORMAT, Tools,
+    parse_cpu_ids, parse_job_end, parse_node, parse_squeue,
 };
 
 /// What the control loop asks of Slurm.
@@ -28,6 +28,8 @@ pub enum Request {
     Undrain,
     /// The job's CPU ids on this node (`scontrol show job -d`).
     Allocation(u64),
+    /// How the job ended (`scontrol show job -o`).
+    End(u64),
 }
 
 /// What comes back.
@@ -37,6 +39,8 @@ pub enum Answer {
     Done(Request, Result<(), String>),
     /// The allocation of a job (None: not found on this node).
     Allocation(u64, Result<Option<CpuSet>, String>),
+    /// How a job ended (None: Slurm no longer knows it).
+    End(u64, Result<Option<JobEnd>, String>),
     /// The jobs `squeue` lists on this node.
     Jobs(Result<Vec<QueuedJob>, String>),
     /// The node's state and reason.
@@ -145,6 +149,13 @@ fn carry_out(tools: &Tools, node: &str, request: Request) -> Answer {
                 .map(|t| parse_cpu_ids(&t, node))
                 .map_err(|e| e.to_string());
             return Answer::Allocation(*id, cpus);
+        }
+        Request::End(id) => {
+            let end = tools
+                .run(SCONTROL, &["show", "job", "-o", &id.to_string()])
+                .map(|t| parse_job_end(&t))
+                .map_err(|e| e.to_string());
+            return Answer::End(*id, end);
         }
     };
     Answer::Done(request, result.map(drop).map_err(|e| e.to_string()))
