@@ -286,3 +286,76 @@ fn finished(end: Result<JobEnd, String>) -> Change {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(state: &str, code: Option<i32>, signal: Option<i32>) -> Result<JobEnd, String> {
+        Ok(JobEnd {
+            state: state.into(),
+            exit_code: code,
+            signal,
+        })
+    }
+
+    fn state_of(c: &Change) -> JobState {
+        match c {
+            Change::Finished { state, .. } => *state,
+            other => panic!("not an end: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn slurms_record_decides_how_a_job_ended() {
+        assert_eq!(
+            state_of(&finished(end("COMPLETED", Some(0), None))),
+            JobState::Succeeded
+        );
+        assert_eq!(
+            state_of(&finished(end("COMPLETING", Some(0), None))),
+            JobState::Succeeded
+        );
+        assert_eq!(
+            state_of(&finished(end("COMPLETED", Some(3), None))),
+            JobState::Failed
+        );
+        assert_eq!(
+            state_of(&finished(end("FAILED", Some(1), None))),
+            JobState::Failed
+        );
+        assert_eq!(
+            state_of(&finished(end("TIMEOUT", Some(0), Some(15)))),
+            JobState::Failed
+        );
+        assert_eq!(
+            state_of(&finished(end("CANCELLED", Some(0), Some(15)))),
+            JobState::Cancelled
+        );
+        let c = finished(end("COMPLETED", Some(0), None));
+        assert!(matches!(
+            c,
+            Change::Finished {
+                exit: Some(ExitStatus::Exited(0)),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_end_slurm_cannot_tell_is_a_failure_that_says_why() {
+        let c = finished(Err("slurmctld down".into()));
+        match c {
+            Change::Finished {
+                state,
+                exit,
+                reason,
+            } => {
+                assert_eq!(state, JobState::Failed);
+                assert_eq!(exit, None);
+                assert!(reason.unwrap().contains("slurmctld down"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -82,6 +82,7 @@ slurm_write_conf() {
         echo "SlurmdTimeout=30"
         echo "InactiveLimit=0"
         echo "KillWait=5"
+        echo "MinJobAge=3600"
         if [ "$nodes" -eq 1 ]; then
             SLURM_NODE_NAMES=("$host")
             echo "NodeName=$host CPUs=$ncpus State=UNKNOWN"
