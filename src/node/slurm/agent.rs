@@ -124,6 +124,15 @@ impl SlurmAgent {
             path: proc_root.join(super::HOSTNAME),
             source,
         })?;
+        Self::with_roots(cfg, roots, node)
+    }
+
+    /// The agent on explicit cgroup roots and node name (tests use temp-dir fakes).
+    pub fn with_roots(
+        cfg: &SlurmConfig,
+        roots: SlurmRoots,
+        node: String,
+    ) -> Result<Self, AgentError> {
         let tools = Tools {
             bin_dir: cfg.bin_dir.clone(),
             timeout: Duration::from_millis(cfg.command_timeout_ms),
@@ -445,3 +454,6 @@ fn judge_slurm_state(job: &mut SlurmJob, suspended: bool, out: &mut Vec<SlurmCha
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
