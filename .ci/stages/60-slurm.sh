@@ -147,8 +147,8 @@ loadgen=$!
 narrowed() { local c; c=$(job_cpus "$job_a"); [ -n "$c" ] && [ "$c" != "$alloc" ] && [ "$(step_cpus "$job_a")" = "$c" ]; }
 if wait_for 20 narrowed; then
     c=$(job_cpus "$job_a")
-    svc=$(grep -a memcached "$run/state/events.log" | tail -n 1)
-    ok "load step: job $job_a narrowed from [$alloc] to [$c] (job_$job_a and step_batch); the service's last event: $svc"
+    svc=$(grep -ao 'memcached pid [0-9]* on \[[^]]*\]' "$run/daemon.log" | tail -n 1)
+    ok "under load (loadgen 10k QPS): job $job_a narrowed from [$alloc] to [$c] (job_$job_a and step_batch); $svc"
     grep -q "^$c" <<<"$(python3 -c "
 a=set(); c=set()
 def parse(s, out):
