@@ -204,6 +204,15 @@ impl Jobs {
         staged: &mut Staged,
         rank: impl Fn(&JobRecord) -> Rank,
     ) -> Result<(), JobsError> {
+        self.admit(staged, Some(&rank))
+    }
+
+    /// [`Jobs::accept`]'s steps; jobs go in the queue only with a `rank`.
+    fn admit(
+        &self,
+        staged: &mut Staged,
+        rank: Option<&dyn Fn(&JobRecord) -> Rank>,
+    ) -> Result<(), JobsError> {
         let jobs = std::mem::take(&mut staged.jobs);
         let Some(ticket) = staged.last.take() else {
             return Ok(());
@@ -215,8 +224,10 @@ impl Jobs {
             let mut table = lock(&self.table);
             for (rec, c) in jobs {
                 creds.insert(rec.id, c);
-                let r = rank(&rec);
-                self.queue.push(rec.id, (), |_, _, _| r);
+                if let Some(rank) = rank {
+                    let r = rank(&rec);
+                    self.queue.push(rec.id, (), |_, _, _| r);
+                }
                 names.push((rec.spec.name.clone(), rec.id, rec.owner.user.clone()));
                 table.insert(rec);
             }
@@ -251,8 +262,7 @@ impl Jobs {
         let id = rec.id;
         let mut staged = Staged::default();
         self.stage(&mut staged, rec, creds)?;
-        self.accept(&mut staged, |_| Rank::default())?;
-        self.queue.remove(id);
+        self.admit(&mut staged, None)?;
         self.apply(
             id,
             Change::Started {
