@@ -253,13 +253,15 @@ if slurm_start 2; then
 else
     bad "two nodes: multiple-slurmd did not start"
 fi
-kill -TERM "$mc_pid" 2>/dev/null && mc_pid=""
-sleep 0.5
+kill -TERM "$mc_pid" 2>/dev/null
+mc_gone() { ! kill -0 "$mc_pid" 2>/dev/null; }
+wait_for 10 mc_gone && mc_pid=""
 remove_cg_root
 left=$(find /sys/fs/cgroup/cpuset /sys/fs/cgroup/freezer -maxdepth 1 -name 'slurm*' 2>/dev/null
     find /sys/fs/cgroup/unified /sys/fs/cgroup/cpuset /sys/fs/cgroup/freezer -maxdepth 1 -name "$cg_root" 2>/dev/null)
 [ -z "$left" ] && ok "no Slurm cgroups and no lowsched groups left" || bad "left behind: $left"
-pgrep -f "$run" >/dev/null && bad "processes left: $(pgrep -af "$run")" || ok "no process of the test left"
+none_left() { ! pgrep -f "$run" >/dev/null; }
+wait_for 10 none_left && ok "no process of the test left" || bad "processes left: $(pgrep -af "$run")"
 if [ "$failures" -eq 0 ]; then say "passed"; exit 0; fi
 say "$failures check(s) failed; daemon log:"; tail -n 40 "$run/daemon.log"
 exit 1
