@@ -155,6 +155,7 @@ fn invalid_field(e: &JobError, native: bool) -> String {
         JobError::EmptyName => "name",
         JobError::EnvName { .. } => "env",
         JobError::BadId { .. } => "(job)",
+        JobError::Origin => "origin",
     };
     if native {
         return field.to_string();

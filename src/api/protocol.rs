@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::model::job::{JobId, JobSpec};
+use crate::model::job::{JobId, JobSpec, Origin};
 use crate::model::jobstate::JobState;
 
 /// The protocol version this build speaks.
@@ -308,6 +308,8 @@ pub struct JobStatus {
     pub started_ms: Option<u64>,
     pub ended_ms: Option<u64>,
     pub held: bool,
+    #[serde(default, skip_serializing_if = "Origin::is_lowsched")]
+    pub origin: Origin,
 }
 
 /// A successful answer's payload (its fields sit beside `v` and `ok` in the response object).

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::api::protocol::{EventRecord, JobStatus};
 use crate::model::cpuset::CpuSet;
+use crate::model::job::Origin;
 use crate::model::job::escape_controls as esc;
 
 fn cores(c: &[usize]) -> String {
@@ -49,7 +50,7 @@ pub fn job_table(jobs: &[JobStatus]) -> String {
         let _ = writeln!(
             out,
             "{:>6}  {:<16} {:<13} {:<10} {:<9} {:>4} {:>6}  {}",
-            j.id,
+            j.origin.display_id(j.id),
             clip(&j.name, 16),
             state,
             clip(&j.user, 10),
@@ -70,7 +71,10 @@ pub fn job_detail(j: &JobStatus) -> String {
             crate::store::eventlog::iso8601(to_time(m))
         })
     };
-    let _ = writeln!(out, "id:        {}", j.id);
+    let _ = writeln!(out, "id:        {}", j.origin.display_id(j.id));
+    if let Origin::Slurm(n) = j.origin {
+        let _ = writeln!(out, "origin:    slurm (job {n}; lowsched id {})", j.id);
+    }
     let _ = writeln!(out, "name:      {}", esc(&j.name));
     let _ = writeln!(
         out,

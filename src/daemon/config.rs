@@ -12,6 +12,7 @@ use crate::model::inventory::Gpu;
 use crate::model::limits::{JobLimits, Rlimit};
 use crate::model::resources::Bytes;
 use crate::node::service::ServiceConfig;
+use crate::node::slurm::SlurmConfig;
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/lowsched/lowsched.toml";
@@ -59,6 +60,7 @@ pub struct Config {
     pub probe: ProbeSection,
     pub history: HistorySection,
     pub metrics: MetricsSection,
+    pub slurm: SlurmConfig,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             probe: ProbeSection::default(),
             history: HistorySection::default(),
             metrics: MetricsSection::default(),
+            slurm: SlurmConfig::default(),
         }
     }
 }
@@ -519,6 +522,7 @@ impl Config {
         if !(0..=99).contains(&self.probe.realtime_priority) {
             return Err(bad("probe.realtime_priority must be 0 (off) or 1-99".into()));
         }
+        self.slurm.check().map_err(bad)?;
         if self.server.max_connections == 0 || self.server.max_connections_per_user == 0 {
             return Err(bad(
                 "server.max_connections and max_connections_per_user must be positive".into(),
@@ -576,6 +580,14 @@ mod tests {
                 "example lacks {key}"
             );
         }
+    }
+
+    #[test]
+    fn the_slurm_node_section_users_copy_parses() {
+        let text = include_str!("../../cgroups/slurm/lowsched-slurm.toml");
+        let cfg = Config::parse(text, Path::new("lowsched-slurm.toml")).unwrap();
+        assert_eq!(cfg.slurm.enabled, crate::node::service::Enabled::Auto);
+        assert!(Config::parse("[slurm]\ndrain_hold_s = -3", Path::new("x")).is_err());
     }
 
     #[test]

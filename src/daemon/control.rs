@@ -24,6 +24,7 @@ use super::jobs::Change;
 use super::server::Caller;
 use super::shared::{Op, Shared};
 use super::slo::SloLoop;
+use super::slurm::SlurmSide;
 
 /// How often job pids shown by `status` are refreshed.
 const PIDS_EVERY: Duration = Duration::from_millis(500);
@@ -50,6 +51,8 @@ pub struct ControlSetup {
     pub notifier: Notifier,
     pub watchdog: Option<Duration>,
     pub journal: JournalConfig,
+    /// Slurm's jobs on this node, when `[slurm]` is on.
+    pub slurm: Option<SlurmSide>,
 }
 
 /// The control loop's state, run on its own thread.
@@ -62,6 +65,8 @@ pub struct Control {
     slo: Option<SloLoop>,
     pub(super) batch_cores: CpuSet,
     pub(super) service_cores: CpuSet,
+    managed: CpuSet,
+    slurm: Option<SlurmSide>,
     policy_tick: Duration,
     notifier: Notifier,
     watchdog: Option<Duration>,
@@ -93,6 +98,8 @@ impl Control {
                 s.managed
             },
             service_cores: CpuSet::new(),
+            managed: s.managed,
+            slurm: s.slurm,
             shared: s.shared,
             actuator: s.actuator,
             exits: s.exits,
@@ -160,6 +167,7 @@ impl Control {
             }
             self.control_step();
             self.publish_metrics();
+            self.slurm_turn(false);
             let since = last_decide.elapsed();
             if (self.dirty && since >= decide_cost * 2) || since >= self.policy_tick {
                 let started = Instant::now();
@@ -193,6 +201,9 @@ impl Control {
                 self.maybe_compact();
                 last_status = Instant::now();
             }
+        }
+        if let Some(side) = self.slurm.take() {
+            side.stop(&self.shared);
         }
     }
 
@@ -251,12 +262,31 @@ impl Control {
         self.batch_cores = step.alloc.batch;
         if grow {
             self.evacuate(&step.alloc.service);
+            self.service_cores = step.alloc.service;
+            self.slurm_turn(true);
             self.place_service(step);
             self.decide();
         } else {
             self.place_service(step);
             self.decide();
         }
+    }
+
+    /// The Slurm side's turn: Slurm's jobs are kept off the managed cores batch may not use
+    /// (nothing is squeezed before the service is placed); `urgent` on a grow, before the
+    /// service takes its new cores.
+    fn slurm_turn(&mut self, urgent: bool) {
+        let Some(side) = self.slurm.as_mut() else {
+            return;
+        };
+        let placed = self.slo.is_none() || !self.service_cores.is_empty();
+        let forbidden = placed.then(|| self.managed.difference(&self.batch_cores));
+        side.turn(
+            &self.shared,
+            forbidden,
+            !self.batch_cores.is_empty(),
+            urgent,
+        );
     }
 
     /// Before a grow: moves every running batch job off the service's cores with one cpuset

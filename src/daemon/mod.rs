@@ -22,6 +22,7 @@ pub mod sdnotify;
 pub mod server;
 pub mod shared;
 pub mod slo;
+pub mod slurm;
 mod startup;
 
 use std::path::{Path, PathBuf};
@@ -32,11 +33,13 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::daemon::sdnotify::{Notifier, watchdog_interval};
+use crate::node::cgroup::Layout;
 
 use config::{Config, Overrides};
 use control::{Control, ControlSetup};
 use server::{Limits, Server};
 use shared::Shared;
+use slurm::SlurmSide;
 
 /// Why the daemon could not start (or stop cleanly).
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,10 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     signal_thread(shared.clone(), server.stop_flag(), cfg.socket.clone())?;
     let sensors = startup::sense(&cfg, &node, &actuator, &shared)?;
     let serve = serve(server, shared.clone())?;
+    let slurm = Layout::detect(Path::new("/proc"))
+        .ok()
+        .and_then(|layout| SlurmSide::start(&cfg.slurm, &layout, &shared, &recovered.foreign));
+
     let mut control = Control::new(ControlSetup {
         shared: shared.clone(),
         actuator,
@@ -166,6 +173,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         notifier,
         watchdog: watchdog_interval(),
         journal: cfg.journal.clone(),
+        slurm,
     });
     control.start(recovered.ended_while_down, &cfg.socket);
     let observers = observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Thread)?;

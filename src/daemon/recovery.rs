@@ -24,6 +24,8 @@ pub struct Recovered {
     pub ended_while_down: Vec<ExitEvent>,
     pub lost: usize,
     pub unknown_killed: usize,
+    /// Jobs of another scheduler (Slurm) not known to have ended, for its side to settle.
+    pub foreign: Vec<JobId>,
 }
 
 /// Fills the job table from the journal's replay and the actuator's adoption, every fix-up
@@ -54,6 +56,13 @@ pub fn recover(
             if running.contains_key(&j.id) || ended.contains(&j.id) {
                 let _ = actuator.release(j.id);
             }
+            continue;
+        }
+        if !j.spec.origin.is_lowsched() {
+            // Another scheduler's job: pending and out of the queue until the Slurm side finds
+            // it on the node (adopted) or does not (ended while no daemon watched).
+            jobs.restore(rec, None);
+            out.foreign.push(j.id);
             continue;
         }
         if let Some(a) = running.get(&j.id) {

@@ -2,7 +2,7 @@
 //! against the caller (only the job's owner or root) and answered with the job's new status.
 
 use crate::api::protocol::{ErrorCode, ProtocolError};
-use crate::model::job::JobId;
+use crate::model::job::{JobId, Origin};
 use crate::model::jobstate::JobState;
 
 use super::control::{Control, Reply, refuse};
@@ -23,6 +23,12 @@ impl Control {
                     "job {id} belongs to {} (uid {}); only its owner or root may change it",
                     rec.owner.user, rec.owner.uid
                 ),
+            ));
+        }
+        if let Origin::Slurm(n) = rec.spec.origin {
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("job {id} is Slurm job {n}: use scancel or scontrol for it"),
             ));
         }
         Ok(rec.state)

@@ -6,3 +6,4 @@
 pub mod controller;
 pub mod policy;
 pub mod queue;
+pub mod slurm;

@@ -151,6 +151,34 @@ pub struct JobSpec {
     /// they can lower the daemon's limits, never raise a hard one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rlimits: BTreeMap<String, Rlimit>,
+    /// Who placed and started the job; only the daemon sets anything but `lowsched`.
+    #[serde(default, skip_serializing_if = "Origin::is_lowsched")]
+    pub origin: Origin,
+}
+
+/// Where a job comes from: submitted to lowsched, or found running under another scheduler
+/// (a Slurm job on this node, which lowsched squeezes but does not start or end).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    #[default]
+    Lowsched,
+    /// Slurm's job id.
+    Slurm(u64),
+}
+
+impl Origin {
+    pub fn is_lowsched(&self) -> bool {
+        *self == Origin::Lowsched
+    }
+
+    /// The id users know the job by: lowsched's own, or `slurm:<id>`.
+    pub fn display_id(&self, id: JobId) -> String {
+        match self {
+            Origin::Lowsched => id.to_string(),
+            Origin::Slurm(n) => format!("slurm:{n}"),
+        }
+    }
 }
 
 fn is_default_colocation(c: &Colocation) -> bool {
@@ -164,6 +192,8 @@ pub enum JobError {
     BadId { text: String },
     #[error("job has no command (argv is empty)")]
     EmptyArgv,
+    #[error("origin is set by the daemon (jobs of other schedulers are found, not submitted)")]
+    Origin,
     #[error("{field} contains a NUL byte")]
     Nul { field: String },
     #[error("{field} is {len} long; the limit is {max}")]
@@ -210,6 +240,7 @@ impl JobSpec {
             colocation: Colocation::default(),
             umask: None,
             rlimits: BTreeMap::new(),
+            origin: Origin::Lowsched,
         }
     }
 
@@ -218,6 +249,9 @@ impl JobSpec {
     pub fn validate(&self) -> Result<(), JobError> {
         if self.argv.is_empty() {
             return Err(JobError::EmptyArgv);
+        }
+        if !self.origin.is_lowsched() {
+            return Err(JobError::Origin);
         }
         if self.name.is_empty() {
             return Err(JobError::EmptyName);

@@ -10,3 +10,4 @@ pub mod cgroup;
 pub mod pmqos;
 pub mod service;
 pub mod shim;
+pub mod slurm;

@@ -54,8 +54,17 @@ vm_kernel
 
 # --- the base root filesystem, cached by (recipe, apt sources, release) ---------------------
 sources_text=$(vm_apt_sources) || vm_die "cannot read the host's apt sources"
-rootfs_key=$( { cat "$VM_SCRIPTS/rootfs-b.sh"; echo "$sources_text"; vm_codename; } | vm_key)
-rootfs=$VM_CACHE/rootfs-b/$rootfs_key
+# VM_B_EXTRA_PACKAGES (space-separated, e.g. "slurmd slurmctld") adds packages to the image; such a
+# variant is cached in a directory of its own, so it does not evict the plain rootfs.
+extra_packages=${VM_B_EXTRA_PACKAGES:-}
+export VM_B_EXTRA_PACKAGES=$extra_packages
+if [ -n "$extra_packages" ]; then
+    rootfs_key=$( { cat "$VM_SCRIPTS/rootfs-b.sh"; echo "$sources_text"; vm_codename; echo "$extra_packages"; } | vm_key)
+    rootfs=$VM_CACHE/rootfs-b-extra/$rootfs_key
+else
+    rootfs_key=$( { cat "$VM_SCRIPTS/rootfs-b.sh"; echo "$sources_text"; vm_codename; } | vm_key)
+    rootfs=$VM_CACHE/rootfs-b/$rootfs_key
+fi
 build_rootfs() {
     [ -e "$rootfs/.done" ] && return 0
     local tmp=$rootfs.tmp.$$

@@ -17,6 +17,10 @@ PACKAGES=(
     iproute2        # ip, ss
     netcat-openbsd  # talk to memcached from a check
 )
+# A variant for one test stage (e.g. Slurm's daemons): guest-b.sh passes VM_B_EXTRA_PACKAGES
+# through and caches that rootfs apart from the plain one.
+# shellcheck disable=SC2206
+[ -z "${VM_B_EXTRA_PACKAGES:-}" ] || PACKAGES+=(${VM_B_EXTRA_PACKAGES})
 
 sources=$1 dir=$2
 [ -s "$sources" ] || vm_die "rootfs-b.sh: no apt sources in $sources"

@@ -210,6 +210,15 @@ impl Jobs {
         staged: &mut Staged,
         rank: impl Fn(&JobRecord) -> Rank,
     ) -> Result<(), JobsError> {
+        self.admit(staged, Some(&rank))
+    }
+
+    /// [`Jobs::accept`]'s steps; jobs go in the queue only with a `rank`.
+    fn admit(
+        &self,
+        staged: &mut Staged,
+        rank: Option<&dyn Fn(&JobRecord) -> Rank>,
+    ) -> Result<(), JobsError> {
         let jobs = std::mem::take(&mut staged.jobs);
         let Some(ticket) = staged.last.take() else {
             return Ok(());
@@ -221,8 +230,10 @@ impl Jobs {
             let mut table = lock(&self.table);
             for (rec, c) in jobs {
                 creds.insert(rec.id, c);
-                let r = rank(&rec);
-                self.queue.push(rec.id, (), |_, _, _| r);
+                if let Some(rank) = rank {
+                    let r = rank(&rec);
+                    self.queue.push(rec.id, (), |_, _, _| r);
+                }
                 names.push((rec.spec.name.clone(), rec.id, rec.owner.user.clone()));
                 table.insert(rec);
             }
@@ -241,6 +252,32 @@ impl Jobs {
         }
         self.changed.notify_all();
         Ok(())
+    }
+
+    /// A job another scheduler already started (a Slurm job found on the node): journaled
+    /// durably and shown as accepted like a submit, but never queued, then started on `cores`
+    /// through [`Jobs::apply`].
+    pub fn accept_started(
+        &self,
+        rec: JobRecord,
+        creds: Credentials,
+        cores: CpuSet,
+        reason: String,
+        at: Timestamp,
+    ) -> Result<(), JobsError> {
+        let id = rec.id;
+        let mut staged = Staged::default();
+        self.stage(&mut staged, rec, creds)?;
+        self.admit(&mut staged, None)?;
+        self.apply(
+            id,
+            Change::Started {
+                cores,
+                gpus: GpuSet::default(),
+                reason,
+            },
+            at,
+        )
     }
 
     /// Puts a job read back from the journal into the table as it was (recovery): no journal

@@ -91,6 +91,7 @@ impl JobRecord {
             started_ms: self.first_started.map(Timestamp::as_millis),
             ended_ms: self.ended.map(Timestamp::as_millis),
             held: self.held,
+            origin: self.spec.origin,
         }
     }
 
@@ -162,9 +163,20 @@ impl JobTable {
         self.jobs.values()
     }
 
-    /// Running and paused jobs.
+    /// Running and paused jobs lowsched runs itself (not those of another scheduler).
     pub fn active(&self) -> impl Iterator<Item = &JobRecord> {
-        self.active.iter().filter_map(|id| self.jobs.get(id))
+        self.active
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|r| r.spec.origin.is_lowsched())
+    }
+
+    /// Running and paused jobs of another scheduler (Slurm's, found on the node).
+    pub fn foreign_active(&self) -> impl Iterator<Item = &JobRecord> {
+        self.active
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|r| !r.spec.origin.is_lowsched())
     }
 
     /// Counts by state, for status lines.

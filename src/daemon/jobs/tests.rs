@@ -193,3 +193,39 @@ fn adoption_finds_a_paused_job_and_says_so() {
     drop(t);
     assert_eq!(events(&jobs), vec![("custom".into(), "adopted".into())]);
 }
+
+#[test]
+fn a_job_another_scheduler_started_is_journaled_running_and_never_queued() {
+    let (dir, jobs) = door();
+    let mut spec = JobSpec::new(vec!["slurm".into(), "job".into(), "42".into()]);
+    spec.origin = crate::model::job::Origin::Slurm(42);
+    let rec = JobRecord::new(JobId(7), spec, owner(), Timestamp(1));
+    jobs.accept_started(
+        rec,
+        Credentials::from_ids(1000, 1000),
+        "0-1".parse().unwrap(),
+        "found".into(),
+        Timestamp(2),
+    )
+    .unwrap();
+    assert!(
+        !jobs.queue().contains(JobId(7)),
+        "the policy never starts it"
+    );
+    let table = jobs.table();
+    let r = table.get(JobId(7)).unwrap();
+    assert_eq!(r.state, JobState::Running);
+    assert_eq!(r.cores.to_string(), "0-1");
+    assert_eq!(table.active().count(), 0, "not one of lowsched's own");
+    assert_eq!(table.foreign_active().count(), 1);
+    drop(table);
+    let names: Vec<String> = events(&jobs).into_iter().map(|(e, _)| e).collect();
+    assert_eq!(names, vec!["custom", "start"], "accepted, then started");
+    let (_, replay) = Journal::open(dir.path()).unwrap();
+    let j = replay.jobs.get(&JobId(7)).unwrap();
+    assert_eq!(
+        j.spec.origin,
+        crate::model::job::Origin::Slurm(42),
+        "durable with its origin, so recovery leaves it to the Slurm side"
+    );
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use group::{JobGroup, JobPaths, Mode};
-pub use knob::{Knob, keyed, parse_pids};
+pub use knob::{Knob, keyed, parse_pids, read_path, write_path};
 pub use mountinfo::{CgroupMount, Layout, parse_mountinfo, parse_proc_cgroup};
 pub use tree::{RootName, ServiceGroup, Tree, TreeConfig};
 
