@@ -1,6 +1,7 @@
 //! The `lowsched` command line: argument definitions (argh) and the client subcommands.
 
 mod format;
+pub mod simulate;
 pub mod stats;
 mod submit;
 
@@ -53,6 +54,7 @@ pub enum Cmd {
     Stats(StatsArgs),
     Events(EventsArgs),
     Loadgen(crate::tools::loadgen::LoadgenArgs),
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Run the scheduler daemon (as root).
@@ -178,6 +180,12 @@ pub fn run(cli: Cli) -> ExitCode {
                     ExitCode::from(exit::ERROR)
                 }
             };
+        }
+        Cmd::Simulate(args) => {
+            return simulate::run(args).unwrap_or_else(|e| {
+                eprintln!("lowsched simulate: {e}");
+                ExitCode::from(exit::ERROR)
+            });
         }
     };
     result.unwrap_or_else(|e| {

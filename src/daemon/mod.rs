@@ -408,6 +408,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
             cpu_alarm: Some(cpu_alarm),
             bell: Some(bell),
             pm_qos: resume_latency(&cfg),
+            shared: Some(shared.clone()),
         };
         Some(slo::SloLoop::new(setup).map_err(DaemonError::Service)?)
     } else {
