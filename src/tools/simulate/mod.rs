@@ -7,7 +7,8 @@
 //! per second per core it holds, less what the service uses of a shared core) and the load
 //! ([`trace`]). Runs are deterministic for a seed. Two uses:
 //! - `run`: one trace and job list under lowsched and under every static partition (service
-//!   alone on k cores, batch on the rest), compared by windows over the SLO and makespan;
+//!   alone on k cores, batch on the rest; k up to N-1, or N when `service.max_cores` allows
+//!   it), compared by windows over the SLO and makespan;
 //! - `replay`: the controller turns a daemon recorded (`controller.record_turns`) run through
 //!   a controller with the recorded or new thresholds, listing its decisions.
 
@@ -172,7 +173,7 @@ impl SimConfig {
     }
 }
 
-/// Every mode's outcome for one config: lowsched first, then static partitions of 1..N-1.
+/// Every mode's outcome for one config: lowsched first, then the static partitions.
 #[derive(Clone, Debug)]
 pub struct Report {
     pub cores: usize,
@@ -248,8 +249,14 @@ pub fn run(cfg: &SimConfig) -> Result<Report, SimError> {
             cfg.cores
         )));
     }
+    // Partitions of 1..N-1 cores, and all N when the service may have them all.
+    let widest = if cfg.service.max_cores >= cfg.cores {
+        cfg.cores
+    } else {
+        cfg.cores - 1
+    };
     let mut modes = vec![Mode::Lowsched];
-    modes.extend((1..cfg.cores).map(Mode::Static));
+    modes.extend((1..=widest).map(Mode::Static));
     let outcomes = modes
         .into_iter()
         .map(|m| Ok(node::Node::new(cfg, &trace, policy.as_ref(), m)?.run(m)))

@@ -178,7 +178,9 @@ impl<'a> Node<'a> {
             let t = step as f64 * dt;
             let all_done = self.jobs.iter().all(|j| j.done_s.is_some());
             let window_edge = step % steps_per_window == 0;
-            if window_edge && ((t >= end_s && all_done) || t >= self.cfg.max_s) {
+            // A partition that leaves batch no core never finishes it: one pass of the trace.
+            let stuck = self.controller.is_none() && self.alloc.batch.is_empty();
+            if window_edge && ((t >= end_s && (all_done || stuck)) || t >= self.cfg.max_s) {
                 break;
             }
             let now_ms = step * step_ms;
