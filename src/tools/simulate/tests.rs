@@ -171,3 +171,27 @@ fn replay_with_new_thresholds_shows_the_decisions_that_differ() {
     let err = replay::with_overrides(&cfg, &bad).unwrap_err();
     assert!(err.to_string().contains("grow_p95"), "{err}");
 }
+
+/// A daemon's own recording (`controller.record_turns`, 25 s of memcached under the loadgen on
+/// the shared 2-vCPU VM, two batch jobs), replayed.
+#[test]
+fn a_daemons_recording_replays_as_recorded_and_shows_what_new_thresholds_would_do() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/controller-turns.jsonl");
+    let runs = replay::read(&path).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].turns.len(), 512);
+    let out = replay::replay(&runs[0], None).unwrap();
+    assert!(out.differences.is_empty(), "{:?}", out.differences.first());
+    // The host was noisy (recent p95 2.7-7 ms most of the run): with a shrink threshold of
+    // 0.45 x SLO the controller would have tried one share near the end, and undone it.
+    let new: toml::Table = toml::from_str("shrink_p95_frac = 0.45\ngrow_p95_frac = 0.9").unwrap();
+    let cfg = replay::with_overrides(&runs[0].header.config, &new).unwrap();
+    let out = replay::replay(&runs[0], Some(&cfg)).unwrap();
+    let kinds: Vec<&str> = out
+        .decisions
+        .iter()
+        .filter_map(|(_, d)| d.split(' ').next())
+        .collect();
+    assert_eq!(kinds, ["shrink", "undo"]);
+}
