@@ -59,8 +59,6 @@ pub struct SloLoop {
     /// Pure v2: the service may be moved into `service/`.
     may_move: bool,
     controller: Controller,
-    ctl_cfg: ControllerConfig,
-    slo_p95_us: f64,
     sampler: SamplerHandle,
     probe_cfg: ProbeConfig,
     probe: Option<Probe>,
@@ -133,7 +131,7 @@ impl SloLoop {
         if let Some(sh) = s.shared.as_ref().filter(|_| ctl_cfg.record_turns) {
             let header = Header::new(&ctl_cfg, slo_us, s.managed, min, max);
             if let Ok(v) = serde_json::to_value(header) {
-                sh.events.record_json(&v);
+                sh.jobs.events().record_json(&v);
             }
         }
         let idle = Allocation {
@@ -150,8 +148,6 @@ impl SloLoop {
             group: s.group,
             may_move: s.may_move,
             controller,
-            ctl_cfg: s.controller,
-            slo_p95_us: s.slo_p95_us as f64,
             sampler: s.sampler,
             probe_cfg: s.probe,
             probe: None,
@@ -183,7 +179,7 @@ impl SloLoop {
     }
 
     pub fn period(&self) -> Duration {
-        Duration::from_millis(self.ctl_cfg.period_ms)
+        Duration::from_millis(self.controller.config().period_ms)
     }
 
     pub fn name(&self) -> &str {
@@ -259,24 +255,14 @@ impl SloLoop {
             }
         };
         self.last_error = None;
+        self.follow(found);
+    }
+
+    /// Starts protecting a service just found: confines it (its group or its threads' affinity),
+    /// samples its CPU use, and starts the latency probe if none runs.
+    fn follow(&mut self, found: Found) {
         let pid = found.processes[0].pid;
-        // Another systemd service owns its cgroup: moving it out would confuse the manager.
-        let foreign_unit = self.unit_of(pid).is_some_and(|p| p.ends_with(".service"));
-        let placement =
-            if self.may_move && self.cfg.placement == service::Placement::Auto && !foreign_unit {
-                let moved = found.processes.iter().all(|p| {
-                    self.group
-                        .add(nix::unistd::Pid::from_raw(p.pid as i32))
-                        .is_ok()
-                });
-                if moved {
-                    Placement::Group
-                } else {
-                    Placement::Affinity
-                }
-            } else {
-                Placement::Affinity
-            };
+        let placement = self.placement_for(&found);
         let source = match (placement, &self.service_dir) {
             (Placement::Group, Some(dir)) => ServiceSource::Cgroup(dir.clone()),
             _ => ServiceSource::Pid(pid),
@@ -316,6 +302,27 @@ impl SloLoop {
         }
     }
 
+    /// Into lowsched's `service/` group where that may be done (pure v2, placement auto, not
+    /// owned by another systemd service, whose manager moving it out would confuse); else its
+    /// threads are pinned.
+    fn placement_for(&self, found: &Found) -> Placement {
+        let pid = found.processes[0].pid;
+        let foreign_unit = self.unit_of(pid).is_some_and(|p| p.ends_with(".service"));
+        if !self.may_move || self.cfg.placement != service::Placement::Auto || foreign_unit {
+            return Placement::Affinity;
+        }
+        let moved = found.processes.iter().all(|p| {
+            self.group
+                .add(nix::unistd::Pid::from_raw(p.pid as i32))
+                .is_ok()
+        });
+        if moved {
+            Placement::Group
+        } else {
+            Placement::Affinity
+        }
+    }
+
     /// Reads the sensors and runs the controller. Returns the allocation when it differs from
     /// the one last placed (or on the first call).
     pub fn step(&mut self) -> Option<Step> {
@@ -348,15 +355,15 @@ impl SloLoop {
     /// always goes to the event log.
     fn record_turn(&self, inputs: &Inputs, d: &crate::decide::controller::Decision) {
         let Some(sh) = &self.shared else { return };
-        if self.ctl_cfg.record_turns {
+        if self.controller.config().record_turns {
             if let Ok(v) = serde_json::to_value(Turn::new(inputs, d)) {
-                sh.events.record_json(&v);
+                sh.jobs.events().record_json(&v);
             }
         }
         if let Some(note) = &d.note {
             let text = "controller note".to_string();
             let ev = Event::new(self.cfg.name.clone(), None, Kind::Custom { text });
-            sh.events.record(ev.because(note.clone()));
+            sh.jobs.record_event(ev.because(note.clone()));
         }
     }
 
@@ -402,7 +409,7 @@ impl SloLoop {
             }
         });
         // The reading a climb would react to: latency first (it is what the SLO is about).
-        let grow_at = self.ctl_cfg.grow_p95_frac * self.slo_p95_us;
+        let grow_at = self.controller.grow_p95_us();
         let sampled_ns = match (fast, sig) {
             (Some(p), Some(s)) if p > grow_at => s.at_ns,
             _ if service.at_ns > 0 => service.at_ns,
