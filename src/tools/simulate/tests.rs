@@ -75,12 +75,14 @@ fn a_peak_static_partitions_cannot_both_hold_and_finish_is_where_lowsched_wins()
         trace: TraceConfig::Diurnal {
             trough_qps: 20_000.0,
             peak_qps: 450_000.0,
-            day_s: 300.0,
+            day_s: 150.0,
             days: 1.0,
         },
+        // 20 ms steps keep this debug-build test short (the controller then runs every 40 ms).
+        step_ms: 20,
         batch: Some(BatchConfig {
-            count: 12,
-            work_core_s: 120.0,
+            count: 8,
+            work_core_s: 90.0,
             cores: "1:2".parse().unwrap(),
         }),
         ..SimConfig::default()
