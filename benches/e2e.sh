@@ -58,6 +58,8 @@ pmqos=/sys/devices/system/cpu/cpu0/power/pm_qos_resume_latency_us
 pmqos_saved=
 pmqos_poll() {
     pmqos_saved=$(cat "$pmqos")
+    # Put back even if memcached fails to start (run_mode's own trap replaces this one).
+    trap pmqos_restore EXIT
     echo n/a >"$pmqos"
 }
 pmqos_restore() {
