@@ -2,6 +2,7 @@
 
 mod format;
 pub mod report;
+pub mod simulate;
 pub mod stats;
 mod submit;
 pub mod timespec;
@@ -57,6 +58,7 @@ pub enum Cmd {
     Metrics(MetricsArgs),
     Report(report::ReportArgs),
     Loadgen(crate::tools::loadgen::LoadgenArgs),
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Run the scheduler daemon (as root).
@@ -211,6 +213,12 @@ pub fn run(cli: Cli) -> ExitCode {
                     ExitCode::from(exit::ERROR)
                 }
             };
+        }
+        Cmd::Simulate(args) => {
+            return simulate::run(args).unwrap_or_else(|e| {
+                eprintln!("lowsched simulate: {e}");
+                ExitCode::from(exit::ERROR)
+            });
         }
     };
     result.unwrap_or_else(|e| {

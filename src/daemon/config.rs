@@ -500,6 +500,13 @@ impl Config {
                     .into(),
             ));
         }
+        if !(0.0 < c.share_quota_min && c.share_quota_min <= c.share_quota && c.share_quota <= 1.0)
+        {
+            return Err(bad(format!(
+                "controller: need 0 < share_quota_min ({}) <= share_quota ({}) <= 1",
+                c.share_quota_min, c.share_quota
+            )));
+        }
         if self.sampler.batch_period_ms < self.sampler.period_ms {
             return Err(bad(format!(
                 "sampler.batch_period_ms ({}) must be at least sampler.period_ms ({})",

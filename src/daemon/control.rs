@@ -343,11 +343,7 @@ impl Control {
         }
         inputs["batch_cores"] = self.batch_cores.to_string().into();
         inputs["rung"] = change.to.into();
-        let what = match change.kind {
-            Move::Grow => "grow",
-            Move::Shrink => "shrink",
-            Move::Undo => "undo",
-        };
+        let what = change.kind.verb();
         let name = slo.name().to_string();
         self.record_event(
             Event::new(

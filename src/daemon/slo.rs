@@ -3,12 +3,15 @@
 //! into the controller's inputs.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::decide::controller::record::{Header, Turn};
 use crate::decide::controller::{Allocation, Change, Controller, ControllerConfig, Inputs};
 use crate::model::cpuset::CpuSet;
+use crate::model::jobstate::JobState;
 use crate::node::cgroup::ServiceGroup;
 use crate::node::pmqos::ResumeLatency;
 use crate::node::service::{self, Found, ServiceConfig};
@@ -16,7 +19,10 @@ use crate::sense::doorbell::{DISARMED, Doorbell, Tripwire};
 use crate::sense::latency::NO_ANSWER_US;
 use crate::sense::probe::{Probe, ProbeConfig, ProbeHandle, ProbeStatus};
 use crate::sense::sampler::{SamplerHandle, ServiceSource};
+use crate::store::eventlog::{Event, Kind};
 use crate::sys::clock::monotonic_ns;
+
+use super::shared::Shared;
 
 /// A sensor over its grow threshold wakes the control loop at most this often.
 pub const RING_SPACING: Duration = Duration::from_millis(10);
@@ -70,6 +76,9 @@ pub struct SloLoop {
     latency_alarm: Option<Tripwire>,
     /// Keeps the service's cores out of slow idle states; `None` when off or unavailable.
     pm_qos: Option<ResumeLatency>,
+    /// The event log (the controller's notes and, with `record_turns`, every turn) and the
+    /// job table (the batch jobs that could share the service's cores).
+    shared: Option<Arc<Shared>>,
 }
 
 /// Everything [`SloLoop::new`] needs.
@@ -92,6 +101,7 @@ pub struct SloSetup {
     pub cpu_alarm: Option<Tripwire>,
     pub bell: Option<Doorbell>,
     pub pm_qos: Option<ResumeLatency>,
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl SloLoop {
@@ -104,14 +114,26 @@ impl SloLoop {
         } else {
             s.cfg.max_cores
         };
-        let controller = Controller::new(
-            s.controller,
-            s.slo_p95_us as f64,
-            s.managed,
+        // Partial shares need a CPU quota on the job sharing the service's cores, which the
+        // actuator does not set yet: until it does, shares are all-or-nothing (still learned).
+        let ctl_cfg = ControllerConfig {
+            share_quota: 1.0,
+            share_quota_min: 1.0,
+            ..s.controller.clone()
+        };
+        let (min, max) = (
             s.cfg.min_cores.min(s.managed.len()),
             max.min(s.managed.len()),
-        )
-        .map_err(|e| format!("service cores: {e}"))?;
+        );
+        let slo_us = s.slo_p95_us as f64;
+        let controller = Controller::new(ctl_cfg.clone(), slo_us, s.managed, min, max)
+            .map_err(|e| format!("service cores: {e}"))?;
+        if let Some(sh) = s.shared.as_ref().filter(|_| ctl_cfg.record_turns) {
+            let header = Header::new(&ctl_cfg, slo_us, s.managed, min, max);
+            if let Ok(v) = serde_json::to_value(header) {
+                sh.jobs.events().record_json(&v);
+            }
+        }
         let idle = Allocation {
             rung: 0,
             service: CpuSet::new(),
@@ -138,6 +160,7 @@ impl SloLoop {
             cpu_alarm: s.cpu_alarm,
             latency_alarm: s.bell.map(|b| Tripwire::new(b, DISARMED, RING_SPACING)),
             pm_qos: s.pm_qos,
+            shared: s.shared,
         };
         slo.arm();
         Ok(slo)
@@ -317,6 +340,7 @@ impl SloLoop {
         }
         let (inputs, json) = self.inputs();
         let decision = self.controller.step(&inputs);
+        self.record_turn(&inputs, &decision);
         if self.applied.as_ref() == Some(&decision.alloc) && decision.change.is_none() {
             return None;
         }
@@ -325,6 +349,37 @@ impl SloLoop {
             change: decision.change,
             inputs: json,
         })
+    }
+
+    /// With `record_turns`, writes the turn to `events.jsonl`; a note (a decision not to act)
+    /// always goes to the event log.
+    fn record_turn(&self, inputs: &Inputs, d: &crate::decide::controller::Decision) {
+        let Some(sh) = &self.shared else { return };
+        if self.controller.config().record_turns {
+            if let Ok(v) = serde_json::to_value(Turn::new(inputs, d)) {
+                sh.jobs.events().record_json(&v);
+            }
+        }
+        if let Some(note) = &d.note {
+            let text = "controller note".to_string();
+            let ev = Event::new(self.cfg.name.clone(), None, Kind::Custom { text });
+            sh.jobs.record_event(ev.because(note.clone()));
+        }
+    }
+
+    /// Names of the running batch jobs, oldest first: the candidates for a share.
+    fn batch_jobs(&self) -> Vec<String> {
+        let Some(sh) = &self.shared else {
+            return Vec::new();
+        };
+        let table = sh.table();
+        let mut running: Vec<(u64, String)> = table
+            .active()
+            .filter(|r| r.state == JobState::Running)
+            .map(|r| (r.id.0, r.spec.name.clone()))
+            .collect();
+        running.sort();
+        running.into_iter().map(|(_, n)| n).collect()
     }
 
     fn inputs(&self) -> (Inputs, serde_json::Value) {
@@ -368,6 +423,7 @@ impl SloLoop {
             service_cpu: service.cores,
             service_core_util: core_util,
             qps: sig.and_then(|s| s.qps),
+            batch_jobs: self.batch_jobs(),
         };
         let json = json!({
             "p95_recent_us": fast, "p95_window_us": window, "service_cpu": service.cores,

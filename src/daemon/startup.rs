@@ -296,7 +296,7 @@ pub fn sense(
     cfg: &Config,
     node: &Inventory,
     actuator: &Actuator,
-    shared: &Shared,
+    shared: &std::sync::Arc<Shared>,
 ) -> Result<Sensors, DaemonError> {
     let service_on = service_on(cfg);
     let (bell, bell_rx) = Doorbell::new();
@@ -331,6 +331,7 @@ pub fn sense(
         cpu_alarm: Some(cpu_alarm),
         bell: Some(bell),
         pm_qos: resume_latency(cfg),
+        shared: Some(shared.clone()),
     };
     let slo = SloLoop::new(setup).map_err(DaemonError::Service)?;
     Ok(Sensors {

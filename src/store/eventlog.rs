@@ -341,6 +341,25 @@ impl EventLog {
         seq
     }
 
+    /// Writes one JSON line to `events.jsonl` only (not `events.log`, not the ring): bulk
+    /// records such as the controller's turns, which `lowsched events` need not show.
+    pub fn record_json(&self, value: &Value) {
+        let mut line = value.to_string();
+        line.push('\n');
+        let mut inner = self.lock();
+        let Some(f) = inner.jsonl.as_mut() else {
+            return;
+        };
+        match f.write_all(line.as_bytes()) {
+            Ok(()) => inner.write_error = None,
+            Err(e) if inner.write_error.is_none() => {
+                crate::log::error(&format!("event log write failed: {e}"));
+                inner.write_error = Some(e.to_string());
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Events with `seq > after`, at most `limit`; if there are none yet, waits up to `timeout`
     /// for one. Returns them and the last sequence number handed out so far.
     pub fn since(&self, after: u64, limit: usize, timeout: Duration) -> (Vec<EventRecord>, u64) {

@@ -11,10 +11,19 @@
 //! - steps down one rung only after `hold_down` without change, and only while latency, CPU use
 //!   and QPS are all comfortably low — QPS below what it was when that rung had to be climbed;
 //! - undoes a step down that hurt latency within `undo_window`, doubling that rung's hold-down
-//!   (up to `max_hold_down`) so a bad step down is not retried at the same pace.
+//!   (up to `max_hold_down`) so a bad step down is not retried at the same pace;
+//! - learns where sharing pays ([`share`]): a step down to the shared rung starts as a partial
+//!   share (a CPU quota for batch on the service's cores), narrowed when latency rises and
+//!   undone when narrowing is not enough, widened when it holds; the outcome is remembered per
+//!   load level and batch job, so shares that keep failing stop and shares that held are
+//!   retried at the quota that held.
 
 mod ladder;
+pub mod record;
+pub mod share;
+mod sharing;
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::cpuset::CpuSet;
 
 pub use ladder::{Allocation, LadderError, ladder};
+use share::{Limits, ShareMemory};
 
 /// Controller settings (the `[controller]` config section). Fractions are of the SLO's p95.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +59,22 @@ pub struct ControllerConfig {
     pub max_hold_down_ms: u64,
     /// Let batch share the service's cores while the service is nearly idle (the bottom rung).
     pub share_when_idle: bool,
+    /// Quota (fraction of the service's cores' time) a share with no record starts at; 1 means
+    /// all-or-nothing shares.
+    pub share_quota: f64,
+    /// A share that would be narrowed below this quota is undone instead.
+    pub share_quota_min: f64,
+    /// A share that lasts this long without latency rising counts as held, ms.
+    pub share_proof_ms: u64,
+    /// Records (load level, batch job) kept about shares.
+    pub share_memory: usize,
+    /// Held and undone counts halve every this many ms.
+    pub share_half_life_ms: u64,
+    /// Undone shares (decayed) at which a load level and job are no longer shared.
+    pub share_give_up: f64,
+    /// The daemon writes every turn's inputs and answer to `events.jsonl` (for `lowsched
+    /// simulate --replay`; ~200 bytes per turn).
+    pub record_turns: bool,
 }
 
 impl Default for ControllerConfig {
@@ -65,6 +91,13 @@ impl Default for ControllerConfig {
             undo_window_ms: 1_000,
             max_hold_down_ms: 30_000,
             share_when_idle: true,
+            share_quota: 0.25,
+            share_quota_min: 0.05,
+            share_proof_ms: 1_000,
+            share_memory: 64,
+            share_half_life_ms: 600_000,
+            share_give_up: 1.5,
+            record_turns: false,
         }
     }
 }
@@ -87,6 +120,9 @@ pub struct Inputs {
     /// exclusive (shared cores are busy with batch by design).
     pub service_core_util: Option<f64>,
     pub qps: Option<f64>,
+    /// Names of the running batch jobs that could share the service's cores, in the order
+    /// the policy would keep them.
+    pub batch_jobs: Vec<String>,
 }
 
 /// Which way the allocation moved.
@@ -95,8 +131,24 @@ pub struct Inputs {
 pub enum Move {
     Grow,
     Shrink,
-    /// A grow that reverses a recent shrink.
+    /// A grow that reverses a recent shrink (or gives up a share).
     Undo,
+    /// A smaller quota for batch on the service's cores.
+    Narrow,
+    /// A larger quota for batch on the service's cores.
+    Widen,
+}
+
+impl Move {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Move::Grow => "grow",
+            Move::Shrink => "shrink",
+            Move::Undo => "undo",
+            Move::Narrow => "narrow",
+            Move::Widen => "widen",
+        }
+    }
 }
 
 /// A change of allocation, with why.
@@ -110,11 +162,40 @@ pub struct Change {
     pub triggered_by_sample_at: Duration,
 }
 
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (verb, from, to) = (self.kind.verb(), self.from, self.to);
+        write!(f, "{verb} rung {from}->{to}: {}", self.reason)
+    }
+}
+
+/// Batch's share of the service's cores on the shared rung.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Share {
+    /// Fraction of the cores' time batch may take (1 = all it wants, at idle priority).
+    pub quota: f64,
+    /// The batch job to put there first (least interfering); empty for any.
+    pub job: String,
+}
+
 /// The controller's answer for one step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub alloc: Allocation,
     pub change: Option<Change>,
+    /// Set while batch shares the service's cores.
+    pub share: Option<Share>,
+    /// A decision not to act, said once (e.g. a share the memory advises against).
+    pub note: Option<String>,
+}
+
+/// A share in force: what it is, and what it is recorded under.
+#[derive(Clone, Debug)]
+struct Sharing {
+    share: Share,
+    level: i32,
+    since: Duration,
+    proven: bool,
 }
 
 /// The SLO controller's state.
@@ -135,6 +216,10 @@ pub struct Controller {
     /// The rung the last climb started from: while its hold-down runs, the QPS peak seen is
     /// recorded as the load that needed the rungs above it (QPS readings lag a load step).
     climbed_from: Option<usize>,
+    sharing: Option<Sharing>,
+    memory: ShareMemory,
+    /// The last refusal noted, so it is said once.
+    refused: Option<String>,
 }
 
 impl Controller {
@@ -161,6 +246,9 @@ impl Controller {
             last_grow: None,
             last_shrink: None,
             climbed_from: None,
+            sharing: None,
+            memory: ShareMemory::default(),
+            refused: None,
         })
     }
 
@@ -174,6 +262,25 @@ impl Controller {
 
     pub fn config(&self) -> &ControllerConfig {
         &self.cfg
+    }
+
+    /// Fraction of the service's cores' time batch may take now: 0 while they are exclusive.
+    pub fn share_quota(&self) -> f64 {
+        match &self.sharing {
+            Some(s) => s.share.quota,
+            None if self.rungs[self.level].exclusive => 0.0,
+            None => 1.0,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            first_quota: self.cfg.share_quota.clamp(0.0, 1.0),
+            min_quota: self.cfg.share_quota_min.clamp(0.0, 1.0),
+            give_up: self.cfg.share_give_up,
+            half_life: Duration::from_millis(self.cfg.share_half_life_ms),
+            capacity: self.cfg.share_memory,
+        }
     }
 
     /// How busy the service is relative to the cores it holds on `rung` (0 = idle, 1 = all).
@@ -212,14 +319,37 @@ impl Controller {
     /// One control step.
     pub fn step(&mut self, inp: &Inputs) -> Decision {
         self.learn_load(inp);
-        let change = self.decide(inp);
+        let mut change = self.decide(inp);
+        if change.is_none() {
+            change = self.settle_share(inp);
+        }
         if let Some(c) = &change {
             self.apply(c, inp);
         }
+        let note = self.note_refusal(inp, change.is_some());
         Decision {
             alloc: self.rungs[self.level].clone(),
             change,
+            share: self.sharing.as_ref().map(|s| s.share.clone()),
+            note,
         }
+    }
+
+    /// On the rung above the shared one with nothing else to do, says once why it does not
+    /// share (when the memory is the reason).
+    fn note_refusal(&mut self, inp: &Inputs, changed: bool) -> Option<String> {
+        let above_share = self.level == 1 && !self.rungs[0].exclusive;
+        let why = (above_share && !changed)
+            .then(|| self.share_refusal(inp))
+            .flatten();
+        let key = why
+            .as_ref()
+            .map(|w| w.split(':').next().unwrap_or("").to_string());
+        if key == self.refused {
+            return None;
+        }
+        self.refused = key;
+        why
     }
 
     /// While settling after a climb, keeps the highest QPS seen as the climbed rungs' load.
@@ -254,6 +384,10 @@ impl Controller {
                 triggered_by_sample_at: inp.sampled_at,
             })
         };
+
+        if let Some(c) = self.decide_share(inp, hot_latency) {
+            return Some(c);
+        }
 
         // Undo: a recent step down made latency worse.
         if let (Some((left, at)), Some(p)) = (self.last_shrink, hot_latency) {
@@ -318,13 +452,21 @@ impl Controller {
                 inp.p95_window_us.unwrap_or(0.0),
                 self.busy(inp, next).unwrap_or(0.0) * 100.0
             );
+            if !self.rungs[next].exclusive {
+                return self.decide_share_start(inp, reason);
+            }
             return change(Move::Shrink, next, reason);
         }
         None
     }
 
     fn apply(&mut self, c: &Change, inp: &Inputs) {
+        self.apply_share(c, inp);
         match c.kind {
+            Move::Narrow | Move::Widen => {
+                self.last_change = Some(inp.now);
+                return;
+            }
             Move::Grow => {
                 self.last_grow = Some(inp.now);
                 // The load that needed these rungs: learned from here through the hold-down
@@ -357,3 +499,5 @@ impl Controller {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_share;

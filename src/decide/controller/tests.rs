@@ -5,9 +5,15 @@ use super::*;
 const SLO: f64 = 800.0;
 const PERIOD: Duration = Duration::from_millis(10);
 
+/// All-or-nothing shares (the ladder as it was before partial shares; `tests_share` covers
+/// those).
 fn controller() -> Controller {
     Controller::new(
-        ControllerConfig::default(),
+        ControllerConfig {
+            share_quota: 1.0,
+            share_quota_min: 1.0,
+            ..ControllerConfig::default()
+        },
         SLO,
         "0-1".parse().unwrap(),
         1,
@@ -26,6 +32,7 @@ fn calm(now: Duration) -> Inputs {
         service_cpu: Some(0.1),
         service_core_util: Some(0.1),
         qps: Some(5_000.0),
+        batch_jobs: Vec::new(),
     }
 }
 
