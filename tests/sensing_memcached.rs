@@ -138,10 +138,11 @@ fn loadgen_sends_its_whole_schedule_and_every_request_is_answered() {
             "sent {} of {planned}: {r:?}",
             r.sent
         );
-        assert_eq!(r.errors, 0, "{r:?}");
+        assert_eq!(r.latency.errors, 0, "{r:?}");
         assert_eq!(r.sent, r.answered, "{r:?}");
+        let p = &r.latency;
         assert!(
-            r.p50_us > 0 && r.p50_us <= r.p95_us && r.p95_us <= r.p99_us && r.p99_us <= r.max_us
+            p.p50_us > 0 && p.p50_us <= p.p95_us && p.p95_us <= p.p99_us && p.p99_us <= p.max_us
         );
         assert_eq!(r.intervals.len(), 3);
         for i in &r.intervals {
@@ -166,9 +167,9 @@ fn loadgen_sends_its_whole_schedule_and_every_request_is_answered() {
         eprintln!(
             "target {target}: achieved {:.0} QPS, p50 {} p95 {} p99 {} us, {:.1} % of a core",
             r.qps,
-            r.p50_us,
-            r.p95_us,
-            r.p99_us,
+            p.p50_us,
+            p.p95_us,
+            p.p99_us,
             r.cpu_core * 100.0
         );
     }
