@@ -154,7 +154,8 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let server = Server::bind(&cfg.socket, Limits::from(&cfg))?;
     signal_thread(shared.clone(), server.stop_flag(), cfg.socket.clone())?;
     // Before any job is touched: a metrics address in use stops the start-up here.
-    let observers = observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Observe)?;
+    let observers =
+        observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Observe)?;
     let sensors = startup::sense(&cfg, &node, &actuator, &shared)?;
     let serve = serve(server, shared.clone())?;
     let mut control = Control::new(ControlSetup {
