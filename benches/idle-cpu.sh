@@ -14,8 +14,12 @@ cd "$(dirname "$0")/.."
 secs=${1:-30}
 [ "$(id -u)" -eq 0 ] || { echo "idle-cpu: run as root" >&2; exit 1; }
 command -v memcached >/dev/null || { echo "idle-cpu: needs memcached" >&2; exit 1; }
-cargo build --release --locked --quiet
-bin=$PWD/target/release/lowsched
+# LOWSCHED_BIN: an already built optimized binary (e.g. the one `cargo bench` left).
+bin=${LOWSCHED_BIN:-}
+if [ -z "$bin" ]; then
+    cargo build --release --locked --quiet
+    bin=$PWD/target/release/lowsched
+fi
 dir=$(mktemp -d)
 chmod 755 "$dir"
 port=11711

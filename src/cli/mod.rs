@@ -134,8 +134,8 @@ pub struct StatsArgs {
     /// print JSON
     #[argh(switch)]
     pub json: bool,
-    /// also write the latency history as an HdrHistogram interval log (values in ns) to FILE:
-    /// the whole run from <state dir>/history, or the daemon's recent windows if it has none
+    /// also write latency windows as an HdrHistogram interval log (values in ns) to FILE: the
+    /// daemon's recent windows, or with --since/--until/--state-dir a span of the history
     #[argh(option)]
     pub hlog: Option<PathBuf>,
     /// with --hlog: start of the span: 10m (ago), Unix seconds or 2026-12-07T00:40:00Z

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::sense::latency::LatencyError;
-use crate::sense::latency::hlog::{HlogError, write_interval_log};
+use crate::sense::latency::hlog::HlogError;
 use crate::sense::probe::report::StatsReport;
 
 /// How many recent windows the table shows.
@@ -23,7 +23,7 @@ pub enum StatsError {
     History(#[from] crate::store::history::HistoryError),
     #[error("{0}")]
     Time(String),
-    #[error("no latency history in {0} to take --since/--until from")]
+    #[error("no latency history in {0}")]
     NoHistory(PathBuf),
     #[error("cannot write {path}: {source}")]
     Io {
@@ -151,39 +151,48 @@ pub fn write_hlog_file(r: &StatsReport, path: &Path) -> Result<(), StatsError> {
     f.flush().map_err(io)
 }
 
-/// Writes the report's windows as an interval log.
+/// Writes the report's windows as an interval log in the history's form (values in ns, failed
+/// probes at the top; see `store::history`).
 pub fn write_report_hlog(r: &StatsReport, out: &mut impl Write) -> Result<(), StatsError> {
-    let mut hists = Vec::new();
-    for w in &r.windows {
-        if let Some(h) = &w.hist {
-            hists.push((w.start_s, w.duration_s, h.decode()?));
-        }
+    use crate::store::history::{Interval, to_ns, write_intervals};
+    let mut intervals = Vec::new();
+    for w in r.windows.iter().filter(|w| !w.is_empty()) {
+        let us = match &w.hist {
+            Some(h) => h.decode()?,
+            None => crate::sense::latency::new_histogram(),
+        };
+        intervals.push(Interval {
+            start_unix_s: r.started_unix_s + w.start_s,
+            duration_s: w.duration_s,
+            hist_ns: to_ns(&us, w.latency.errors),
+        });
     }
-    Ok(write_interval_log(
+    Ok(write_intervals(
         out,
-        r.started_unix_s,
-        &format!("lowsched probe of memcached {}", r.server),
-        hists.iter().map(|(s, d, h)| (*s, *d, h)),
+        Some(r.started_unix_s),
+        &format!(
+            "lowsched probe of memcached {} (values in nanoseconds)",
+            r.server
+        ),
+        &intervals,
     )?)
 }
 
-/// Exports the span of `<state dir>/history` the arguments ask for to `path`; `None` when there
-/// is no history and no span was asked for (the caller falls back to the daemon's recent
-/// windows).
+/// Exports the span of `<state dir>/history` the arguments ask for to `path`; `None` when they
+/// name neither a span nor a state dir (the caller writes the daemon's recent windows: the
+/// default state dir may belong to another daemon than the socket's).
 pub fn export_history(args: &super::StatsArgs, path: &Path) -> Result<Option<usize>, StatsError> {
     use crate::store::history;
+    if args.since.is_none() && args.until.is_none() && args.state_dir.is_none() {
+        return Ok(None);
+    }
     let dir = args
         .state_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(crate::daemon::config::DEFAULT_STATE_DIR))
         .join(history::HISTORY_DIR);
-    let spanned = args.since.is_some() || args.until.is_some();
     if history::hlog_files(&dir)?.is_empty() {
-        return if spanned {
-            Err(StatsError::NoHistory(dir))
-        } else {
-            Ok(None)
-        };
+        return Err(StatsError::NoHistory(dir));
     }
     let now = crate::sys::clock::unix_time_s();
     let time = |s: &Option<String>| {

@@ -71,6 +71,8 @@ pub enum DaemonError {
     Service(String),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start the metrics endpoint ([metrics] listen) or the observer: {0}")]
+    Observe(std::io::Error),
     #[error("cannot block termination signals: {0}")]
     Signals(nix::errno::Errno),
 }
@@ -155,6 +157,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let _ = shared.jobs.events().set_tap(shared.metrics.clone());
     let server = Server::bind(&cfg.socket, Limits::from(&cfg))?;
     signal_thread(shared.clone(), server.stop_flag(), cfg.socket.clone())?;
+    // Before any job is touched: a metrics address in use stops the start-up here.
+    let observers =
+        observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Observe)?;
     let sensors = startup::sense(&cfg, &node, &actuator, &shared)?;
     let serve = serve(server, shared.clone())?;
     let slurm = Layout::detect(Path::new("/proc"))
@@ -176,7 +181,6 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         slurm,
     });
     control.start(recovered.ended_while_down, &cfg.socket);
-    let observers = observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Thread)?;
     control.run();
     observers.stop();
     shutdown(&shared, serve, sensors.sampler, &cfg);
