@@ -3,28 +3,26 @@
 //! policy for commands and carries them out through the actuator, recording every change in
 //! the job table, the journal and the event log.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 
 use crate::api::protocol::{ErrorCode, JobStatus, ProtocolError};
+use crate::daemon::config::JournalConfig;
 use crate::daemon::sdnotify::Notifier;
 use crate::decide::controller::Move;
-use crate::decide::policy::{Command, JobView, Snapshot};
-use crate::decide::queue::Queued;
 use crate::model::cpuset::CpuSet;
-use crate::model::credentials::Credentials;
-use crate::model::exit::{ExitEvent, ExitStatus};
+use crate::model::exit::ExitEvent;
 use crate::model::job::JobId;
 use crate::model::jobstate::JobState;
-use crate::node::actuator::{Actuator, LaunchRequest};
+use crate::node::actuator::Actuator;
 use crate::store::eventlog::{Event, Kind};
-use crate::store::journal::Record;
 
+use super::jobs::Change;
 use super::server::Caller;
-use super::shared::{Op, Shared, now};
+use super::shared::{Op, Shared};
 use super::slo::SloLoop;
 
 /// How often job pids shown by `status` are refreshed.
@@ -36,8 +34,9 @@ const PREPARE_AHEAD: usize = 8;
 
 pub(super) type Reply = crossbeam_channel::Sender<Result<JobStatus, ProtocolError>>;
 
-/// The control loop's state. Built by the daemon's start-up, run on its own thread.
-pub struct Control {
+/// What the control loop is built from, by the daemon's start-up.
+#[derive(Debug)]
+pub struct ControlSetup {
     pub shared: Arc<Shared>,
     pub actuator: Actuator,
     pub exits: Receiver<ExitEvent>,
@@ -47,16 +46,29 @@ pub struct Control {
     pub slo: Option<SloLoop>,
     /// All cores lowsched manages.
     pub managed: CpuSet,
-    pub batch_cores: CpuSet,
-    pub service_cores: CpuSet,
     pub policy_tick: Duration,
     pub notifier: Notifier,
     pub watchdog: Option<Duration>,
-    pub compact_after: usize,
-    pub keep_finished: usize,
+    pub journal: JournalConfig,
+}
+
+/// The control loop's state, run on its own thread.
+pub struct Control {
+    pub(super) shared: Arc<Shared>,
+    pub(super) actuator: Actuator,
+    exits: Receiver<ExitEvent>,
+    ops: Receiver<Op>,
+    bell: Receiver<()>,
+    slo: Option<SloLoop>,
+    pub(super) batch_cores: CpuSet,
+    pub(super) service_cores: CpuSet,
+    policy_tick: Duration,
+    notifier: Notifier,
+    watchdog: Option<Duration>,
+    journal: JournalConfig,
     /// Jobs being cancelled: their exit is recorded as Cancelled.
-    pub cancelling: HashSet<JobId>,
-    pub dirty: bool,
+    pub(super) cancelling: HashSet<JobId>,
+    pub(super) dirty: bool,
 }
 
 impl std::fmt::Debug for Control {
@@ -72,6 +84,45 @@ pub(super) fn refuse(code: ErrorCode, msg: impl Into<String>) -> ProtocolError {
 }
 
 impl Control {
+    pub fn new(s: ControlSetup) -> Self {
+        Self {
+            // Until a service is found and placed, batch has every core, as without one.
+            batch_cores: if s.slo.is_some() {
+                CpuSet::new()
+            } else {
+                s.managed
+            },
+            service_cores: CpuSet::new(),
+            shared: s.shared,
+            actuator: s.actuator,
+            exits: s.exits,
+            ops: s.ops,
+            bell: s.bell,
+            slo: s.slo,
+            policy_tick: s.policy_tick,
+            notifier: s.notifier,
+            watchdog: s.watchdog,
+            journal: s.journal,
+            cancelling: HashSet::new(),
+            dirty: true,
+        }
+    }
+
+    /// Before the loop: exits that happened while no daemon watched go through the normal
+    /// exit path; then the first allocation (service found and placed, adopted jobs given
+    /// cores, what fits started), so READY=1 comes with a status that says where things run.
+    pub fn start(&mut self, ended_while_down: Vec<ExitEvent>, socket: &std::path::Path) {
+        for ev in ended_while_down {
+            self.exit(ev);
+        }
+        self.prime();
+        let ready = format!("listening on {}; {}", socket.display(), self.status_line());
+        crate::log::notice(&format!("ready: {ready}"));
+        if let Err(e) = self.notifier.ready(&ready) {
+            crate::log::warn(&e.to_string());
+        }
+    }
+
     /// Runs until the daemon is asked to stop.
     pub fn run(mut self) {
         let mut last_decide = Instant::now();
@@ -168,8 +219,9 @@ impl Control {
     }
 
     fn maybe_compact(&self) {
-        if self.shared.journal.records_since_compaction() >= self.compact_after {
-            if let Err(e) = self.shared.journal.compact(self.keep_finished) {
+        let journal = self.shared.jobs.journal();
+        if journal.records_since_compaction() >= self.journal.compact_after {
+            if let Err(e) = journal.compact(self.journal.keep_finished) {
                 crate::log::error(&format!("journal compaction failed: {e}"));
             }
         }
@@ -184,106 +236,7 @@ impl Control {
                 Some((id, p.into_iter().map(|p| p.as_raw() as u32).collect()))
             })
             .collect();
-        let mut table = self.shared.table();
-        for (id, p) in pids {
-            if let Some(r) = table.get_mut(id) {
-                r.pids = p;
-            }
-        }
-    }
-
-    pub(super) fn record_event(&self, ev: Event) {
-        self.shared.events.record(ev);
-    }
-
-    /// Records that a job ended: table, journal (durable before its groups go), event, waiters.
-    pub(super) fn finish(
-        &mut self,
-        id: JobId,
-        state: JobState,
-        exit: Option<&ExitStatus>,
-        reason: Option<String>,
-    ) {
-        let at = now();
-        let name;
-        {
-            let mut table = self.shared.table();
-            let Some(rec) = table.get(id) else { return };
-            if rec.state.is_terminal() {
-                return;
-            }
-            name = rec.spec.name.clone();
-            match table.transition(id, state, at) {
-                Ok(rec) => {
-                    match exit {
-                        Some(ExitStatus::Exited(c)) => rec.exit_code = Some(*c),
-                        Some(ExitStatus::Signaled(s)) => rec.signal = Some(*s),
-                        _ => {}
-                    }
-                    rec.reason = reason.clone();
-                    if let Some(ending) = rec.ending() {
-                        let r = Record::Ended { id, ending };
-                        if let Err(e) = self.shared.journal.append_sync(&r) {
-                            crate::log::error(&format!("job {id}: cannot journal its end: {e}"));
-                        }
-                    }
-                }
-                Err(e) => {
-                    crate::log::error(&format!("job {id}: {e}"));
-                    return;
-                }
-            }
-        }
-        self.shared
-            .credentials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        let mut ev = Event::new(name, Some(id), Kind::End).because(format!("{state}"));
-        if let Some(r) = &reason {
-            ev = ev.because(format!("{state}: {r}"));
-        }
-        self.record_event(ev);
-        self.shared.changed.notify_all();
-        self.dirty = true;
-    }
-
-    /// Records a job's exit (from the watcher, or found at start-up) and cleans up its groups.
-    pub fn exit(&mut self, ev: ExitEvent) {
-        let id = ev.job;
-        let known = self.shared.table().get(id).map(|r| r.state);
-        match known {
-            Some(s) if s.is_terminal() => {}
-            Some(_) if self.cancelling.contains(&id) => {
-                self.finish(
-                    id,
-                    JobState::Cancelled,
-                    Some(&ev.status),
-                    Some("cancelled".into()),
-                );
-            }
-            Some(_) => {
-                let (state, reason) = match &ev.status {
-                    ExitStatus::Exited(0) => (JobState::Succeeded, None),
-                    ExitStatus::Exited(c) => (JobState::Failed, Some(format!("exited with {c}"))),
-                    ExitStatus::Signaled(s) => {
-                        (JobState::Failed, Some(format!("killed by signal {s}")))
-                    }
-                    ExitStatus::NotStarted(why) => {
-                        (JobState::Failed, Some(format!("could not start: {why}")))
-                    }
-                    ExitStatus::Lost(why) => {
-                        (JobState::Failed, Some(format!("end not observed: {why}")))
-                    }
-                };
-                self.finish(id, state, Some(&ev.status), reason);
-            }
-            None => {}
-        }
-        self.cancelling.remove(&id);
-        if let Err(e) = self.actuator.release(id) {
-            crate::log::warn(&format!("job {id}: cleanup after exit: {e}"));
-        }
+        self.shared.jobs.set_pids(pids);
     }
 
     /// Lets the SLO controller move cores between the service and batch. A grow moves batch off
@@ -312,7 +265,7 @@ impl Control {
     /// which took 9-75 ms for a job still starting up in the e2e runs.
     fn evacuate(&mut self, service: &CpuSet) {
         let batch = self.batch_cores;
-        let moves: Vec<(JobId, CpuSet, String)> = self
+        let moves: Vec<(JobId, CpuSet)> = self
             .shared
             .table()
             .active()
@@ -320,18 +273,18 @@ impl Control {
             .filter_map(|r| {
                 let rest = r.cores.difference(service);
                 let to = if rest.is_empty() { batch } else { rest };
-                (!to.is_empty()).then(|| (r.id, to, r.spec.name.clone()))
+                (!to.is_empty()).then_some((r.id, to))
             })
             .collect();
-        for (id, to, name) in moves {
+        for (id, to) in moves {
             match self.actuator.resize(id, to) {
                 Ok(()) => {
-                    if let Some(r) = self.shared.table().get_mut(id) {
-                        r.cores = to;
-                    }
-                    self.record_event(
-                        Event::new(name, Some(id), Kind::UpdateCores { cores: to })
-                            .because("off the service's cores for its grow"),
+                    self.change(
+                        id,
+                        Change::Resized {
+                            cores: to,
+                            reason: "off the service's cores for its grow".into(),
+                        },
                     );
                 }
                 // The policy pauses it instead, after the service is placed.
@@ -390,7 +343,8 @@ impl Control {
         let next: Vec<(JobId, crate::model::job::JobSpec)> = {
             let table = self.shared.table();
             self.shared
-                .queue
+                .jobs
+                .queue()
                 .iter()
                 .filter_map(|item| table.get(item.id()))
                 .filter(|r| r.state == JobState::Pending)
@@ -404,211 +358,5 @@ impl Control {
                 crate::log::debug(&format!("job {id}: cannot prepare its groups: {e}"));
             }
         }
-    }
-
-    /// Runs the policy on the current snapshot and carries out its commands in order.
-    pub fn decide(&mut self) {
-        self.dirty = false;
-        let (commands, mut handles) = {
-            let table = self.shared.table();
-            let active = table.active_views();
-            let mut handles: HashMap<JobId, Queued<()>> = HashMap::new();
-            let mut queue: Vec<JobView<'_>> = Vec::new();
-            for item in self.shared.queue.iter() {
-                let Some(rec) = table
-                    .get(item.id())
-                    .filter(|r| r.state == JobState::Pending)
-                else {
-                    continue;
-                };
-                queue.push(JobView {
-                    id: rec.id,
-                    spec: &rec.spec,
-                    submitted: rec.submitted,
-                    seq: item.seq(),
-                });
-                handles.insert(item.id(), item);
-            }
-            let snap = Snapshot {
-                now: now(),
-                node: &self.shared.node,
-                batch_cores: self.batch_cores,
-                service_cores: self.service_cores,
-                active: &active,
-                queue: &queue,
-            };
-            (self.shared.policy.decide(&snap), handles)
-        };
-        for cmd in commands {
-            // A job leaves the queue when the policy starts it or gives up on it.
-            if matches!(cmd, Command::Run { .. } | Command::MarkUnschedulable { .. }) {
-                if let Some(h) = handles.remove(&cmd.job()) {
-                    self.shared.queue.take(&h);
-                }
-            }
-            self.apply(cmd);
-        }
-    }
-
-    fn credentials_for(&self, id: JobId) -> Option<Credentials> {
-        if let Some(c) = self
-            .shared
-            .credentials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
-            return Some(c.clone());
-        }
-        // Submitted before a restart: resolve the owner again.
-        let owner = self.shared.table().get(id)?.owner.clone();
-        let mut c = Credentials::by_uid(owner.uid)
-            .unwrap_or_else(|_| Credentials::from_ids(owner.uid, owner.gid));
-        c.gid = owner.gid;
-        if !c.groups.contains(&owner.gid) {
-            c.groups.push(owner.gid);
-        }
-        Some(c)
-    }
-
-    fn apply(&mut self, cmd: Command) {
-        let id = cmd.job();
-        let Some(name) = self.shared.table().get(id).map(|r| r.spec.name.clone()) else {
-            return;
-        };
-        let at = now();
-        match &cmd {
-            Command::Run {
-                cores,
-                gpus,
-                reason,
-                ..
-            } => {
-                // Two statements: the table guard must be gone before `credentials_for`,
-                // which locks the table again for jobs submitted before a restart.
-                let spec = self.shared.table().get(id).map(|r| r.spec.clone());
-                let creds = self.credentials_for(id);
-                let (Some(spec), Some(creds)) = (spec, creds) else {
-                    return;
-                };
-                let req = LaunchRequest {
-                    id,
-                    spec: &spec,
-                    user: &creds,
-                    gpus: *gpus,
-                };
-                match self.actuator.run(&req, *cores) {
-                    Ok(_) => {
-                        if let Ok(rec) = self.shared.table().transition(id, JobState::Running, at) {
-                            rec.cores = *cores;
-                            rec.gpus = *gpus;
-                        }
-                        let _ = self.shared.journal.append(&Record::Started {
-                            id,
-                            at,
-                            cores: *cores,
-                        });
-                        self.record_event(
-                            Event::new(
-                                name,
-                                Some(id),
-                                Kind::Start {
-                                    cores: *cores,
-                                    threads: cores.len(),
-                                },
-                            )
-                            .because(reason.clone()),
-                        );
-                        self.shared.changed.notify_all();
-                    }
-                    Err(e) => {
-                        let _ = self.actuator.release(id);
-                        self.finish(
-                            id,
-                            JobState::Failed,
-                            None,
-                            Some(format!("launch failed: {e}")),
-                        );
-                    }
-                }
-            }
-            Command::Pause { reason, .. } => match self.actuator.pause(id) {
-                Ok(()) => {
-                    let _ = self.shared.table().transition(id, JobState::Paused, at);
-                    self.record_event(
-                        Event::new(name, Some(id), Kind::Pause).because(reason.clone()),
-                    );
-                }
-                Err(e) => self.failed_command(&name, &cmd, &e),
-            },
-            Command::Resume { cores, reason, .. } => match self.actuator.resume(id, *cores) {
-                Ok(()) => {
-                    if let Ok(rec) = self.shared.table().transition(id, JobState::Running, at) {
-                        rec.cores = *cores;
-                    }
-                    self.record_event(
-                        Event::new(name.clone(), Some(id), Kind::Unpause).because(reason.clone()),
-                    );
-                    self.record_event(
-                        Event::new(name, Some(id), Kind::UpdateCores { cores: *cores })
-                            .because(reason.clone()),
-                    );
-                }
-                Err(e) => self.failed_command(&name, &cmd, &e),
-            },
-            Command::Resize { cores, reason, .. } => match self.actuator.resize(id, *cores) {
-                Ok(()) => {
-                    if let Some(rec) = self.shared.table().get_mut(id) {
-                        rec.cores = *cores;
-                    }
-                    self.record_event(
-                        Event::new(name, Some(id), Kind::UpdateCores { cores: *cores })
-                            .because(reason.clone()),
-                    );
-                }
-                Err(e) => self.failed_command(&name, &cmd, &e),
-            },
-            Command::Kill { reason, .. } => {
-                self.cancelling.insert(id);
-                match self.actuator.kill(id) {
-                    Ok(()) => self.finish(id, JobState::Cancelled, None, Some(reason.clone())),
-                    Err(e) => {
-                        self.cancelling.remove(&id);
-                        self.failed_command(&name, &cmd, &e);
-                    }
-                }
-            }
-            Command::MarkUnschedulable { reason, .. } => {
-                self.finish(id, JobState::Unschedulable, None, Some(reason.clone()));
-                self.release_prepared(id);
-            }
-        }
-    }
-
-    /// Drops the groups made ahead for a job that will not run.
-    pub(super) fn release_prepared(&mut self, id: JobId) {
-        if let Err(e) = self.actuator.release(id) {
-            crate::log::warn(&format!("job {id}: cannot remove its prepared groups: {e}"));
-        }
-    }
-
-    /// A command the node refused: the job keeps its state; say so in the log and event log.
-    fn failed_command(
-        &mut self,
-        name: &str,
-        cmd: &Command,
-        e: &crate::node::actuator::ActuationError,
-    ) {
-        crate::log::error(&format!("{cmd}: failed: {e}"));
-        self.record_event(
-            Event::new(
-                name,
-                Some(cmd.job()),
-                Kind::Custom {
-                    text: format!("{} failed", cmd.verb()),
-                },
-            )
-            .because(e.to_string()),
-        );
     }
 }

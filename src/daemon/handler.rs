@@ -6,7 +6,7 @@
 //! environment; only root may submit as another user.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::bounded;
 
@@ -16,11 +16,11 @@ use crate::api::protocol::{
 use crate::decide::policy::fit;
 use crate::model::credentials::Credentials;
 use crate::model::job::{JobId, JobSpec};
-use crate::store::journal::{Owner, Record, Ticket};
+use crate::store::journal::Owner;
 
+use super::jobs::{JobRecord, Staged};
 use super::server::{Caller, Handler};
 use super::shared::{Op, Shared, now};
-use super::table::JobRecord;
 
 /// How long a socket thread waits for the control loop to carry out a cancel, pause or resume.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,11 +35,10 @@ pub struct RequestHandler {
     shared: Arc<Shared>,
 }
 
-/// Jobs journaled but not yet durable: they become visible once their ticket syncs.
+/// Submits of one batch of requests, journaled but not yet durable.
 #[derive(Default)]
 struct Accepted {
-    last: Option<Ticket>,
-    jobs: Vec<(JobRecord, Credentials)>,
+    staged: Staged,
     /// Response slots: (index in the batch, ids of the request).
     slots: Vec<(usize, Vec<JobId>, bool)>,
     /// Users already resolved in this batch (by `--user` name; `None`: the caller).
@@ -70,16 +69,8 @@ impl RequestHandler {
                     ))
                 }
             }
-            None => {
-                let mut c = Credentials::by_uid(caller.uid)
-                    .unwrap_or_else(|_| Credentials::from_ids(caller.uid, caller.gid));
-                // Jobs run with the caller's effective group, as SO_PEERCRED reports it.
-                c.gid = caller.gid;
-                if !c.groups.contains(&caller.gid) {
-                    c.groups.push(caller.gid);
-                }
-                Ok(c)
-            }
+            // Jobs run with the caller's effective group, as SO_PEERCRED reports it.
+            None => Ok(Credentials::of_ids(caller.uid, caller.gid)),
         }
     }
 
@@ -116,10 +107,8 @@ impl RequestHandler {
                 .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
         }
         // Queue caps (issue 15): refused whole, before anything is journaled.
-        let earlier = super::queuecap::Earlier {
-            mine: acc.jobs.iter().filter(|(_, c)| c.uid == creds.uid).count(),
-            all: acc.jobs.len(),
-        };
+        let (mine, all) = acc.staged.counts(creds.uid);
+        let earlier = super::queuecap::Earlier { mine, all };
         super::queuecap::check(&self.shared.table(), creds.uid, specs.len(), earlier)?;
         let owner = Owner {
             uid: creds.uid,
@@ -130,52 +119,26 @@ impl RequestHandler {
         let mut ids = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = self.shared.allocate_id();
-            let rec = Record::Submitted {
-                id,
-                spec: Box::new(spec.clone()),
-                owner: owner.clone(),
-                submitted: at,
-            };
-            let ticket = self
-                .shared
-                .journal
-                .append(&rec)
+            let rec = JobRecord::new(id, spec, owner.clone(), at);
+            self.shared
+                .jobs
+                .stage(&mut acc.staged, rec, creds.clone())
                 .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-            acc.last = Some(ticket);
-            acc.jobs
-                .push((JobRecord::new(id, spec, owner.clone(), at), creds.clone()));
             ids.push(id);
         }
         Ok(ids)
     }
 
-    /// Makes accepted jobs durable, then visible (table, queue) and wakes the control loop.
+    /// Makes accepted jobs durable, then visible (table, queue), and wakes the control loop.
     fn commit(&self, acc: &mut Accepted) -> Result<(), ProtocolError> {
-        let Some(ticket) = acc.last.take() else {
+        if acc.staged.is_empty() {
             return Ok(());
-        };
-        let jobs = std::mem::take(&mut acc.jobs);
+        }
+        let policy = &self.shared.policy;
         self.shared
-            .journal
-            .sync(ticket)
-            .map_err(|e| err(ErrorCode::Internal, format!("job not accepted: {e}")))?;
-        {
-            let mut creds = self
-                .shared
-                .credentials
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for (rec, c) in &jobs {
-                creds.insert(rec.id, c.clone());
-            }
-        }
-        let mut table = self.shared.table();
-        for (rec, _) in jobs {
-            let rank = self.shared.policy.rank(&rec.view());
-            self.shared.queue.push(rec.id, (), |_, _, _| rank);
-            table.insert(rec);
-        }
-        drop(table);
+            .jobs
+            .accept(&mut acc.staged, |rec| policy.rank(&rec.view()))
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
         self.shared.wake();
         Ok(())
     }
@@ -196,33 +159,18 @@ impl RequestHandler {
     }
 
     fn wait(&self, caller: &Caller, w: &Wait) -> Result<Reply, ProtocolError> {
-        let deadline = Instant::now() + Duration::from_millis(w.timeout_ms.min(MAX_POLL_MS));
-        let mut table = self.shared.table();
-        loop {
-            let Some(rec) = table.get(w.id) else {
-                return Err(err(ErrorCode::NotFound, format!("no job {}", w.id)));
-            };
-            let done = rec.state.is_terminal();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if done
-                || left.is_zero()
-                || self
-                    .shared
-                    .stopping
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                return Ok(Reply::Waited {
-                    done,
-                    job: rec.status(caller.uid),
-                });
-            }
-            table = self
-                .shared
-                .changed
-                .wait_timeout(table, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
+        let stopping = || {
+            self.shared
+                .stopping
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let timeout = Duration::from_millis(w.timeout_ms.min(MAX_POLL_MS));
+        let (done, job) = self
+            .shared
+            .jobs
+            .wait(w.id, timeout, stopping, |r| r.status(caller.uid))
+            .map_err(|_| err(ErrorCode::NotFound, format!("no job {}", w.id)))?;
+        Ok(Reply::Waited { done, job })
     }
 
     fn op(
@@ -294,7 +242,7 @@ impl RequestHandler {
             Request::Events(e) => {
                 let limit = e.limit.unwrap_or(10_000).clamp(1, 100_000);
                 let timeout = Duration::from_millis(e.timeout_ms.min(MAX_POLL_MS));
-                let (events, last) = self.shared.events.since(e.after, limit, timeout);
+                let (events, last) = self.shared.jobs.events().since(e.after, limit, timeout);
                 Ok(Reply::Events { events, last })
             }
         }

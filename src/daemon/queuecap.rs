@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use crate::api::protocol::{ErrorCode, ProtocolError};
 use crate::model::jobstate::JobState;
 
-use super::table::JobTable;
+use super::jobs::JobTable;
 
 /// Pending jobs per non-root user, and in all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +59,17 @@ fn check_against(
             mine += 1;
         }
     }
-    let (mine, all) = (mine + earlier.mine, all + earlier.all);
+    check_counts(caps, uid, adding, mine + earlier.mine, all + earlier.all)
+}
+
+/// The caps against `mine` and `all` pending jobs.
+fn check_counts(
+    caps: &QueueCaps,
+    uid: u32,
+    adding: usize,
+    mine: usize,
+    all: usize,
+) -> Result<(), ProtocolError> {
     if uid != 0 && mine + adding > caps.per_user {
         return Err(ProtocolError::new(
             ErrorCode::Conflict,
@@ -86,24 +96,6 @@ fn check_against(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::job::{JobId, JobSpec, Timestamp};
-    use crate::store::journal::Owner;
-
-    use super::super::table::JobRecord;
-
-    fn table(jobs: &[(u64, u32)]) -> JobTable {
-        let mut t = JobTable::default();
-        for &(id, uid) in jobs {
-            let owner = Owner {
-                uid,
-                gid: uid,
-                user: uid.to_string(),
-            };
-            let spec = JobSpec::new(vec!["true".into()]);
-            t.insert(JobRecord::new(JobId(id), spec, owner, Timestamp(0)));
-        }
-        t
-    }
 
     #[test]
     fn per_user_and_total_caps_refuse_with_the_limit() {
@@ -111,18 +103,15 @@ mod tests {
             per_user: 2,
             total: 4,
         };
-        let t = table(&[(1, 1000), (2, 1000), (3, 1001)]);
-        let none = Earlier::default();
-        let e = check_against(&caps, &t, 1000, 1, none).unwrap_err();
+        // uid 1000 has 2 pending, 3 in all.
+        let e = check_counts(&caps, 1000, 1, 2, 3).unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
         assert!(e.message.contains("limit of 2 per user"), "{}", e.message);
-        check_against(&caps, &t, 1001, 1, none).unwrap();
-        // Earlier jobs of the same batch count.
-        let one = Earlier { mine: 1, all: 1 };
-        assert!(check_against(&caps, &t, 1001, 1, one).is_err());
+        check_counts(&caps, 1001, 1, 1, 3).unwrap();
+        assert!(check_counts(&caps, 1001, 1, 2, 4).is_err());
         // Root is not capped per user, but by the total.
-        check_against(&caps, &t, 0, 1, none).unwrap();
-        let e = check_against(&caps, &t, 0, 2, none).unwrap_err();
+        check_counts(&caps, 0, 1, 9, 3).unwrap();
+        let e = check_counts(&caps, 0, 2, 9, 3).unwrap_err();
         assert!(e.message.contains("limit of 4"), "{}", e.message);
     }
 }

@@ -3,17 +3,17 @@
 //! their waiter recorded how they ended while no daemon watched. No accepted job is lost, none
 //! is started twice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use crate::decide::policy::Rank;
 use crate::model::exit::ExitEvent;
 use crate::model::job::JobId;
 use crate::model::jobstate::JobState;
 use crate::node::actuator::{Actuator, Adoption};
-use crate::store::eventlog::{Event, EventLog, Kind};
-use crate::store::journal::{Journal, Record, Replay};
+use crate::store::journal::Replay;
 
+use super::jobs::{Change, JobRecord, Jobs};
 use super::shared::now;
-use super::table::{JobRecord, JobTable};
 
 /// What recovery found, for the start-up log line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -26,18 +26,17 @@ pub struct Recovered {
     pub unknown_killed: usize,
 }
 
-/// Builds `table` from the journal's replay and the actuator's adoption.
+/// Fills the job table from the journal's replay and the actuator's adoption, every fix-up
+/// through the door. Pending jobs go back in the queue at `rank`.
 pub fn recover(
     replay: &Replay,
     adoption: Adoption,
     actuator: &mut Actuator,
-    journal: &Journal,
-    events: &EventLog,
-    table: &mut JobTable,
+    jobs: &Jobs,
+    rank: impl Fn(&JobRecord) -> Rank,
 ) -> Recovered {
     let mut out = Recovered::default();
-    let running: std::collections::HashMap<JobId, _> =
-        adoption.running.into_iter().map(|a| (a.id, a)).collect();
+    let running: HashMap<JobId, _> = adoption.running.into_iter().map(|a| (a.id, a)).collect();
     let ended: HashSet<JobId> = adoption.ended.iter().map(|e| e.job).collect();
     let at = now();
     for j in replay.jobs.values() {
@@ -50,7 +49,7 @@ pub fn recover(
             rec.signal = e.signal;
             rec.reason = e.reason.clone();
             rec.ended = Some(e.at);
-            table.insert(rec);
+            jobs.restore(rec, None);
             // Finished before: anything left on the node is a straggler to clean up.
             if running.contains_key(&j.id) || ended.contains(&j.id) {
                 let _ = actuator.release(j.id);
@@ -58,47 +57,42 @@ pub fn recover(
             continue;
         }
         if let Some(a) = running.get(&j.id) {
-            rec.state = if a.paused {
-                JobState::Paused
-            } else {
-                JobState::Running
-            };
-            rec.cores = if a.paused {
-                crate::model::cpuset::CpuSet::new()
-            } else {
-                a.cores
-            };
             rec.last_started = Some(at);
-            rec.pids = a.pids.iter().map(|p| p.as_raw() as u32).collect();
+            // Restored as pending, out of the queue: adoption moves it on.
+            jobs.restore(rec, None);
+            let change = Change::Adopted {
+                paused: a.paused,
+                cores: a.cores,
+                pids: a.pids.iter().map(|p| p.as_raw() as u32).collect(),
+            };
+            if let Err(e) = jobs.apply(j.id, change, at) {
+                crate::log::error(&format!("job {}: cannot adopt it: {e}", j.id));
+            }
             out.adopted += 1;
-            events.record(
-                Event::new(
-                    rec.spec.name.clone(),
-                    Some(j.id),
-                    Kind::Custom {
-                        text: "adopted".into(),
-                    },
-                )
-                .because(format!("found {} after a restart", rec.state)),
-            );
         } else if ended.contains(&j.id) {
-            // Its exit event is replayed below; it counts as running until then.
+            // Its exit event is replayed through the normal exit path; running until then.
             rec.state = JobState::Running;
+            jobs.restore(rec, None);
         } else if j.started.is_some() {
             // Launched, but neither its groups nor its exit record exist: the daemon stopped in
             // the instant between the clone and the waiter's first step.
-            rec.state = JobState::Failed;
-            rec.reason = Some("lost: the daemon stopped while starting it; it never ran".into());
-            rec.ended = Some(at);
-            if let Some(ending) = rec.ending() {
-                let _ = journal.append_sync(&Record::Ended { id: j.id, ending });
+            jobs.restore(rec, None);
+            let lost = Change::Finished {
+                state: JobState::Failed,
+                exit: None,
+                reason: Some("lost: the daemon stopped while starting it; it never ran".into()),
+            };
+            if let Err(e) = jobs.apply(j.id, lost, at) {
+                crate::log::error(&format!("job {}: {e}", j.id));
             }
             out.lost += 1;
         } else {
+            let r = rank(&rec);
+            jobs.restore(rec, Some(r));
             out.pending.push(j.id);
         }
-        table.insert(rec);
     }
+    let table = jobs.table();
     out.ended_while_down = adoption
         .ended
         .into_iter()
@@ -115,6 +109,7 @@ pub fn recover(
             out.unknown_killed += 1;
         }
     }
+    drop(table);
     for id in adoption.prepared {
         if !running.contains_key(&id) {
             let _ = actuator.release(id);

@@ -4,10 +4,9 @@
 use crate::api::protocol::{ErrorCode, ProtocolError};
 use crate::model::job::JobId;
 use crate::model::jobstate::JobState;
-use crate::store::eventlog::{Event, Kind};
-use crate::store::journal::Record;
 
 use super::control::{Control, Reply, refuse};
+use super::jobs::Change;
 use super::server::Caller;
 use super::shared::{Op, now};
 
@@ -60,7 +59,6 @@ impl Control {
                 format!("job {id} already ended ({s})"),
             )),
             JobState::Pending => {
-                self.shared.queue.remove(id);
                 self.finish(id, JobState::Cancelled, None, Some(by));
                 self.release_prepared(id);
                 Ok(())
@@ -90,29 +88,22 @@ impl Control {
     /// job when cores are free, normally in this same turn).
     fn hold(&mut self, id: JobId, caller: &Caller, hold: bool) -> Result<(), ProtocolError> {
         let state = self.authorize(id, caller)?;
-        match (state, hold) {
+        let by = format!(
+            "{} by uid {}",
+            if hold { "paused" } else { "released" },
+            caller.uid
+        );
+        let change = match (state, hold) {
             (JobState::Running, true) => {
                 self.actuator.pause(id).map_err(|e| {
                     refuse(ErrorCode::Internal, format!("cannot pause job {id}: {e}"))
                 })?;
-                let name = {
-                    let mut t = self.shared.table();
-                    let rec = t
-                        .transition(id, JobState::Paused, now())
-                        .map_err(|e| refuse(ErrorCode::Conflict, e.to_string()))?;
-                    rec.held = true;
-                    rec.spec.name.clone()
-                };
-                self.record_event(
-                    Event::new(name, Some(id), Kind::Pause)
-                        .because(format!("paused by uid {}", caller.uid)),
-                );
-            }
-            (JobState::Paused, _) => {
-                if let Some(r) = self.shared.table().get_mut(id) {
-                    r.held = hold;
+                Change::Paused {
+                    reason: by,
+                    held: true,
                 }
             }
+            (JobState::Paused, _) => Change::Held { held: hold, by },
             (JobState::Running, false) => return Ok(()),
             (s, _) => {
                 let verb = if hold { "pause" } else { "resume" };
@@ -121,15 +112,11 @@ impl Control {
                     format!("cannot {verb} job {id}: it is {s}"),
                 ));
             }
-        }
-        if let Err(e) = self
-            .shared
-            .journal
-            .append_sync(&Record::Held { id, held: hold })
-        {
-            crate::log::error(&format!("job {id}: cannot journal the hold: {e}"));
-        }
-        self.shared.changed.notify_all();
+        };
+        self.shared
+            .jobs
+            .apply(id, change, now())
+            .map_err(|e| refuse(ErrorCode::Conflict, e.to_string()))?;
         self.dirty = true;
         Ok(())
     }

@@ -1,24 +1,19 @@
 //! State shared between the socket threads and the control loop, and the messages between them.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 
 use crate::api::protocol::{JobStatus, ProtocolError};
 use crate::decide::policy::Policy;
-use crate::decide::queue::JobQueue;
-use crate::model::credentials::Credentials;
 use crate::model::inventory::Inventory;
 use crate::model::job::{JobId, Timestamp};
 use crate::sense::probe::ProbeHandle;
-use crate::store::eventlog::EventLog;
-use crate::store::journal::Journal;
 
+use super::jobs::{Jobs, TableRead};
 use super::server::Caller;
-use super::table::JobTable;
 
 /// A request that changes a running job, carried out by the control loop (which owns the
 /// actuator) and answered on `reply`.
@@ -46,21 +41,14 @@ pub enum Op {
 /// Everything the socket threads and the control loop share.
 #[derive(Debug)]
 pub struct Shared {
-    pub table: Mutex<JobTable>,
-    /// Notified whenever a job changes state (for `wait`).
-    pub changed: Condvar,
-    /// Pending jobs, keyed by the policy's rank.
-    pub queue: JobQueue<()>,
-    pub journal: Journal,
-    pub events: EventLog,
+    /// The job table, queue, journal and event log, changed only through this door.
+    pub jobs: Jobs,
     pub policy: Box<dyn Policy>,
     pub node: Inventory,
     /// Most cores batch could ever get (managed cores minus the service's minimum): a job
     /// needing more is refused at submit.
     pub batch_capacity: AtomicUsize,
     pub next_id: AtomicU64,
-    /// Who each not-yet-started job runs as, resolved at submit.
-    pub credentials: Mutex<HashMap<JobId, Credentials>>,
     pub ops: Sender<Op>,
     /// The latency probe, once the protected service is found (for `lowsched stats`).
     pub probe: Arc<Mutex<Option<ProbeHandle>>>,
@@ -68,8 +56,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn table(&self) -> MutexGuard<'_, JobTable> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn table(&self) -> TableRead<'_> {
+        self.jobs.table()
     }
 
     pub fn wake(&self) {

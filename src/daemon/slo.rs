@@ -53,8 +53,6 @@ pub struct SloLoop {
     /// Pure v2: the service may be moved into `service/`.
     may_move: bool,
     controller: Controller,
-    ctl_cfg: ControllerConfig,
-    slo_p95_us: f64,
     sampler: SamplerHandle,
     probe_cfg: ProbeConfig,
     probe: Option<Probe>,
@@ -107,7 +105,7 @@ impl SloLoop {
             s.cfg.max_cores
         };
         let controller = Controller::new(
-            s.controller.clone(),
+            s.controller,
             s.slo_p95_us as f64,
             s.managed,
             s.cfg.min_cores.min(s.managed.len()),
@@ -128,8 +126,6 @@ impl SloLoop {
             group: s.group,
             may_move: s.may_move,
             controller,
-            ctl_cfg: s.controller,
-            slo_p95_us: s.slo_p95_us as f64,
             sampler: s.sampler,
             probe_cfg: s.probe,
             probe: None,
@@ -160,7 +156,7 @@ impl SloLoop {
     }
 
     pub fn period(&self) -> Duration {
-        Duration::from_millis(self.ctl_cfg.period_ms)
+        Duration::from_millis(self.controller.config().period_ms)
     }
 
     pub fn name(&self) -> &str {
@@ -236,24 +232,14 @@ impl SloLoop {
             }
         };
         self.last_error = None;
+        self.follow(found);
+    }
+
+    /// Starts protecting a service just found: confines it (its group or its threads' affinity),
+    /// samples its CPU use, and starts the latency probe if none runs.
+    fn follow(&mut self, found: Found) {
         let pid = found.processes[0].pid;
-        // Another systemd service owns its cgroup: moving it out would confuse the manager.
-        let foreign_unit = self.unit_of(pid).is_some_and(|p| p.ends_with(".service"));
-        let placement =
-            if self.may_move && self.cfg.placement == service::Placement::Auto && !foreign_unit {
-                let moved = found.processes.iter().all(|p| {
-                    self.group
-                        .add(nix::unistd::Pid::from_raw(p.pid as i32))
-                        .is_ok()
-                });
-                if moved {
-                    Placement::Group
-                } else {
-                    Placement::Affinity
-                }
-            } else {
-                Placement::Affinity
-            };
+        let placement = self.placement_for(&found);
         let source = match (placement, &self.service_dir) {
             (Placement::Group, Some(dir)) => ServiceSource::Cgroup(dir.clone()),
             _ => ServiceSource::Pid(pid),
@@ -290,6 +276,27 @@ impl SloLoop {
         // Confine the (new) processes to the current allocation right away.
         if let Some(a) = self.applied.clone() {
             self.place(&a.service);
+        }
+    }
+
+    /// Into lowsched's `service/` group where that may be done (pure v2, placement auto, not
+    /// owned by another systemd service, whose manager moving it out would confuse); else its
+    /// threads are pinned.
+    fn placement_for(&self, found: &Found) -> Placement {
+        let pid = found.processes[0].pid;
+        let foreign_unit = self.unit_of(pid).is_some_and(|p| p.ends_with(".service"));
+        if !self.may_move || self.cfg.placement != service::Placement::Auto || foreign_unit {
+            return Placement::Affinity;
+        }
+        let moved = found.processes.iter().all(|p| {
+            self.group
+                .add(nix::unistd::Pid::from_raw(p.pid as i32))
+                .is_ok()
+        });
+        if moved {
+            Placement::Group
+        } else {
+            Placement::Affinity
         }
     }
 
@@ -347,7 +354,7 @@ impl SloLoop {
             }
         });
         // The reading a climb would react to: latency first (it is what the SLO is about).
-        let grow_at = self.ctl_cfg.grow_p95_frac * self.slo_p95_us;
+        let grow_at = self.controller.grow_p95_us();
         let sampled_ns = match (fast, sig) {
             (Some(p), Some(s)) if p > grow_at => s.at_ns,
             _ if service.at_ns > 0 => service.at_ns,

@@ -183,7 +183,7 @@ impl Controller {
     }
 
     /// The recent p95 (µs) above which the controller climbs.
-    fn grow_p95_us(&self) -> f64 {
+    pub fn grow_p95_us(&self) -> f64 {
         self.cfg.grow_p95_frac * self.slo_p95_us
     }
 

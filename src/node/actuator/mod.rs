@@ -411,33 +411,27 @@ impl Actuator {
         Ok(())
     }
 
-    /// Applies one policy command. `launch` supplies the launch request for `Run`.
-    /// `MarkUnschedulable` has nothing to do on the node.
-    pub fn apply<'a>(
+    /// Carries out one policy command on the node: the one place that maps a [`Command`] to
+    /// the actuator's operations. `launch` is the launch request a `Run` needs (ignored for the
+    /// other commands); `MarkUnschedulable` has nothing to do on the node. The caller records
+    /// the outcome (job table, journal, event log) right after each command, so a crash between
+    /// two commands leaves the records matching the node.
+    pub fn apply(
         &mut self,
         cmd: &Command,
-        launch: impl FnOnce(JobId) -> Option<LaunchRequest<'a>>,
+        launch: Option<&LaunchRequest<'_>>,
     ) -> Result<(), ActuationError> {
         match cmd {
-            Command::Run { job, cores, .. } => {
-                let req = launch(*job).ok_or(ActuationError::NoRequest(*job))?;
-                self.run(&req, *cores).map(|_| ())
-            }
+            Command::Run { job, cores, .. } => match launch {
+                Some(req) if req.id == *job => self.run(req, *cores).map(|_| ()),
+                _ => Err(ActuationError::NoRequest(*job)),
+            },
             Command::Pause { job, .. } => self.pause(*job),
             Command::Resume { job, cores, .. } => self.resume(*job, *cores),
             Command::Resize { job, cores, .. } => self.resize(*job, *cores),
             Command::Kill { job, .. } => self.kill(*job),
             Command::MarkUnschedulable { .. } => Ok(()),
         }
-    }
-
-    /// Applies commands in order; one result per command, a failure does not stop the rest.
-    pub fn apply_all<'a>(
-        &mut self,
-        cmds: &[Command],
-        mut launch: impl FnMut(JobId) -> Option<LaunchRequest<'a>>,
-    ) -> Vec<Result<(), ActuationError>> {
-        cmds.iter().map(|c| self.apply(c, &mut launch)).collect()
     }
 
     /// Sets the job's memory limit (pure v2 with the memory controller; elsewhere memory is not

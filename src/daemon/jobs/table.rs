@@ -1,5 +1,6 @@
 //! The daemon's job table: every known job with its state, cores and outcome — the "state" that
-//! policies read as snapshots and the socket serves as status.
+//! policies read as snapshots and the socket serves as status. Changed only through the door
+//! (`super::Jobs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -124,7 +125,7 @@ pub struct JobTable {
 }
 
 impl JobTable {
-    pub fn insert(&mut self, rec: JobRecord) {
+    pub(super) fn insert(&mut self, rec: JobRecord) {
         if rec.state.is_active() {
             self.active.insert(rec.id);
         }
@@ -135,7 +136,7 @@ impl JobTable {
         self.jobs.get(&id)
     }
 
-    pub fn get_mut(&mut self, id: JobId) -> Option<&mut JobRecord> {
+    pub(super) fn get_mut(&mut self, id: JobId) -> Option<&mut JobRecord> {
         self.jobs.get_mut(&id)
     }
 
@@ -167,7 +168,7 @@ impl JobTable {
 
     /// Moves a job to `to` through the lifecycle's transition function, keeping the active index
     /// right. Terminal moves record the time.
-    pub fn transition(
+    pub(super) fn transition(
         &mut self,
         id: JobId,
         to: JobState,
@@ -198,6 +199,12 @@ impl JobTable {
             _ => {}
         }
         Ok(rec)
+    }
+
+    pub(super) fn set_pids(&mut self, id: JobId, pids: Vec<u32>) {
+        if let Some(r) = self.jobs.get_mut(&id) {
+            r.pids = pids;
+        }
     }
 
     /// The policy's view of the active jobs.
