@@ -59,17 +59,7 @@ fn check_against(
             mine += 1;
         }
     }
-    check_counts(caps, uid, adding, mine + earlier.mine, all + earlier.all)
-}
-
-/// The caps against `mine` and `all` pending jobs.
-fn check_counts(
-    caps: &QueueCaps,
-    uid: u32,
-    adding: usize,
-    mine: usize,
-    all: usize,
-) -> Result<(), ProtocolError> {
+    let (mine, all) = (mine + earlier.mine, all + earlier.all);
     if uid != 0 && mine + adding > caps.per_user {
         return Err(ProtocolError::new(
             ErrorCode::Conflict,
@@ -96,6 +86,22 @@ fn check_counts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::job::{JobId, JobSpec, Timestamp};
+    use crate::store::journal::Owner;
+
+    use super::super::jobs::JobRecord;
+
+    fn table(jobs: &[(u64, u32)]) -> JobTable {
+        JobTable::of(jobs.iter().map(|&(id, uid)| {
+            let owner = Owner {
+                uid,
+                gid: uid,
+                user: uid.to_string(),
+            };
+            let spec = JobSpec::new(vec!["true".into()]);
+            JobRecord::new(JobId(id), spec, owner, Timestamp(0))
+        }))
+    }
 
     #[test]
     fn per_user_and_total_caps_refuse_with_the_limit() {
@@ -103,15 +109,18 @@ mod tests {
             per_user: 2,
             total: 4,
         };
-        // uid 1000 has 2 pending, 3 in all.
-        let e = check_counts(&caps, 1000, 1, 2, 3).unwrap_err();
+        let t = table(&[(1, 1000), (2, 1000), (3, 1001)]);
+        let none = Earlier::default();
+        let e = check_against(&caps, &t, 1000, 1, none).unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
         assert!(e.message.contains("limit of 2 per user"), "{}", e.message);
-        check_counts(&caps, 1001, 1, 1, 3).unwrap();
-        assert!(check_counts(&caps, 1001, 1, 2, 4).is_err());
+        check_against(&caps, &t, 1001, 1, none).unwrap();
+        // Earlier jobs of the same batch count.
+        let one = Earlier { mine: 1, all: 1 };
+        assert!(check_against(&caps, &t, 1001, 1, one).is_err());
         // Root is not capped per user, but by the total.
-        check_counts(&caps, 0, 1, 9, 3).unwrap();
-        let e = check_counts(&caps, 0, 2, 9, 3).unwrap_err();
+        check_against(&caps, &t, 0, 1, none).unwrap();
+        let e = check_against(&caps, &t, 0, 2, none).unwrap_err();
         assert!(e.message.contains("limit of 4"), "{}", e.message);
     }
 }

@@ -500,10 +500,19 @@ mod tests {
         let me = nix::unistd::getuid().as_raw();
         // Root has its reserve beyond the total: fill that too when the test runs as root.
         let n = if me == 0 { 2 + ROOT_RESERVE } else { 2 };
+        // Answered, so all are being served (no sleep and hope that they were accepted).
         let held: Vec<UnixStream> = (0..n)
-            .map(|_| UnixStream::connect(&path).unwrap())
+            .map(|_| {
+                let mut s = UnixStream::connect(&path).unwrap();
+                s.write_all(
+                    b"{\"v\":1,\"verb\":\"stats\"}
+",
+                )
+                .unwrap();
+                assert!(lines(&s, 1)[0].ok);
+                s
+            })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
         let s = UnixStream::connect(&path).unwrap();
         assert_eq!(
             lines(&s, 1)[0].error.as_ref().unwrap().code,

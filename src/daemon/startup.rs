@@ -176,6 +176,7 @@ pub fn resume_latency(cfg: &Config) -> Option<ResumeLatency> {
 /// The actuator on the host's cgroup layout, with the daemon in its own group.
 pub fn actuator(
     cfg: &Config,
+    node: &Inventory,
 ) -> Result<
     (
         Actuator,
@@ -191,27 +192,10 @@ pub fn actuator(
         ..TreeConfig::default()
     };
     acfg.layout = Some(layout);
-    jobs_config(&mut acfg, cfg)?;
+    jobs_config(&mut acfg, cfg, node)?;
     let (actuator, exits) = Actuator::open(&acfg)?;
     actuator.enter_daemon_group()?;
     Ok((actuator, exits))
-}
-
-/// What every job gets (issue 15): limits, caps, where its default output goes; and the caps
-/// on queued jobs the submit path checks.
-fn jobs_config(acfg: &mut ActuatorConfig, cfg: &Config) -> Result<(), DaemonError> {
-    acfg.limits = cfg.jobs.limits().map_err(DaemonError::Policy)?;
-    acfg.pids_max = Some(cfg.jobs.pids_max).filter(|&n| n > 0);
-    acfg.memory_max = Some(match cfg.jobs.memory_max {
-        Some(b) => b.get(),
-        None => inventory(cfg)?.memory.get() / 10 * 9,
-    });
-    acfg.output_dir = cfg.jobs.output_dir.clone();
-    super::queuecap::configure(super::queuecap::QueueCaps {
-        per_user: cfg.jobs.max_queued_per_user,
-        total: cfg.jobs.max_queued,
-    });
-    Ok(())
 }
 
 /// The unified mount the service's cgroup paths are under, where the host has one.
@@ -354,4 +338,25 @@ pub fn sense(
         slo: Some(slo),
         bell: bell_rx,
     })
+}
+
+/// What every job gets: limits, caps, where its default output goes.
+fn jobs_config(
+    acfg: &mut ActuatorConfig,
+    cfg: &Config,
+    node: &Inventory,
+) -> Result<(), DaemonError> {
+    acfg.limits = cfg.jobs.limits().map_err(DaemonError::Policy)?;
+    acfg.pids_max = Some(cfg.jobs.pids_max).filter(|&n| n > 0);
+    acfg.memory_max = Some(
+        cfg.jobs
+            .memory_max
+            .map_or(node.memory.get() / 10 * 9, |b| b.get()),
+    );
+    acfg.output_dir = cfg.jobs.output_dir.clone();
+    super::queuecap::configure(super::queuecap::QueueCaps {
+        per_user: cfg.jobs.max_queued_per_user,
+        total: cfg.jobs.max_queued,
+    });
+    Ok(())
 }

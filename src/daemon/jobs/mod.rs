@@ -117,9 +117,9 @@ impl Staged {
         self.jobs.is_empty()
     }
 
-    /// Jobs staged so far: `uid`'s, and all (for the queue caps at submit).
+    /// How many staged jobs run as `uid`, and how many there are in all.
     pub fn counts(&self, uid: u32) -> (usize, usize) {
-        let mine = self.jobs.iter().filter(|(r, _)| r.owner.uid == uid).count();
+        let mine = self.jobs.iter().filter(|(_, c)| c.uid == uid).count();
         (mine, self.jobs.len())
     }
 }
