@@ -88,7 +88,10 @@ fn raw_as(d: &TestDaemon, user: &TestUser, line: &str) -> serde_json::Value {
         .arg("-MIO::Socket::UNIX")
         .arg("-e")
         .arg(
-            r#"my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "connect: $!\n";
+            // A refused connection is closed at once: the request write may hit EPIPE, the
+            // answer is still there to read.
+            r#"$SIG{PIPE} = "IGNORE";
+               my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "connect: $!\n";
                print $s "$ARGV[1]\n"; my $l = <$s>; print $l;"#,
         )
         .arg(&d.socket)
