@@ -1,0 +1,161 @@
+//! The journal on a temp dir: permissions, checksums, replay, torn tails, compaction and
+//! concurrent group commit.
+
+use super::record::crc32;
+use super::*;
+use crate::model::job::{JobId, JobSpec, Timestamp};
+use crate::model::jobstate::JobState;
+
+fn owner() -> Owner {
+    Owner {
+        uid: 1000,
+        gid: 1000,
+        user: "alice".into(),
+    }
+}
+
+fn submitted(id: u64) -> Record {
+    Record::Submitted {
+        id: JobId(id),
+        spec: Box::new(JobSpec::new(vec!["true".into()])),
+        owner: owner(),
+        submitted: Timestamp(id * 10),
+    }
+}
+
+fn ended(id: u64, at: u64) -> Record {
+    Record::Ended {
+        id: JobId(id),
+        ending: Ending {
+            state: JobState::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            reason: None,
+            at: Timestamp(at),
+        },
+    }
+}
+
+#[test]
+fn the_journal_is_private_to_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(JOURNAL_FILE);
+    let mode = || fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    // An older, world-readable journal is tightened on open.
+    fs::write(&path, "").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let (j, _) = Journal::open(dir.path()).unwrap();
+    assert_eq!(mode(), 0o600);
+    j.append_sync(&submitted(1)).unwrap();
+    j.compact(10).unwrap();
+    assert_eq!(mode(), 0o600);
+    drop(j);
+    fs::remove_file(&path).unwrap();
+    let _ = Journal::open(dir.path()).unwrap();
+    assert_eq!(mode(), 0o600);
+}
+
+#[test]
+fn crc_matches_the_standard_check_value() {
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+}
+
+#[test]
+fn appended_records_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, r) = Journal::open(dir.path()).unwrap();
+    assert!(r.jobs.is_empty());
+    for id in 1..=3 {
+        j.append_sync(&submitted(id)).unwrap();
+    }
+    j.append_sync(&Record::Held {
+        id: JobId(2),
+        held: true,
+    })
+    .unwrap();
+    j.append_sync(&ended(3, 99)).unwrap();
+    drop(j);
+    let r = read(&dir.path().join(JOURNAL_FILE)).unwrap();
+    assert_eq!(r.jobs.len(), 3);
+    assert_eq!(r.next_id, 4);
+    assert!(r.jobs[&JobId(2)].held);
+    assert_eq!(
+        r.jobs[&JobId(3)].ending.as_ref().unwrap().state,
+        JobState::Succeeded
+    );
+    assert!(r.corrupt.is_empty());
+}
+
+#[test]
+fn torn_tail_is_dropped_and_corruption_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(JOURNAL_FILE);
+    let mut bytes = encode(&submitted(1)).unwrap();
+    let mut bad = encode(&submitted(2)).unwrap();
+    bad[20] ^= 1; // flip a bit in the body
+    bytes.extend_from_slice(&bad);
+    bytes.extend_from_slice(&encode(&submitted(3)).unwrap());
+    let torn = encode(&submitted(4)).unwrap();
+    bytes.extend_from_slice(&torn[..torn.len() / 2]);
+    fs::write(&path, &bytes).unwrap();
+    let (j, r) = Journal::open(dir.path()).unwrap();
+    assert_eq!(
+        r.jobs.keys().copied().collect::<Vec<_>>(),
+        vec![JobId(1), JobId(3)]
+    );
+    assert_eq!(r.corrupt.len(), 1);
+    assert_eq!(r.corrupt[0].0, 2);
+    // The file was rewritten, so the next record starts on a line of its own.
+    j.append_sync(&submitted(5)).unwrap();
+    let r = read(&path).unwrap();
+    assert!(r.corrupt.is_empty());
+    assert!(r.jobs.contains_key(&JobId(5)));
+}
+
+#[test]
+fn compaction_keeps_live_and_recent_jobs_and_ids_advance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path()).unwrap();
+    for id in 1..=10 {
+        j.append_sync(&submitted(id)).unwrap();
+    }
+    for id in 1..=8 {
+        j.append_sync(&ended(id, 100 + id)).unwrap();
+    }
+    j.compact(3).unwrap();
+    j.append_sync(&submitted(11)).unwrap();
+    drop(j);
+    let r = read(&dir.path().join(JOURNAL_FILE)).unwrap();
+    let ids: Vec<u64> = r.jobs.keys().map(|k| k.0).collect();
+    assert_eq!(ids, vec![6, 7, 8, 9, 10, 11]);
+    assert_eq!(r.next_id, 12);
+    // Everything finished was dropped: the id counter still survives via the header.
+    let (j, _) = Journal::open(dir.path()).unwrap();
+    for id in 9..=11 {
+        j.append_sync(&ended(id, 200)).unwrap();
+    }
+    j.compact(0).unwrap();
+    drop(j);
+    let r = read(&dir.path().join(JOURNAL_FILE)).unwrap();
+    assert!(r.jobs.is_empty());
+    assert_eq!(r.next_id, 12);
+}
+
+#[test]
+fn concurrent_appenders_are_all_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let j = &j;
+            s.spawn(move || {
+                for i in 0..50 {
+                    j.append_sync(&submitted(1 + t * 100 + i)).unwrap();
+                }
+            });
+        }
+    });
+    drop(j);
+    let r = read(&dir.path().join(JOURNAL_FILE)).unwrap();
+    assert_eq!(r.jobs.len(), 200);
+}
