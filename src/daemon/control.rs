@@ -3,7 +3,7 @@
 //! policy for commands and carries them out through the actuator, recording every change in
 //! the job table, the journal and the event log.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,19 +13,16 @@ use crate::api::protocol::{ErrorCode, JobStatus, ProtocolError};
 use crate::daemon::config::JournalConfig;
 use crate::daemon::sdnotify::Notifier;
 use crate::decide::controller::Move;
-use crate::decide::policy::{Command, JobView, Snapshot};
-use crate::decide::queue::Queued;
 use crate::model::cpuset::CpuSet;
-use crate::model::exit::{ExitEvent, ExitStatus};
-use crate::model::inventory::GpuSet;
+use crate::model::exit::ExitEvent;
 use crate::model::job::JobId;
 use crate::model::jobstate::JobState;
-use crate::node::actuator::{Actuator, LaunchRequest};
+use crate::node::actuator::Actuator;
 use crate::store::eventlog::{Event, Kind};
 
 use super::jobs::Change;
 use super::server::Caller;
-use super::shared::{Op, Shared, now};
+use super::shared::{Op, Shared};
 use super::slo::SloLoop;
 
 /// How often job pids shown by `status` are refreshed.
@@ -63,8 +60,8 @@ pub struct Control {
     ops: Receiver<Op>,
     bell: Receiver<()>,
     slo: Option<SloLoop>,
-    batch_cores: CpuSet,
-    service_cores: CpuSet,
+    pub(super) batch_cores: CpuSet,
+    pub(super) service_cores: CpuSet,
     policy_tick: Duration,
     notifier: Notifier,
     watchdog: Option<Duration>,
@@ -242,91 +239,6 @@ impl Control {
         self.shared.jobs.set_pids(pids);
     }
 
-    pub(super) fn record_event(&self, ev: Event) {
-        self.shared.jobs.record_event(ev);
-    }
-
-    /// Carries a job change through the door; one the lifecycle refuses is logged.
-    pub(super) fn change(&mut self, id: JobId, change: Change) -> bool {
-        let finished = matches!(change, Change::Finished { .. });
-        match self.shared.jobs.apply(id, change, now()) {
-            Ok(()) => {
-                if finished {
-                    self.dirty = true;
-                }
-                true
-            }
-            Err(e) => {
-                crate::log::error(&format!("job {id}: {e}"));
-                false
-            }
-        }
-    }
-
-    /// Records that a job ended, unless it already has.
-    pub(super) fn finish(
-        &mut self,
-        id: JobId,
-        state: JobState,
-        exit: Option<&ExitStatus>,
-        reason: Option<String>,
-    ) {
-        let ended = self
-            .shared
-            .table()
-            .get(id)
-            .is_none_or(|r| r.state.is_terminal());
-        if ended {
-            return;
-        }
-        self.change(
-            id,
-            Change::Finished {
-                state,
-                exit: exit.cloned(),
-                reason,
-            },
-        );
-    }
-
-    /// Records a job's exit (from the watcher, or found at start-up) and cleans up its groups.
-    pub fn exit(&mut self, ev: ExitEvent) {
-        let id = ev.job;
-        let known = self.shared.table().get(id).map(|r| r.state);
-        match known {
-            Some(s) if s.is_terminal() => {}
-            Some(_) if self.cancelling.contains(&id) => {
-                self.finish(
-                    id,
-                    JobState::Cancelled,
-                    Some(&ev.status),
-                    Some("cancelled".into()),
-                );
-            }
-            Some(_) => {
-                let (state, reason) = match &ev.status {
-                    ExitStatus::Exited(0) => (JobState::Succeeded, None),
-                    ExitStatus::Exited(c) => (JobState::Failed, Some(format!("exited with {c}"))),
-                    ExitStatus::Signaled(s) => {
-                        (JobState::Failed, Some(format!("killed by signal {s}")))
-                    }
-                    ExitStatus::NotStarted(why) => {
-                        (JobState::Failed, Some(format!("could not start: {why}")))
-                    }
-                    ExitStatus::Lost(why) => {
-                        (JobState::Failed, Some(format!("end not observed: {why}")))
-                    }
-                };
-                self.finish(id, state, Some(&ev.status), reason);
-            }
-            None => {}
-        }
-        self.cancelling.remove(&id);
-        if let Err(e) = self.actuator.release(id) {
-            crate::log::warn(&format!("job {id}: cleanup after exit: {e}"));
-        }
-    }
-
     /// Lets the SLO controller move cores between the service and batch. A grow moves batch off
     /// the service's cores first (so they are free when it gets them), a shrink narrows the
     /// service first.
@@ -446,170 +358,5 @@ impl Control {
                 crate::log::debug(&format!("job {id}: cannot prepare its groups: {e}"));
             }
         }
-    }
-
-    /// Runs the policy on the current snapshot and carries out its commands in order.
-    pub fn decide(&mut self) {
-        self.dirty = false;
-        let (commands, mut handles) = {
-            let table = self.shared.table();
-            let active = table.active_views();
-            let mut handles: HashMap<JobId, Queued<()>> = HashMap::new();
-            let mut queue: Vec<JobView<'_>> = Vec::new();
-            for item in self.shared.jobs.queue().iter() {
-                let Some(rec) = table
-                    .get(item.id())
-                    .filter(|r| r.state == JobState::Pending)
-                else {
-                    continue;
-                };
-                queue.push(JobView {
-                    id: rec.id,
-                    spec: &rec.spec,
-                    submitted: rec.submitted,
-                    seq: item.seq(),
-                });
-                handles.insert(item.id(), item);
-            }
-            let snap = Snapshot {
-                now: now(),
-                node: &self.shared.node,
-                batch_cores: self.batch_cores,
-                service_cores: self.service_cores,
-                active: &active,
-                queue: &queue,
-            };
-            (self.shared.policy.decide(&snap), handles)
-        };
-        for cmd in commands {
-            // A job leaves the queue when the policy starts it or gives up on it.
-            if matches!(cmd, Command::Run { .. } | Command::MarkUnschedulable { .. }) {
-                if let Some(h) = handles.remove(&cmd.job()) {
-                    self.shared.jobs.dequeue(&h);
-                }
-            }
-            self.apply(cmd);
-        }
-    }
-
-    /// Carries out one of the policy's commands on the node, then records it through the door.
-    fn apply(&mut self, cmd: Command) {
-        let id = cmd.job();
-        let Some(name) = self.shared.table().get(id).map(|r| r.spec.name.clone()) else {
-            return;
-        };
-        let done = match &cmd {
-            Command::Run {
-                cores,
-                gpus,
-                reason,
-                ..
-            } => {
-                self.launch(id, *cores, *gpus, reason);
-                return;
-            }
-            Command::Pause { reason, .. } => self.actuator.pause(id).map(|()| Change::Paused {
-                reason: reason.clone(),
-                held: false,
-            }),
-            Command::Resume { cores, reason, .. } => {
-                self.actuator.resume(id, *cores).map(|()| Change::Resumed {
-                    cores: *cores,
-                    reason: reason.clone(),
-                })
-            }
-            Command::Resize { cores, reason, .. } => {
-                self.actuator.resize(id, *cores).map(|()| Change::Resized {
-                    cores: *cores,
-                    reason: reason.clone(),
-                })
-            }
-            Command::Kill { reason, .. } => {
-                self.cancelling.insert(id);
-                let killed = self.actuator.kill(id);
-                if killed.is_err() {
-                    self.cancelling.remove(&id);
-                }
-                killed.map(|()| Change::Finished {
-                    state: JobState::Cancelled,
-                    exit: None,
-                    reason: Some(reason.clone()),
-                })
-            }
-            Command::MarkUnschedulable { reason, .. } => {
-                self.finish(id, JobState::Unschedulable, None, Some(reason.clone()));
-                self.release_prepared(id);
-                return;
-            }
-        };
-        match done {
-            Ok(change) => {
-                self.change(id, change);
-            }
-            Err(e) => self.failed_command(&name, &cmd, &e),
-        }
-    }
-
-    /// Starts a pending job on `cores` as its owner; a launch the node refuses fails the job.
-    fn launch(&mut self, id: JobId, cores: CpuSet, gpus: GpuSet, reason: &str) {
-        let spec = self.shared.table().get(id).map(|r| r.spec.clone());
-        let creds = self.shared.jobs.credentials(id);
-        let (Some(spec), Some(creds)) = (spec, creds) else {
-            return;
-        };
-        let req = LaunchRequest {
-            id,
-            spec: &spec,
-            user: &creds,
-            gpus,
-        };
-        match self.actuator.run(&req, cores) {
-            Ok(_) => {
-                self.change(
-                    id,
-                    Change::Started {
-                        cores,
-                        gpus,
-                        reason: reason.to_string(),
-                    },
-                );
-            }
-            Err(e) => {
-                let _ = self.actuator.release(id);
-                self.finish(
-                    id,
-                    JobState::Failed,
-                    None,
-                    Some(format!("launch failed: {e}")),
-                );
-            }
-        }
-    }
-
-    /// Drops the groups made ahead for a job that will not run.
-    pub(super) fn release_prepared(&mut self, id: JobId) {
-        if let Err(e) = self.actuator.release(id) {
-            crate::log::warn(&format!("job {id}: cannot remove its prepared groups: {e}"));
-        }
-    }
-
-    /// A command the node refused: the job keeps its state; say so in the log and event log.
-    fn failed_command(
-        &mut self,
-        name: &str,
-        cmd: &Command,
-        e: &crate::node::actuator::ActuationError,
-    ) {
-        crate::log::error(&format!("{cmd}: failed: {e}"));
-        self.record_event(
-            Event::new(
-                name,
-                Some(cmd.job()),
-                Kind::Custom {
-                    text: format!("{} failed", cmd.verb()),
-                },
-            )
-            .because(e.to_string()),
-        );
     }
 }

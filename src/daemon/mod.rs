@@ -7,6 +7,7 @@
 //! accepting, logs `end scheduler`, compacts the journal and exits 0; jobs keep running and the
 //! next daemon adopts them.
 
+mod commands;
 pub mod config;
 pub mod control;
 pub mod handler;
@@ -28,16 +29,9 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::daemon::sdnotify::{Notifier, watchdog_interval};
-use crate::node::cgroup::Mode;
-use crate::sense::doorbell::{DISARMED, Doorbell, Tripwire};
-use crate::sense::probe::ProbeConfig;
-use crate::sense::sampler::{SamplerConfig, SamplerSet};
-use crate::store::eventlog::EventLog;
-use crate::store::journal::Journal;
 
 use config::{Config, Overrides};
 use control::{Control, ControlSetup};
-use jobs::Jobs;
 use server::{Limits, Server};
 use shared::Shared;
 
@@ -120,21 +114,12 @@ fn signal_thread(
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-#[allow(clippy::too_many_lines)] // TODO(lead): split
 pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let (cfg, used) = Config::load(o)?;
     let notifier = prepare_process(&cfg, used.as_deref())?;
-    let (journal, replay) = Journal::open(&cfg.state_dir)?;
-    for (line, why) in &replay.corrupt {
-        crate::log::error(&format!(
-            "journal line {line} is corrupt and was skipped: {why}"
-        ));
-    }
-    let jobs = Jobs::new(journal, EventLog::open(&cfg.state_dir)?);
+    let (jobs, replay) = startup::open_store(&cfg)?;
     let node = startup::inventory(&cfg)?;
-    let policy_cfg = cfg.policy.policy_config().map_err(DaemonError::Policy)?;
-    let policy = crate::decide::policy::by_name(&cfg.policy.name, &policy_cfg)
-        .map_err(|e| DaemonError::Policy(e.to_string()))?;
+    let policy = startup::policy(&cfg)?;
     let (mut actuator, exits) = startup::actuator(&cfg)?;
     crate::log::info(&format!(
         "cgroup root {} ({:?}), cores [{}], {} memory, {} GPUs, policy {}",
@@ -146,19 +131,12 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         policy.name()
     ));
     let recovered = startup::recover(&replay, &mut actuator, &jobs, policy.as_ref(), &node)?;
-
     let (ops_tx, ops_rx) = crossbeam_channel::unbounded();
-    let service_on = startup::service_on(&cfg);
-    let capacity = if service_on {
-        node.cores.len().saturating_sub(cfg.service.min_cores)
-    } else {
-        node.cores.len()
-    };
     let shared = Arc::new(Shared {
         jobs,
         policy,
         node: node.clone(),
-        batch_capacity: AtomicUsize::new(capacity.max(1)),
+        batch_capacity: AtomicUsize::new(startup::batch_capacity(&cfg, &node)),
         next_id: AtomicU64::new(replay.next_id.max(1)),
         ops: ops_tx,
         probe: Arc::new(Mutex::new(None)),
@@ -166,48 +144,15 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     });
     let server = Server::bind(&cfg.socket, Limits::from(&cfg))?;
     signal_thread(shared.clone(), server.stop_flag(), cfg.socket.clone())?;
-
-    // Sensors wake the control loop when a reading crosses a grow threshold.
-    let (bell, bell_rx) = Doorbell::new();
-    let cpu_alarm = Tripwire::new(bell.clone(), DISARMED, slo::RING_SPACING);
-    let sampler = SamplerSet::start(SamplerConfig {
-        cores: Some(node.cores),
-        service_alarm: service_on.then(|| cpu_alarm.clone()),
-        ..SamplerConfig::from(&cfg)
-    })
-    .map_err(|e| DaemonError::Sampler(e.to_string()))?;
-    let slo = if service_on {
-        let setup = slo::SloSetup {
-            cfg: cfg.service.clone(),
-            controller: cfg.controller.clone(),
-            slo_p95_us: cfg.slo.p95_us,
-            probe: ProbeConfig::from(&cfg),
-            managed: node.cores,
-            proc_root: PathBuf::from("/proc"),
-            service_dir: (actuator.tree().mode() == Mode::Unified)
-                .then(|| actuator.tree().root().join("service")),
-            unified: startup::unified_mount(&actuator),
-            group: actuator.service()?,
-            may_move: actuator.tree().mode() == Mode::Unified,
-            sampler: sampler.handle(),
-            probe_slot: shared.probe.clone(),
-            cpu_alarm: Some(cpu_alarm),
-            bell: Some(bell),
-            pm_qos: startup::resume_latency(&cfg),
-        };
-        Some(slo::SloLoop::new(setup).map_err(DaemonError::Service)?)
-    } else {
-        None
-    };
+    let sensors = startup::sense(&cfg, &node, &actuator, &shared)?;
     let serve = serve(server, shared.clone())?;
-
     let mut control = Control::new(ControlSetup {
         shared: shared.clone(),
         actuator,
         exits,
         ops: ops_rx,
-        bell: bell_rx,
-        slo,
+        bell: sensors.bell,
+        slo: sensors.slo,
         managed: node.cores,
         policy_tick: Duration::from_millis(cfg.policy.tick_ms),
         notifier,
@@ -216,7 +161,18 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     });
     control.start(recovered.ended_while_down, &cfg.socket);
     control.run();
+    shutdown(&shared, serve, sensors.sampler, &cfg);
+    Ok(())
+}
 
+/// After the control loop: the socket closed, samplers stopped, logs closed, journal compacted.
+/// Jobs keep running for the next daemon to adopt.
+fn shutdown(
+    shared: &Shared,
+    serve: std::thread::JoinHandle<()>,
+    sampler: crate::sense::sampler::SamplerSet,
+    cfg: &Config,
+) {
     let _ = Notifier::from_env().stopping();
     let _ = serve.join();
     sampler.stop();
@@ -225,7 +181,6 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         crate::log::error(&format!("journal compaction at exit failed: {e}"));
     }
     crate::log::notice("stopped");
-    Ok(())
 }
 
 /// Log level, root, signal mask and state dir: what must hold before any thread starts.

@@ -195,7 +195,6 @@ impl SloLoop {
     }
 
     /// Looks for the service if it is not known or its processes are gone.
-    #[allow(clippy::too_many_lines)] // TODO(lead): split
     fn rescan(&mut self) {
         if self.last_scan.elapsed() < Duration::from_millis(self.cfg.rescan_ms) {
             return;
@@ -233,24 +232,14 @@ impl SloLoop {
             }
         };
         self.last_error = None;
+        self.follow(found);
+    }
+
+    /// Starts protecting a service just found: confines it (its group or its threads' affinity),
+    /// samples its CPU use, and starts the latency probe if none runs.
+    fn follow(&mut self, found: Found) {
         let pid = found.processes[0].pid;
-        // Another systemd service owns its cgroup: moving it out would confuse the manager.
-        let foreign_unit = self.unit_of(pid).is_some_and(|p| p.ends_with(".service"));
-        let placement =
-            if self.may_move && self.cfg.placement == service::Placement::Auto && !foreign_unit {
-                let moved = found.processes.iter().all(|p| {
-                    self.group
-                        .add(nix::unistd::Pid::from_raw(p.pid as i32))
-                        .is_ok()
-                });
-                if moved {
-                    Placement::Group
-                } else {
-                    Placement::Affinity
-                }
-            } else {
-                Placement::Affinity
-            };
+        let placement = self.placement_for(&found);
         let source = match (placement, &self.service_dir) {
             (Placement::Group, Some(dir)) => ServiceSource::Cgroup(dir.clone()),
             _ => ServiceSource::Pid(pid),
@@ -287,6 +276,27 @@ impl SloLoop {
         // Confine the (new) processes to the current allocation right away.
         if let Some(a) = self.applied.clone() {
             self.place(&a.service);
+        }
+    }
+
+    /// Into lowsched's `service/` group where that may be done (pure v2, placement auto, not
+    /// owned by another systemd service, whose manager moving it out would confuse); else its
+    /// threads are pinned.
+    fn placement_for(&self, found: &Found) -> Placement {
+        let pid = found.processes[0].pid;
+        let foreign_unit = self.unit_of(pid).is_some_and(|p| p.ends_with(".service"));
+        if !self.may_move || self.cfg.placement != service::Placement::Auto || foreign_unit {
+            return Placement::Affinity;
+        }
+        let moved = found.processes.iter().all(|p| {
+            self.group
+                .add(nix::unistd::Pid::from_raw(p.pid as i32))
+                .is_ok()
+        });
+        if moved {
+            Placement::Group
+        } else {
+            Placement::Affinity
         }
     }
 

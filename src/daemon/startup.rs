@@ -5,23 +5,28 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::decide::policy::Policy;
 use crate::model::cpuset::CpuSet;
 use crate::model::inventory::Inventory;
 use crate::model::jobstate::JobState;
 use crate::node::actuator::{ActuationError, Actuator, ActuatorConfig};
-use crate::node::cgroup::{Layout, RootName, TreeConfig};
+use crate::node::cgroup::{Layout, Mode, RootName, TreeConfig};
 use crate::node::pmqos::ResumeLatency;
 use crate::node::service::Enabled;
+use crate::sense::doorbell::{DISARMED, Doorbell, Tripwire};
 use crate::sense::latency::Slo;
 use crate::sense::probe::ProbeConfig;
-use crate::sense::sampler::SamplerConfig;
+use crate::sense::sampler::{SamplerConfig, SamplerSet};
+use crate::store::eventlog::EventLog;
+use crate::store::journal::{Journal, Replay};
 
 use super::DaemonError;
 use super::config::{self, Config};
 use super::jobs::{Change, Jobs};
 use super::recovery::{self, Recovered};
 use super::server::Limits;
-use super::shared::now;
+use super::shared::{Shared, now};
+use super::slo::{self, SloLoop, SloSetup};
 
 impl From<&Config> for Limits {
     fn from(cfg: &Config) -> Self {
@@ -203,10 +208,10 @@ pub fn unified_mount(actuator: &Actuator) -> Option<PathBuf> {
 /// limits back; those whose cpuset was reset (a systemd restart relaxed the subtree) wait
 /// paused until the policy gives them cores again.
 pub fn recover(
-    replay: &crate::store::journal::Replay,
+    replay: &Replay,
     actuator: &mut Actuator,
     jobs: &Jobs,
-    policy: &dyn crate::decide::policy::Policy,
+    policy: &dyn Policy,
     node: &Inventory,
 ) -> Result<Recovered, DaemonError> {
     let adoption = actuator.adopt()?;
@@ -243,4 +248,90 @@ pub fn recover(
         recovered.unknown_killed
     ));
     Ok(recovered)
+}
+
+/// The journal (its corrupt lines reported) and the event log behind the door.
+pub fn open_store(cfg: &Config) -> Result<(Jobs, Replay), DaemonError> {
+    let (journal, replay) = Journal::open(&cfg.state_dir)?;
+    for (line, why) in &replay.corrupt {
+        crate::log::error(&format!(
+            "journal line {line} is corrupt and was skipped: {why}"
+        ));
+    }
+    Ok((Jobs::new(journal, EventLog::open(&cfg.state_dir)?), replay))
+}
+
+/// The configured scheduling policy.
+pub fn policy(cfg: &Config) -> Result<Box<dyn Policy>, DaemonError> {
+    let policy_cfg = cfg.policy.policy_config().map_err(DaemonError::Policy)?;
+    crate::decide::policy::by_name(&cfg.policy.name, &policy_cfg)
+        .map_err(|e| DaemonError::Policy(e.to_string()))
+}
+
+/// Most cores batch could ever get (managed cores minus the service's minimum).
+pub fn batch_capacity(cfg: &Config, node: &Inventory) -> usize {
+    let n = node.cores.len();
+    let cap = if service_on(cfg) {
+        n.saturating_sub(cfg.service.min_cores)
+    } else {
+        n
+    };
+    cap.max(1)
+}
+
+/// The sensors: per-core samplers, and with a protected service its SLO loop (probe,
+/// controller, placement); both ring `bell` when a reading crosses a grow threshold.
+#[derive(Debug)]
+pub struct Sensors {
+    pub sampler: SamplerSet,
+    pub slo: Option<SloLoop>,
+    pub bell: crossbeam_channel::Receiver<()>,
+}
+
+pub fn sense(
+    cfg: &Config,
+    node: &Inventory,
+    actuator: &Actuator,
+    shared: &Shared,
+) -> Result<Sensors, DaemonError> {
+    let service_on = service_on(cfg);
+    let (bell, bell_rx) = Doorbell::new();
+    let cpu_alarm = Tripwire::new(bell.clone(), DISARMED, slo::RING_SPACING);
+    let sampler = SamplerSet::start(SamplerConfig {
+        cores: Some(node.cores),
+        service_alarm: service_on.then(|| cpu_alarm.clone()),
+        ..SamplerConfig::from(cfg)
+    })
+    .map_err(|e| DaemonError::Sampler(e.to_string()))?;
+    if !service_on {
+        return Ok(Sensors {
+            sampler,
+            slo: None,
+            bell: bell_rx,
+        });
+    }
+    let unified_tree = actuator.tree().mode() == Mode::Unified;
+    let setup = SloSetup {
+        cfg: cfg.service.clone(),
+        controller: cfg.controller.clone(),
+        slo_p95_us: cfg.slo.p95_us,
+        probe: ProbeConfig::from(cfg),
+        managed: node.cores,
+        proc_root: PathBuf::from("/proc"),
+        service_dir: unified_tree.then(|| actuator.tree().root().join("service")),
+        unified: unified_mount(actuator),
+        group: actuator.service()?,
+        may_move: unified_tree,
+        sampler: sampler.handle(),
+        probe_slot: shared.probe.clone(),
+        cpu_alarm: Some(cpu_alarm),
+        bell: Some(bell),
+        pm_qos: resume_latency(cfg),
+    };
+    let slo = SloLoop::new(setup).map_err(DaemonError::Service)?;
+    Ok(Sensors {
+        sampler,
+        slo: Some(slo),
+        bell: bell_rx,
+    })
 }
