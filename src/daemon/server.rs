@@ -411,10 +411,15 @@ mod tests {
             ..Limits::default()
         };
         let (_d, path, stop) = start(limits);
+        // Answered, so both are being served (no sleep and hope that they were accepted).
         let held: Vec<UnixStream> = (0..2)
-            .map(|_| UnixStream::connect(&path).unwrap())
+            .map(|_| {
+                let mut s = UnixStream::connect(&path).unwrap();
+                s.write_all(b"{\"v\":1,\"verb\":\"stats\"}\n").unwrap();
+                assert!(lines(&s, 1)[0].ok);
+                s
+            })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
         let s = UnixStream::connect(&path).unwrap();
         assert_eq!(
             lines(&s, 1)[0].error.as_ref().unwrap().code,
