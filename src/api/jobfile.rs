@@ -148,7 +148,10 @@ fn invalid_field(e: &JobError, native: bool) -> String {
         JobError::EmptyArgv => return if native { "argv" } else { "command" }.into(),
         JobError::Cores { .. } => return if native { "cores" } else { "resources.cpu" }.into(),
         JobError::Nul { field } => field.as_str(),
-        JobError::TooLong { field, .. } | JobError::EmptyPath { field } => field,
+        JobError::TooLong { field, .. }
+        | JobError::EmptyPath { field }
+        | JobError::Control { field, .. } => field,
+        JobError::Limit(_) => "rlimits",
         JobError::EmptyName => "name",
         JobError::EnvName { .. } => "env",
         JobError::BadId { .. } => "(job)",
