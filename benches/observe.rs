@@ -32,6 +32,7 @@ impl Rng {
     }
 }
 
+/// A synthetic hour of state: one latency window a second, busy and quiet in turns of 5 min.
 fn synth_state(dir: &Path) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut w = HistoryWriter::new(dir, Rotation::default(), "synthetic hour");
@@ -57,6 +58,12 @@ fn synth_state(dir: &Path) {
         };
         w.append(&sw, &h).unwrap();
     }
+    synth_events(dir);
+}
+
+/// An hour of events beside the history: the service's core changes every 15 s, and 120 jobs
+/// that start, pause, resume and end.
+fn synth_events(dir: &Path) {
     let mut ev = String::new();
     let mut line = |t: f64, event: &str, job: &str, id: Option<u64>, args: &[&str], r: &str| {
         let mut v = serde_json::json!({"time_ms": (t * 1e3) as u64, "event": event, "job": job,

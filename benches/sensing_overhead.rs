@@ -124,56 +124,63 @@ fn period_noise() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let tau = lowsched::sense::sampler::DEFAULT_SMOOTHING;
     for ms in [10u64, 20, 50, 100, 200] {
-        let mut cores = CpuSet::new();
-        cores.insert(1);
-        let set = SamplerSet::start(SamplerConfig {
-            cores: Some(cores),
-            period: Duration::from_millis(ms),
-            ..SamplerConfig::default()
-        })
-        .unwrap();
-        let (mut raw_err, mut smooth_err, mut truths) = (Vec::new(), Vec::new(), Vec::new());
-        let mut last: Option<(u64, u64)> = None; // (at_ns, idle_us)
-        let mut ref_smooth: Option<f64> = None;
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(8) {
-            let c = set.core(1).unwrap();
-            let idle = cpuidle_us(1).unwrap_or(0);
-            if last.is_none_or(|(at, _)| at != c.at_ns) {
-                if let (Some((at0, idle0)), Some(u), Some(s)) = (last, c.utilization, c.smoothed) {
-                    let dt_us = (c.at_ns - at0) as f64 / 1e3;
-                    let truth = (1.0 - (idle - idle0) as f64 / dt_us).clamp(0.0, 1.0);
-                    let r = lowsched::sense::sampler::ewma(ref_smooth, truth, c.at_ns - at0, tau);
-                    ref_smooth = Some(r);
-                    if t0.elapsed() > Duration::from_secs(1) {
-                        raw_err.push(u - truth);
-                        truths.push(truth);
-                        smooth_err.push(s - r);
-                    }
-                }
-                last = Some((c.at_ns, idle));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let rms = |v: &[f64]| (v.iter().map(|e| e * e).sum::<f64>() / v.len().max(1) as f64).sqrt();
-        let mean = truths.iter().sum::<f64>() / truths.len().max(1) as f64;
-        println!(
-            "{:>6} ms {:>8} {:>10.2} {:>14.3} {:>18.3}",
-            ms,
-            raw_err.len(),
-            mean,
-            rms(&raw_err),
-            rms(&smooth_err)
-        );
-        set.stop();
+        compare_with_cpuidle(Duration::from_millis(ms));
     }
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(hog.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = hog.wait();
+}
+
+/// Samples CPU 1 every `period` for 8 s beside its cpuidle residency and prints one row: the
+/// raw and smoothed figures' RMS error against the reference.
+fn compare_with_cpuidle(period: Duration) {
+    let tau = lowsched::sense::sampler::DEFAULT_SMOOTHING;
+    let ms = period.as_millis();
+    let mut cores = CpuSet::new();
+    cores.insert(1);
+    let set = SamplerSet::start(SamplerConfig {
+        cores: Some(cores),
+        period,
+        ..SamplerConfig::default()
+    })
+    .unwrap();
+    let (mut raw_err, mut smooth_err, mut truths) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last: Option<(u64, u64)> = None; // (at_ns, idle_us)
+    let mut ref_smooth: Option<f64> = None;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        let c = set.core(1).unwrap();
+        let idle = cpuidle_us(1).unwrap_or(0);
+        if last.is_none_or(|(at, _)| at != c.at_ns) {
+            if let (Some((at0, idle0)), Some(u), Some(s)) = (last, c.utilization, c.smoothed) {
+                let dt_us = (c.at_ns - at0) as f64 / 1e3;
+                let truth = (1.0 - (idle - idle0) as f64 / dt_us).clamp(0.0, 1.0);
+                let r = lowsched::sense::sampler::ewma(ref_smooth, truth, c.at_ns - at0, tau);
+                ref_smooth = Some(r);
+                if t0.elapsed() > Duration::from_secs(1) {
+                    raw_err.push(u - truth);
+                    truths.push(truth);
+                    smooth_err.push(s - r);
+                }
+            }
+            last = Some((c.at_ns, idle));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let rms = |v: &[f64]| (v.iter().map(|e| e * e).sum::<f64>() / v.len().max(1) as f64).sqrt();
+    let mean = truths.iter().sum::<f64>() / truths.len().max(1) as f64;
+    println!(
+        "{:>6} ms {:>8} {:>10.2} {:>14.3} {:>18.3}",
+        ms,
+        raw_err.len(),
+        mean,
+        rms(&raw_err),
+        rms(&smooth_err)
+    );
+    set.stop();
 }
 
 struct Memcached(Child, Option<std::path::PathBuf>);

@@ -44,18 +44,33 @@ fn submit_line(job: &str) -> Vec<u8> {
 
 /// (what, bytes sent, expected answer). Each runs on a fresh connection.
 fn table() -> Vec<(&'static str, Vec<u8>, Want)> {
+    [
+        framing_cases(),
+        envelope_cases(),
+        numbers_cases(),
+        resources_cases(),
+        text_cases(),
+        unknown_ids_cases(),
+    ]
+    .concat()
+}
+
+fn line(s: &str) -> Vec<u8> {
+    format!("{s}\n").into_bytes()
+}
+
+/// A submit of a job `true` named `x`, with `extra` fields.
+fn job(extra: &str) -> Vec<u8> {
+    submit_line(&format!("{{\"name\":\"x\",\"argv\":[\"true\"]{extra}}}"))
+}
+
+/// Lines that are not one JSON object: too long, cut short, not text, not an object, or more
+/// than one.
+fn framing_cases() -> Vec<(&'static str, Vec<u8>, Want)> {
     use Want::*;
-    let line = |s: &str| format!("{s}\n").into_bytes();
-    let job = |extra: &str| submit_line(&format!("{{\"name\":\"x\",\"argv\":[\"true\"]{extra}}}"));
     let mut oversized = b"{\"v\":1,\"verb\":\"status\",\"pad\":\"".to_vec();
     oversized.resize(MAX_REQUEST + 40 * 1024, b'a');
     oversized.extend_from_slice(b"\"}\n");
-    let nested = format!("{}{}\n", "[".repeat(30_000), "]".repeat(30_000)).into_bytes();
-    let many_args = job(&format!(",\"argv\":[{}]", vec!["\"a\""; 5000].join(",")));
-    let long_name = submit_line(&format!(
-        "{{\"name\":\"{}\",\"argv\":[\"true\"]}}",
-        "n".repeat(200)
-    ));
     vec![
         (
             "oversized line (104 KiB)",
@@ -93,6 +108,23 @@ fn table() -> Vec<(&'static str, Vec<u8>, Want)> {
             Error("bad_request"),
         ),
         ("null", line("null"), Error("bad_request")),
+        (
+            "trailing garbage",
+            line(r#"{"v":1,"verb":"status"} x"#),
+            Error("bad_request"),
+        ),
+        (
+            "two objects on one line",
+            line(r#"{"v":1,"verb":"status"}{"v":1,"verb":"status"}"#),
+            Error("bad_request"),
+        ),
+    ]
+}
+
+/// Objects with a bad envelope: version, verb, unknown fields, ids of the wrong type.
+fn envelope_cases() -> Vec<(&'static str, Vec<u8>, Want)> {
+    use Want::*;
+    vec![
         (
             "missing version",
             line(r#"{"verb":"status"}"#),
@@ -149,6 +181,13 @@ fn table() -> Vec<(&'static str, Vec<u8>, Want)> {
             line(r#"{"v":1,"verb":"status","id":true}"#),
             Error("bad_request"),
         ),
+    ]
+}
+
+/// Job fields of the wrong type or out of their integer range.
+fn numbers_cases() -> Vec<(&'static str, Vec<u8>, Want)> {
+    use Want::*;
+    vec![
         (
             "job as a string",
             line(r#"{"v":1,"verb":"submit","job":"true"}"#),
@@ -194,6 +233,13 @@ fn table() -> Vec<(&'static str, Vec<u8>, Want)> {
             job(r#","cores":{"min":1,"max":4294967296}"#),
             Error("bad_request"),
         ),
+    ]
+}
+
+/// Resource requests the node can never meet or that make no sense, and bad time-outs.
+fn resources_cases() -> Vec<(&'static str, Vec<u8>, Want)> {
+    use Want::*;
+    vec![
         (
             "negative cores",
             job(r#","cores":{"min":-1,"max":1}"#),
@@ -245,6 +291,20 @@ fn table() -> Vec<(&'static str, Vec<u8>, Want)> {
             line(r#"{"v":1,"verb":"wait","id":1,"timeout_ms":-5}"#),
             Error("bad_request"),
         ),
+    ]
+}
+
+/// Job text the kernel could not take (empty argv, NULs, `=` in env names), bad names and
+/// paths, unknown users, and a batch with one bad job.
+fn text_cases() -> Vec<(&'static str, Vec<u8>, Want)> {
+    use Want::*;
+    let nested = format!("{}{}\n", "[".repeat(30_000), "]".repeat(30_000)).into_bytes();
+    let many_args = job(&format!(",\"argv\":[{}]", vec!["\"a\""; 5000].join(",")));
+    let long_name = submit_line(&format!(
+        "{{\"name\":\"{}\",\"argv\":[\"true\"]}}",
+        "n".repeat(200)
+    ));
+    vec![
         (
             "empty argv",
             submit_line(r#"{"name":"x","argv":[]}"#),
@@ -292,16 +352,13 @@ fn table() -> Vec<(&'static str, Vec<u8>, Want)> {
             Error("invalid"),
         ),
         ("nested 30 000 deep", nested, Error("bad_request")),
-        (
-            "trailing garbage",
-            line(r#"{"v":1,"verb":"status"} x"#),
-            Error("bad_request"),
-        ),
-        (
-            "two objects on one line",
-            line(r#"{"v":1,"verb":"status"}{"v":1,"verb":"status"}"#),
-            Error("bad_request"),
-        ),
+    ]
+}
+
+/// Well-formed requests about jobs or services that do not exist.
+fn unknown_ids_cases() -> Vec<(&'static str, Vec<u8>, Want)> {
+    use Want::*;
+    vec![
         (
             "unknown job: status",
             line(r#"{"v":1,"verb":"status","id":987654}"#),

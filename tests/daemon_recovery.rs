@@ -213,14 +213,7 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
     );
     let long_s = d.wait_for(long, "running its sh", running_sh);
     let down_s = d.wait_for(ends_down, "running its sh", running_sh);
-    // Pending: no core is free.
-    let queued: Vec<u64> = (0..4)
-        .map(|i| job(&d, &format!("queued{i}"), &[], &marker, "true"))
-        .collect();
-    let wide = job(&d, "wide", &["--cpus", "2"], &marker, "true");
-    for id in queued.iter().chain([&wide]) {
-        assert_eq!(d.status(*id)["state"], "pending");
-    }
+    let (queued, wide) = queue_behind(&d, &marker);
     let frozen_at = ticks_settle(&ticks);
 
     d.kill9();
@@ -231,11 +224,9 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
     let long_sh = shell_pid(&long_s).unwrap();
     assert!(alive(long_sh));
     std::fs::write(&rel_f, "").unwrap();
-    let deadline = Instant::now() + LONG;
-    while pids(&down_s).iter().any(|p| alive(*p)) {
-        assert!(Instant::now() < deadline, "ends-down never ended");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("ends-down never ended", || {
+        !pids(&down_s).iter().any(|p| alive(*p))
+    });
     assert_eq!(marks(&marker).get(&("end".into(), ends_down)), Some(&1));
     assert_eq!(
         lines(&ticks).len(),
@@ -245,12 +236,7 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
 
     d.start_again();
     // The job that ended while the daemon was down: its exit code, recorded once.
-    assert_eq!(d.wait_code(ends_down), 7);
-    let s = d.status(ends_down);
-    assert_eq!(
-        (s["state"].as_str(), s["exit_code"].as_i64()),
-        (Some("failed"), Some(7))
-    );
+    assert_failed_with(&d, ends_down, 7);
     // The running job was adopted: the same processes, still running.
     let s = d.status(long);
     assert_eq!(s["state"], "running");
@@ -258,13 +244,7 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
         alive(long_sh) && pids(&s).contains(&long_sh),
         "{s:#} vs {long_s:#}"
     );
-    // The paused job is still paused and held, and frozen.
-    let s = d.status(paused);
-    assert_eq!(
-        (s["state"].as_str(), s["held"].as_bool()),
-        (Some("paused"), Some(true))
-    );
-    assert_eq!(ticks_settle(&ticks), frozen_at);
+    assert_held_and_frozen(&d, paused, &ticks, frozen_at);
     // The finished job stays finished.
     assert_eq!(d.status(done)["state"], "succeeded");
     // The queue was rebuilt: the freed core runs the queued jobs.
@@ -275,11 +255,9 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
 
     // Resume the held job: it thaws.
     assert!(d.cli(&["resume", &paused.to_string()]).status.success());
-    let deadline = Instant::now() + LONG;
-    while lines(&ticks).len() <= frozen_at {
-        assert!(Instant::now() < deadline, "the resumed job does not run");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the resumed job does not run", || {
+        lines(&ticks).len() > frozen_at
+    });
     std::fs::write(&rel_p, "").unwrap();
     std::fs::write(&rel_l, "").unwrap();
     for id in [paused, long, wide] {
@@ -292,8 +270,57 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
         .chain(queued.iter().copied())
         .collect();
     assert_eq!(d.all().len(), all.len());
-    let m = marks(&marker);
-    for id in &all {
+    assert_each_ran_once(&marker, &all);
+
+    assert!(d.stop().success());
+    assert_the_event_logs_show_two_runs(&d, &all, &[paused, long]);
+}
+
+/// Waits (up to [`LONG`]) until `done`; fails saying `never` otherwise.
+fn wait_until(never: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LONG;
+    while !done() {
+        assert!(Instant::now() < deadline, "{never}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Four one-core jobs and a two-core one, all pending while no core is free.
+fn queue_behind(d: &TestDaemon, marker: &Path) -> (Vec<u64>, u64) {
+    let queued: Vec<u64> = (0..4)
+        .map(|i| job(d, &format!("queued{i}"), &[], marker, "true"))
+        .collect();
+    let wide = job(d, "wide", &["--cpus", "2"], marker, "true");
+    for id in queued.iter().chain([&wide]) {
+        assert_eq!(d.status(*id)["state"], "pending");
+    }
+    (queued, wide)
+}
+
+/// The job ended with exit `code`, and its status says so.
+fn assert_failed_with(d: &TestDaemon, id: u64, code: i32) {
+    assert_eq!(d.wait_code(id), code);
+    let s = d.status(id);
+    assert_eq!(
+        (s["state"].as_str(), s["exit_code"].as_i64()),
+        (Some("failed"), Some(i64::from(code)))
+    );
+}
+
+/// The job its owner paused is still paused and held, and frozen (its ticks do not move).
+fn assert_held_and_frozen(d: &TestDaemon, id: u64, ticks: &Path, frozen_at: usize) {
+    let s = d.status(id);
+    assert_eq!(
+        (s["state"].as_str(), s["held"].as_bool()),
+        (Some("paused"), Some(true))
+    );
+    assert_eq!(ticks_settle(ticks), frozen_at);
+}
+
+/// Every job started once and ended once, by its own marks.
+fn assert_each_ran_once(marker: &Path, all: &[u64]) {
+    let m = marks(marker);
+    for id in all {
         assert_eq!(
             m.get(&("start".into(), *id)),
             Some(&1),
@@ -302,9 +329,13 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
         assert_eq!(m.get(&("end".into(), *id)), Some(&1), "end of {id}: {m:?}");
     }
     assert_eq!(m.len(), 2 * all.len(), "{m:?}");
+}
 
-    assert!(d.stop().success());
-    let events = check_event_logs(&d);
+/// The event logs of the two runs (the first cut short by kill -9, so without `end
+/// scheduler`): each job started once and ended once there too, and adoption is a custom event
+/// naming exactly `adopted_ids`.
+fn assert_the_event_logs_show_two_runs(d: &TestDaemon, all: &[u64], adopted_ids: &[u64]) {
+    let events = check_event_logs(d);
     let log = d.events_log();
     assert!(log.lines().next().unwrap().ends_with(" start scheduler"));
     assert!(log.lines().last().unwrap().ends_with(" end scheduler"));
@@ -324,7 +355,7 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
     // Each job started once and ended once in the event log too; adoption is a custom event.
     let starts = event_counts(&events, "start");
     let ends = event_counts(&events, "end");
-    for id in &all {
+    for id in all {
         assert_eq!(starts.get(id), Some(&1), "start events of {id}");
         assert_eq!(ends.get(id), Some(&1), "end events of {id}");
     }
@@ -333,7 +364,7 @@ fn kill9_with_pending_running_and_paused_jobs_loses_nothing_and_repeats_nothing(
         .filter(|e| e["event"] == "custom" && e["args"][0] == "adopted")
         .filter_map(|e| e["id"].as_u64())
         .collect();
-    assert_eq!(adopted, BTreeSet::from([paused, long]));
+    assert_eq!(adopted, adopted_ids.iter().copied().collect());
     assert!(log.contains(" pause paused\n"), "{log}");
 }
 

@@ -80,14 +80,24 @@ fn non_root_callers_act_only_on_their_own_jobs() {
     // root's job, with a secret in its environment.
     let root_job = d.submit(&["--env", "SECRET=hunter2", "--", "sh", "-c", &wait_release]);
     d.wait_state(root_job, "running");
-    let rid = root_job.to_string();
+    nobody_may_look_but_not_touch(&d, root_job);
+    nobody_does_not_see_its_environment(&d, root_job);
+    nobody_cannot_submit_as_another_user(&d);
+    nobody_owns_its_own_job(&d, &wait_release, &release);
+    assert_eq!(d.wait_code(root_job), 0);
 
-    // nobody may look but not touch.
+    root_may_submit_as_nobody_and_cancel_it(&d);
+}
+
+/// nobody may look at root's job but not cancel, pause or resume it, through the CLI or a
+/// raw request.
+fn nobody_may_look_but_not_touch(d: &TestDaemon, root_job: u64) {
+    let rid = root_job.to_string();
     for verb in ["cancel", "pause", "resume"] {
         let out = d.cli_as(NOBODY, NOGROUP, &[verb, &rid]);
         refused(&out, "only its owner or root may change it");
         let line = format!(r#"{{"v":1,"verb":"{verb}","id":{root_job}}}"#);
-        let answer = raw_as_nobody(&d, &line);
+        let answer = raw_as_nobody(d, &line);
         assert_eq!(answer["ok"], false, "{answer}");
         assert_eq!(answer["error"]["code"], "forbidden", "{verb}: {answer}");
     }
@@ -96,8 +106,12 @@ fn non_root_callers_act_only_on_their_own_jobs() {
         (s["state"].as_str(), s["held"].as_bool()),
         (Some("running"), Some(false))
     );
+}
 
-    // ... and does not see its environment, in any view.
+/// nobody does not see root's job's environment in any view, nor in the daemon's files (the
+/// journal, which holds it, is root's alone); root does.
+fn nobody_does_not_see_its_environment(d: &TestDaemon, root_job: u64) {
+    let rid = root_job.to_string();
     let out = d.cli_as(NOBODY, NOGROUP, &["status", "--json", &rid]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -112,7 +126,7 @@ fn non_root_callers_act_only_on_their_own_jobs() {
         assert!(out.status.success());
         assert!(!text(&out.stdout).contains("hunter2"), "{args:?}");
     }
-    let answer = raw_as_nobody(&d, &format!(r#"{{"v":1,"verb":"status","id":{root_job}}}"#));
+    let answer = raw_as_nobody(d, &format!(r#"{{"v":1,"verb":"status","id":{root_job}}}"#));
     assert!(answer["job"].get("env").is_none(), "{answer}");
     // Nor in the daemon's files: the journal (which holds it) is root's alone.
     let journal = d.state.join("journal");
@@ -131,19 +145,23 @@ fn non_root_callers_act_only_on_their_own_jobs() {
     }
     // The owner (root) does see it.
     assert_eq!(d.status(root_job)["env"]["SECRET"], "hunter2");
+}
 
-    // nobody cannot submit as root (or anyone else); nothing is accepted.
+/// nobody cannot submit as root (or anyone else); nothing is accepted.
+fn nobody_cannot_submit_as_another_user(d: &TestDaemon) {
     let before = d.all().len();
     let out = d.cli_as(NOBODY, NOGROUP, &["submit", "--user", "root", "--", "true"]);
     refused(&out, "only root may submit jobs as another user");
     let answer = raw_as_nobody(
-        &d,
+        d,
         r#"{"v":1,"verb":"submit","user":"root","job":{"name":"x","argv":["true"]}}"#,
     );
     assert_eq!(answer["error"]["code"], "forbidden", "{answer}");
     assert_eq!(d.all().len(), before);
+}
 
-    // nobody's own job runs as nobody, output files included, and nobody may change it.
+/// nobody's own job runs as nobody, output files included, and nobody may change it.
+fn nobody_owns_its_own_job(d: &TestDaemon, wait_release: &str, release: &std::path::Path) {
     let out = d.cli_as(
         NOBODY,
         NOGROUP,
@@ -172,15 +190,16 @@ fn non_root_callers_act_only_on_their_own_jobs() {
     let out = d.cli_as(NOBODY, NOGROUP, &["status", "--json", &oid]);
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen["env"]["MINE"], "1");
-    std::fs::write(&release, "").unwrap();
+    std::fs::write(release, "").unwrap();
     let out = d.cli_as(NOBODY, NOGROUP, &["wait", &oid]);
     assert_eq!(out.status.code(), Some(0));
     let stdout = d.state.join(format!("jobs/{own}/stdout"));
     assert_eq!(std::fs::read_to_string(&stdout).unwrap(), "65534\n65534\n");
     assert_eq!(std::fs::metadata(&stdout).unwrap().uid(), NOBODY);
-    assert_eq!(d.wait_code(root_job), 0);
+}
 
-    // Root may submit as nobody, and cancel nobody's jobs.
+/// Root may submit as nobody, and cancel nobody's jobs.
+fn root_may_submit_as_nobody_and_cancel_it(d: &TestDaemon) {
     let as_nobody = d.submit(&["--user", "nobody", "--", "sh", "-c", "id -u; sleep 600"]);
     d.wait_state(as_nobody, "running");
     assert_eq!(d.status(as_nobody)["uid"], 65534);

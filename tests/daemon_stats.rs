@@ -59,23 +59,7 @@ fn stats_show_the_protected_services_latency_as_table_json_and_hlog() {
         ),
     );
 
-    // Wait for a few measured windows.
-    let deadline = Instant::now() + LONG;
-    let report = loop {
-        let out = d.cli(&["stats", "--json"]);
-        if out.status.success() {
-            let r: StatsReport = serde_json::from_slice(&out.stdout).unwrap();
-            if r.windows_total >= 2 && r.cumulative.count > 0 {
-                break r;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no measurements: {}",
-            text(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let report = measured_report(&d);
     assert_eq!(report.server, format!("127.0.0.1:{port}"));
     assert!(report.cumulative.p95_us > 0);
 
@@ -95,6 +79,42 @@ fn stats_show_the_protected_services_latency_as_table_json_and_hlog() {
         assert!(table.contains(want), "{want:?} not in {table}");
     }
 
+    let (intervals, count) = hlog_intervals(&d);
+    assert!(
+        intervals >= 2 && count > 0,
+        "{intervals} intervals, {count} values"
+    );
+
+    // Jobs run while a service is protected: with the default max_cores = 0 the service gets
+    // every core but one, so batch always keeps a core, whatever the latency does.
+    let id = d.submit(&["--", "true"]);
+    assert_eq!(d.wait_code(id), 0, "{:#}", d.status(id));
+    assert_eq!(d.status(id)["state"], "succeeded");
+}
+
+/// The daemon's stats once its probe has measured a few windows.
+fn measured_report(d: &TestDaemon) -> StatsReport {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let out = d.cli(&["stats", "--json"]);
+        if out.status.success() {
+            let r: StatsReport = serde_json::from_slice(&out.stdout).unwrap();
+            if r.windows_total >= 2 && r.cumulative.count > 0 {
+                break r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no measurements: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes the daemon's stats as an HdrHistogram interval log and reads it back with the
+/// hdrhistogram crate: how many intervals, how many values in all.
+fn hlog_intervals(d: &TestDaemon) -> (usize, u64) {
     let hlog = d.dir.path().join("latency.hlog");
     let out = d.cli(&["stats", "--hlog", hlog.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -114,14 +134,5 @@ fn stats_show_the_protected_services_latency_as_table_json_and_hlog() {
             count += hist.len();
         }
     }
-    assert!(
-        intervals >= 2 && count > 0,
-        "{intervals} intervals, {count} values"
-    );
-
-    // Jobs run while a service is protected: with the default max_cores = 0 the service gets
-    // every core but one, so batch always keeps a core, whatever the latency does.
-    let id = d.submit(&["--", "true"]);
-    assert_eq!(d.wait_code(id), 0, "{:#}", d.status(id));
-    assert_eq!(d.status(id)["state"], "succeeded");
+    (intervals, count)
 }

@@ -37,58 +37,21 @@ fn every_job_leaves_exactly_once_under_concurrent_push_pop_and_remove() {
         })
         .collect();
 
-    // Takes out every 5th job it sees listed (as the controller does when it starts jobs), and
-    // cancels every 1000th by id, racing the consumer for them; keeps what it won.
     let remover = {
-        let q = Arc::clone(&queue);
-        let count = Arc::clone(&removed_count);
-        let done = Arc::clone(&all_done);
-        thread::spawn(move || {
-            let mut won = Vec::new();
-            let mut next_cancel = 0u64;
-            while !done.load(SeqCst) {
-                for job in q.iter() {
-                    if job.id().0 % 5 == 0 && q.take(&job) {
-                        assert_eq!(*job.payload(), job.id().0);
-                        won.push(job.id().0);
-                        count.fetch_add(1, SeqCst);
-                    }
-                }
-                if next_cancel < TOTAL as u64 {
-                    if let Some(job) = q.remove(JobId(next_cancel + 1)) {
-                        won.push(job.id().0);
-                        count.fetch_add(1, SeqCst);
-                    }
-                    next_cancel += 1000;
-                }
-            }
-            won
-        })
+        let (q, count, done) = (
+            Arc::clone(&queue),
+            Arc::clone(&removed_count),
+            Arc::clone(&all_done),
+        );
+        thread::spawn(move || remove_until(&q, &count, &done))
     };
-
     let consumer = {
-        let q = Arc::clone(&queue);
-        let removed = Arc::clone(&removed_count);
-        let producers_done = Arc::clone(&producers_done);
-        thread::spawn(move || {
-            let mut popped = Vec::with_capacity(TOTAL);
-            loop {
-                match q.pop() {
-                    Some(item) => {
-                        assert_eq!(*item.payload(), item.id().0);
-                        popped.push(item.id().0);
-                    }
-                    None => {
-                        if producers_done.load(SeqCst)
-                            && popped.len() + removed.load(SeqCst) == TOTAL
-                        {
-                            return popped;
-                        }
-                        thread::yield_now();
-                    }
-                }
-            }
-        })
+        let (q, removed, producers_done) = (
+            Arc::clone(&queue),
+            Arc::clone(&removed_count),
+            Arc::clone(&producers_done),
+        );
+        thread::spawn(move || pop_all(&q, &removed, &producers_done))
     };
 
     for p in producers {
@@ -117,4 +80,47 @@ fn every_job_leaves_exactly_once_under_concurrent_push_pop_and_remove() {
     assert!(queue.pop().is_none());
     assert_eq!(queue.iter().count(), 0);
     eprintln!("popped {}, removed {}", popped.len(), won.len());
+}
+
+/// Takes out every 5th job it sees listed (as the controller does when it starts jobs), and
+/// cancels every 1000th by id, racing the consumer for them, until `done`; returns what it won.
+fn remove_until(q: &JobQueue<u64>, count: &AtomicUsize, done: &AtomicBool) -> Vec<u64> {
+    let mut won = Vec::new();
+    let mut next_cancel = 0u64;
+    while !done.load(SeqCst) {
+        for job in q.iter() {
+            if job.id().0 % 5 == 0 && q.take(&job) {
+                assert_eq!(*job.payload(), job.id().0);
+                won.push(job.id().0);
+                count.fetch_add(1, SeqCst);
+            }
+        }
+        if next_cancel < TOTAL as u64 {
+            if let Some(job) = q.remove(JobId(next_cancel + 1)) {
+                won.push(job.id().0);
+                count.fetch_add(1, SeqCst);
+            }
+            next_cancel += 1000;
+        }
+    }
+    won
+}
+
+/// Pops until every job has come out (popped here or removed by the other thread).
+fn pop_all(q: &JobQueue<u64>, removed: &AtomicUsize, producers_done: &AtomicBool) -> Vec<u64> {
+    let mut popped = Vec::with_capacity(TOTAL);
+    loop {
+        match q.pop() {
+            Some(item) => {
+                assert_eq!(*item.payload(), item.id().0);
+                popped.push(item.id().0);
+            }
+            None => {
+                if producers_done.load(SeqCst) && popped.len() + removed.load(SeqCst) == TOTAL {
+                    return popped;
+                }
+                thread::yield_now();
+            }
+        }
+    }
 }

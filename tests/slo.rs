@@ -121,70 +121,10 @@ impl Drop for Fixture {
 fn start(port: u16) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("memcached.pid");
-    let ok = Command::new("memcached")
-        .args([
-            "-u",
-            "root",
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "1",
-            "-d",
-            "-P",
-        ])
-        .arg(&pidfile)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "memcached did not start");
-    let t = Instant::now();
-    while std::fs::read_to_string(&pidfile)
-        .unwrap_or_default()
-        .trim()
-        .is_empty()
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "memcached wrote no pid file"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let memcached = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .ok();
+    let memcached = start_memcached(port, &pidfile);
     let socket = dir.path().join("s.sock");
     let root = format!("lowsched-test-slo-{}", std::process::id());
-    let cfg = format!(
-        r#"socket = "{sock}"
-state_dir = "{state}"
-cgroup_root = "{root}"
-[batch]
-idle_priority = true
-[service]
-enabled = "yes"
-pid_file = "{pid}"
-address = "127.0.0.1:{port}"
-min_cores = 1
-max_cores = 2
-rescan_ms = 200
-[controller]
-period_ms = 10
-grow_util = 0.2
-shrink_util = 0.08
-grow_p95_frac = 40.0
-shrink_p95_frac = 20.0
-shrink_qps_frac = 0.5
-hold_down_ms = 1000
-undo_window_ms = 200
-"#,
-        sock = socket.display(),
-        state = dir.path().join("state").display(),
-        pid = pidfile.display(),
-    );
+    let cfg = daemon_config(dir.path(), &socket, &root, &pidfile, port);
     let cfg_path = dir.path().join("lowsched.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
@@ -213,6 +153,78 @@ undo_window_ms = 200
     f
 }
 
+/// Starts our own memcached (daemonized, one thread) on `port`; returns its pid once it has
+/// written `pidfile`.
+fn start_memcached(port: u16, pidfile: &Path) -> Option<u32> {
+    let ok = Command::new("memcached")
+        .args([
+            "-u",
+            "root",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "1",
+            "-d",
+            "-P",
+        ])
+        .arg(pidfile)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "memcached did not start");
+    let t = Instant::now();
+    while std::fs::read_to_string(pidfile)
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "memcached wrote no pid file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::read_to_string(pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The daemon's config: our socket, state dir and cgroup root, the memcached at `port` as the
+/// protected service, and a fast controller (10 ms period, low grow thresholds).
+fn daemon_config(dir: &Path, socket: &Path, root: &str, pidfile: &Path, port: u16) -> String {
+    format!(
+        r#"socket = "{sock}"
+state_dir = "{state}"
+cgroup_root = "{root}"
+[batch]
+idle_priority = true
+[service]
+enabled = "yes"
+pid_file = "{pid}"
+address = "127.0.0.1:{port}"
+min_cores = 1
+max_cores = 2
+rescan_ms = 200
+[controller]
+period_ms = 10
+grow_util = 0.2
+shrink_util = 0.08
+grow_p95_frac = 40.0
+shrink_p95_frac = 20.0
+shrink_qps_frac = 0.5
+hold_down_ms = 1000
+undo_window_ms = 200
+"#,
+        sock = socket.display(),
+        state = dir.join("state").display(),
+        pid = pidfile.display(),
+    )
+}
+
 fn job_states(f: &Fixture) -> Vec<String> {
     f.status()
         .iter()
@@ -239,25 +251,8 @@ fn wait_settled(f: &Fixture) {
     );
 }
 
-#[test]
-fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
-    if common::skip_unless(common::is_root(), "needs root (cgroups, jobs as users)")
-        || common::skip_unless(
-            common::have("memcached"),
-            "needs memcached (apt install memcached)",
-        )
-        || common::skip_unless(
-            common::have("stress-ng"),
-            "needs stress-ng (apt install stress-ng)",
-        )
-    {
-        return;
-    }
-    let _serial = serial();
-    let port = common::free_port();
-    let f = start(port);
-    // Quiet: the controller settles on the bottom rung, where batch may use every core.
-    wait_settled(&f);
+/// Two one-core CPU hogs as batch jobs.
+fn submit_two_hogs(f: &Fixture) {
     for _ in 0..2 {
         let out = f.cli(&[
             "submit",
@@ -277,21 +272,11 @@ fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert!(
-        f.until(Duration::from_secs(20), |f| job_states(f)
-            .iter()
-            .all(|s| s == "running")),
-        "both batch jobs should run while the service is quiet: {:?}\n{}",
-        job_states(&f),
-        f.events()
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+}
 
-    // Load step: memcached's CPU use crosses grow_util; the controller climbs to the top rung.
-    let mut loadgen = Command::new(BIN)
+/// A 12 s load step of 40 k QPS on memcached.
+fn start_load(port: u16) -> std::process::Child {
+    Command::new(BIN)
         .args([
             "loadgen",
             "--server",
@@ -304,22 +289,13 @@ fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
-    let widened = f.until(Duration::from_secs(12), |f| {
-        memcached_cores(f).iter().any(|c| c == "[0,1]")
-    });
-    let paused = job_states(&f).iter().any(|s| s == "paused");
-    assert!(
-        widened,
-        "the service's cpuset never widened under load: {:?}",
-        memcached_cores(&f)
-    );
-    assert!(
-        paused || job_states(&f).iter().filter(|s| *s == "running").count() < 2,
-        "batch kept both cores under load: {:?}",
-        job_states(&f)
-    );
-    // The event log says why, with the readings.
+        .unwrap()
+}
+
+/// The event log says why the service grew, with the readings, and that the first climb moved
+/// a batch job off core 0 with a cpuset write before the service was placed there, not after a
+/// freeze.
+fn assert_the_grow_is_explained(f: &Fixture) {
     let grow = f
         .events()
         .into_iter()
@@ -331,8 +307,6 @@ fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
     );
     assert!(grow["inputs"]["service_cpu"].is_number(), "{grow}");
     assert!(grow["inputs"]["reaction_us"].is_number(), "{grow}");
-    // The first climb (from sharing core 0 to owning it) moved the batch job there off it
-    // with a cpuset write before the service was placed, not after a freeze.
     let events = f.events();
     let moved = events
         .iter()
@@ -352,6 +326,58 @@ fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
             .map(|e| e.to_string())
             .collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_load_step_takes_cores_from_batch_and_gives_them_back() {
+    if common::skip_unless(common::is_root(), "needs root (cgroups, jobs as users)")
+        || common::skip_unless(
+            common::have("memcached"),
+            "needs memcached (apt install memcached)",
+        )
+        || common::skip_unless(
+            common::have("stress-ng"),
+            "needs stress-ng (apt install stress-ng)",
+        )
+    {
+        return;
+    }
+    let _serial = serial();
+    let port = common::free_port();
+    let f = start(port);
+    // Quiet: the controller settles on the bottom rung, where batch may use every core.
+    wait_settled(&f);
+    submit_two_hogs(&f);
+    assert!(
+        f.until(Duration::from_secs(20), |f| job_states(f)
+            .iter()
+            .all(|s| s == "running")),
+        "both batch jobs should run while the service is quiet: {:?}\n{}",
+        job_states(&f),
+        f.events()
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Load step: memcached's CPU use crosses grow_util; the controller climbs to the top rung.
+    let mut loadgen = start_load(port);
+    let widened = f.until(Duration::from_secs(12), |f| {
+        memcached_cores(f).iter().any(|c| c == "[0,1]")
+    });
+    let paused = job_states(&f).iter().any(|s| s == "paused");
+    assert!(
+        widened,
+        "the service's cpuset never widened under load: {:?}",
+        memcached_cores(&f)
+    );
+    assert!(
+        paused || job_states(&f).iter().filter(|s| *s == "running").count() < 2,
+        "batch kept both cores under load: {:?}",
+        job_states(&f)
+    );
+    assert_the_grow_is_explained(&f);
 
     let _ = loadgen.wait();
 

@@ -446,6 +446,7 @@ impl Config {
         Self::parse(&text, path)
     }
 
+    #[allow(clippy::too_many_lines)] // TODO(lead): split
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),

@@ -200,7 +200,7 @@ impl SloLoop {
                     self.cfg.name,
                     f.processes.first().map_or(0, |p| p.pid),
                     a.service,
-                    s.p95_us,
+                    s.window.p95_us,
                     s.windows_over,
                     s.windows_total
                 )
@@ -401,11 +401,11 @@ impl SloLoop {
                 s.fast.p95_us as f64
             }
         });
-        let window = usable.filter(|s| s.window_count > 0).map(|s| {
+        let window = usable.filter(|s| s.window.count > 0).map(|s| {
             if s.slack_us == i64::MIN {
                 FAILED_US
             } else {
-                s.p95_us as f64
+                s.window.p95_us as f64
             }
         });
         // The reading a climb would react to: latency first (it is what the SLO is about).

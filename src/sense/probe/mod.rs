@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::sense::doorbell::Tripwire;
-use crate::sense::latency::{FastLatency, Slo, WindowSummary};
+use crate::sense::latency::{FastLatency, Percentiles, Slo, WindowSummary};
 
 use crate::sense::probe::report::StatsReport;
 use crate::sense::seqcell::{Packed, SeqCell};
@@ -133,12 +133,8 @@ pub struct ProbeSignal {
     pub oldest_waiting_us: u64,
     /// The window in progress (refreshed every ~100 ms).
     pub window_index: u64,
-    pub window_count: u64,
-    pub window_errors: u64,
-    pub p50_us: u64,
-    pub p95_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
+    /// The window in progress's latency (answered probes; failures in `errors`).
+    pub window: Percentiles,
     /// SLO limit minus the window's SLO quantile (failures counted); negative: over;
     /// `i64::MIN` when the quantile falls on a failure.
     pub slack_us: i64,
@@ -151,9 +147,9 @@ pub struct ProbeSignal {
     pub qps: Option<f64>,
 }
 
-impl Packed<18> for ProbeSignal {
-    fn pack(&self) -> [u64; 18] {
-        let f = &self.fast;
+impl Packed<19> for ProbeSignal {
+    fn pack(&self) -> [u64; 19] {
+        let (f, w) = (&self.fast, &self.window);
         let (hq, q) = self.qps.map_or((0, 0), |v| (1, v.to_bits()));
         [
             self.at_ns,
@@ -164,20 +160,21 @@ impl Packed<18> for ProbeSignal {
             f.max_us,
             self.oldest_waiting_us,
             self.window_index,
-            self.window_count,
-            self.window_errors,
-            self.p50_us,
-            self.p95_us | self.p99_us << 32,
-            self.max_us,
+            w.count,
+            w.errors,
+            w.p50_us,
+            w.p95_us | w.p99_us << 32,
+            w.max_us,
             self.slack_us as u64,
             self.last_p95_us,
             self.windows_over,
             self.windows_total,
             q,
+            w.p90_us | w.p999_us << 32,
         ]
     }
 
-    fn unpack(w: [u64; 18]) -> Self {
+    fn unpack(w: [u64; 19]) -> Self {
         Self {
             at_ns: w[0],
             status: ProbeStatus::from_code(w[1] & 0xff),
@@ -192,12 +189,16 @@ impl Packed<18> for ProbeSignal {
             },
             oldest_waiting_us: w[6],
             window_index: w[7],
-            window_count: w[8],
-            window_errors: w[9],
-            p50_us: w[10],
-            p95_us: w[11] & 0xffff_ffff,
-            p99_us: w[11] >> 32,
-            max_us: w[12],
+            window: Percentiles {
+                count: w[8],
+                errors: w[9],
+                p50_us: w[10],
+                p90_us: w[18] & 0xffff_ffff,
+                p95_us: w[11] & 0xffff_ffff,
+                p99_us: w[11] >> 32,
+                p999_us: w[18] >> 32,
+                max_us: w[12],
+            },
             slack_us: w[13] as i64,
             last_p95_us: w[14],
             windows_over: w[15],
@@ -208,7 +209,7 @@ impl Packed<18> for ProbeSignal {
 
 #[derive(Debug)]
 struct Shared {
-    signal: SeqCell<18>,
+    signal: SeqCell<19>,
     report: Mutex<StatsReport>,
     stop: AtomicBool,
 }
@@ -261,12 +262,7 @@ impl ProbeHandle {
         r.status = s.status;
         r.qps = s.qps.or(r.qps);
         r.current.index = s.window_index;
-        r.current.latency.count = s.window_count;
-        r.current.latency.errors = s.window_errors;
-        r.current.latency.p50_us = s.p50_us;
-        r.current.latency.p95_us = s.p95_us;
-        r.current.latency.p99_us = s.p99_us;
-        r.current.latency.max_us = s.max_us;
+        r.current.latency = s.window;
         r
     }
 }

@@ -405,12 +405,7 @@ impl Probe {
         {
             let cur = self.windows.current();
             s.window_index = cur.index;
-            s.window_count = cur.latency.count;
-            s.window_errors = cur.latency.errors;
-            s.p50_us = cur.latency.p50_us;
-            s.p95_us = cur.latency.p95_us;
-            s.p99_us = cur.latency.p99_us;
-            s.max_us = cur.latency.max_us;
+            s.window = cur.latency;
             s.slack_us = match cur.slo_value_us {
                 Some(v) => self.cfg.slo.limit_us as i64 - v as i64,
                 None if cur.is_empty() => self.cfg.slo.limit_us as i64,

@@ -67,10 +67,10 @@ pub(super) fn run(
     if cfg.preload {
         preload(addr, cfg, &keys, &value)?;
     }
-    let (epoll, lanes) = open_lanes(cfg, addr)?;
+    let lanes = open_lanes(cfg, addr)?;
     let started_unix_s = unix_time_s();
     let cpu0 = thread_cpu_ns();
-    let mut g = Generator::new(cfg, addr, keys, value, epoll, lanes, monotonic_ns());
+    let mut g = Generator::new(cfg, addr, (keys, value), lanes, monotonic_ns());
     let mut stopped_at: Option<u64> = None;
     let mut ready: Vec<Ready> = Vec::with_capacity(64);
     loop {
@@ -143,13 +143,13 @@ struct Generator<'c> {
 }
 
 impl<'c> Generator<'c> {
+    /// A run starting at `start` over the lanes [`open_lanes`] made, sending `keys` (one flat
+    /// buffer) and, for sets, `value`.
     fn new(
         cfg: &'c LoadgenConfig,
         addr: SocketAddr,
-        keys: Vec<u8>,
-        value: Vec<u8>,
-        epoll: Epoll,
-        lanes: Vec<Lane>,
+        (keys, value): (Vec<u8>, Vec<u8>),
+        (epoll, lanes): (Epoll, Vec<Lane>),
         start: u64,
     ) -> Self {
         let end = start + cfg.duration.as_nanos() as u64;
