@@ -3,6 +3,7 @@
 mod format;
 pub mod stats;
 mod submit;
+mod units;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

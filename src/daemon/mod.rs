@@ -22,7 +22,7 @@ pub mod slo;
 mod startup;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,7 +136,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         jobs,
         policy,
         node: node.clone(),
-        batch_capacity: AtomicUsize::new(startup::batch_capacity(&cfg, &node)),
+        service_claim: startup::service_claim(&cfg),
         next_id: AtomicU64::new(replay.next_id.max(1)),
         ops: ops_tx,
         probe: Arc::new(Mutex::new(None)),
