@@ -1,6 +1,9 @@
 //! The `lowsched` command line: argument definitions (argh) and the client subcommands.
 
+mod args;
+pub mod completions;
 mod format;
+pub mod man;
 pub mod stats;
 mod submit;
 mod units;
@@ -8,7 +11,7 @@ mod units;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use crate::api::client::{Client, ClientError, socket_path};
 use crate::api::protocol::{self, Reply, Request};
@@ -31,7 +34,8 @@ pub mod exit {
 }
 
 /// lowsched: keeps a latency-critical service inside its SLO while batch jobs use the spare cores.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(help_triggers("-h", "--help", "help"))]
 pub struct Cli {
     /// the daemon's socket (default: $LOWSCHED_SOCKET, else /run/lowsched/lowsched.sock)
     #[argh(option)]
@@ -40,7 +44,7 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 #[allow(clippy::large_enum_variant)] // built once per process; boxing would only add noise
 pub enum Cmd {
@@ -57,8 +61,8 @@ pub enum Cmd {
 }
 
 /// Run the scheduler daemon (as root).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "daemon")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "daemon", help_triggers("-h", "--help"))]
 pub struct DaemonArgs {
     /// TOML config file (default: /etc/lowsched/lowsched.toml if it exists)
     #[argh(option)]
@@ -79,52 +83,57 @@ pub struct DaemonArgs {
 }
 
 /// Show one job, or a table of all jobs.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "status")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "status", help_triggers("-h", "--help"))]
 pub struct StatusArgs {
     /// print JSON
     #[argh(switch)]
     pub json: bool,
+    /// the job to show field by field (default: a table of all jobs)
     #[argh(positional)]
     pub id: Option<JobId>,
 }
 
 /// Cancel a job (kills it if it runs).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "cancel")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "cancel", help_triggers("-h", "--help"))]
 pub struct CancelArgs {
+    /// the job to cancel
     #[argh(positional)]
     pub id: JobId,
 }
 
 /// Pause (freeze) a job until it is resumed.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "pause")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "pause", help_triggers("-h", "--help"))]
 pub struct PauseArgs {
+    /// the job to pause
     #[argh(positional)]
     pub id: JobId,
 }
 
 /// Resume a job paused with `lowsched pause`.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "resume")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "resume", help_triggers("-h", "--help"))]
 pub struct ResumeArgs {
+    /// the job to resume
     #[argh(positional)]
     pub id: JobId,
 }
 
 /// Wait for a job to end; exit with its exit code (128+N if killed by signal N, 124 if it became
 /// unschedulable, 125 if cancelled, 126 if it failed without an exit status, 1 on errors).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "wait")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "wait", help_triggers("-h", "--help"))]
 pub struct WaitArgs {
+    /// the job to wait for
     #[argh(positional)]
     pub id: JobId,
 }
 
 /// Show the protected service's latency statistics.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "stats")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "stats", help_triggers("-h", "--help"))]
 pub struct StatsArgs {
     /// print JSON
     #[argh(switch)]
@@ -135,8 +144,8 @@ pub struct StatsArgs {
 }
 
 /// Show the event log; --follow keeps printing new events.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "events")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "events", help_triggers("-h", "--help"))]
 pub struct EventsArgs {
     /// keep waiting for new events
     #[argh(switch)]
@@ -144,6 +153,40 @@ pub struct EventsArgs {
     /// print JSON lines
     #[argh(switch)]
     pub json: bool,
+}
+
+/// Runs the command line of this process: the pre-parse ([`args`]), then argh, then the command.
+pub fn main() -> ExitCode {
+    let mut raw = std::env::args();
+    let program = raw.next().unwrap_or_else(|| "lowsched".into());
+    let name = std::path::Path::new(&program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("lowsched")
+        .to_string();
+    let args = match args::preparse(raw.collect()) {
+        args::Preparsed::Version => {
+            println!("{}", args::version_line());
+            return ExitCode::SUCCESS;
+        }
+        args::Preparsed::Args(a) => a,
+    };
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    match Cli::from_args(&[&name], &strs) {
+        Ok(cli) => run(cli),
+        Err(early) if early.status.is_ok() => {
+            println!("{}", early.output.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(early) => {
+            let sub = args::subcommand(&args)
+                .map(|s| format!(" {s}"))
+                .unwrap_or_default();
+            eprintln!("{}", early.output.trim_end());
+            eprintln!("Run {name}{sub} --help for more information.");
+            ExitCode::from(exit::ERROR)
+        }
+    }
 }
 
 /// Runs a parsed command line.
