@@ -3,6 +3,7 @@
 # Run as root:
 #
 #     benches/idle-cpu.sh [SECONDS]      # default 30
+#     SCRAPE_EVERY=15 benches/idle-cpu.sh 120   # with /metrics on and scraped every 15 s
 #
 # Starts memcached on a spare port and `lowsched daemon` on built-in defaults (temp socket,
 # state dir and cgroup root) protecting it, waits 3 s for it to settle, then reads every daemon
@@ -31,9 +32,15 @@ enabled = "yes"
 pid_file = "$dir/mc.pid"
 address = "127.0.0.1:$port"
 EOF
+scrape=${SCRAPE_EVERY:-0}
+if [ "$scrape" != 0 ]; then
+    mport=$((port + 1))
+    printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$mport" >>"$dir/cfg.toml"
+fi
 "$bin" daemon --config "$dir/cfg.toml" >"$dir/daemon.log" 2>&1 &
 daemon=$!
 cleanup() {
+    if [ -n "${scraper:-}" ]; then kill "$scraper" 2>/dev/null || true; fi
     kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
     kill "$mc" 2>/dev/null || true
     # The port is free again only once memcached has gone.
@@ -45,6 +52,10 @@ cleanup() {
 }
 trap cleanup EXIT
 sleep 3
+if [ "$scrape" != 0 ]; then
+    ( while sleep "$scrape"; do curl -sf "http://127.0.0.1:$mport/metrics" >/dev/null; done ) &
+    scraper=$!
+fi
 ticks() { awk '{print $14 + $15}' "$1/stat"; }
 wakes() { awk '/^voluntary_ctxt_switches/ {print $2}' "$1/status"; }
 declare -A t0 w0
@@ -57,4 +68,5 @@ for t in /proc/$daemon/task/*; do
         "$(echo "scale=4; 100 * ($(ticks "$t") - ${t0[$t]:-0}) / $hz / $secs" | bc)" \
         $(( ($(wakes "$t") - ${w0[$t]:-0}) / secs ))
 done
+if [ "$scrape" != 0 ]; then echo "(/metrics scraped every ${scrape} s)"; fi
 echo "daemon total: $(echo "scale=2; 100 * ($(ticks /proc/$daemon) - all0) / $hz / $secs" | bc) % of one core over ${secs} s"

@@ -261,7 +261,7 @@ fn loadgen_cpu() {
             median(runs.iter().map(|r| r.qps).collect()),
             median(runs.iter().map(|r| r.cpu_core * 100.0).collect()),
             median(runs.iter().map(|r| r.cpu_pct_per_10k_qps).collect()),
-            median(runs.iter().map(|r| r.p95_us as f64).collect()),
+            median(runs.iter().map(|r| r.latency.p95_us as f64).collect()),
         );
     };
     for qps in [10_000.0, 20_000.0, 50_000.0] {

@@ -353,24 +353,35 @@ fn commands_apply_in_order_and_failures_are_reported() {
             reason: reason.clone(),
         },
     ];
-    let lookup = |id: JobId| {
-        (id == job).then_some(LaunchRequest {
-            id,
-            spec: &spec,
-            user: &root,
-            gpus: GpuSet::default(),
-        })
+    let launch = LaunchRequest {
+        id: job,
+        spec: &spec,
+        user: &root,
+        gpus: GpuSet::default(),
     };
     let act = env.act.as_mut().unwrap();
-    // Each command through the dispatcher the control loop uses; a failure does not stop the
-    // rest.
-    let results: Vec<_> = cmds.iter().map(|c| act.apply(c, lookup)).collect();
+    let results: Vec<_> = cmds.iter().map(|c| act.apply(c, Some(&launch))).collect();
     assert!(results[..4].iter().all(Result::is_ok), "{results:?}");
     assert!(matches!(
         results[4],
         Err(ActuationError::UnknownJob(JobId(99)))
     ));
     assert!(results[5].is_ok(), "{:?}", results[5]);
+    // A Run without its launch request (or with another job's) starts nothing.
+    let other = Command::Run {
+        job: JobId(41),
+        cores: a.parse().unwrap(),
+        gpus: GpuSet::default(),
+        reason,
+    };
+    assert!(matches!(
+        env.act().apply(&other, Some(&launch)),
+        Err(ActuationError::NoRequest(JobId(41)))
+    ));
+    assert!(matches!(
+        env.act().apply(&other, None),
+        Err(ActuationError::NoRequest(JobId(41)))
+    ));
     assert_eq!(env.exit().status, ExitStatus::Signaled(9));
     env.act().release(job).unwrap();
     assert!(matches!(

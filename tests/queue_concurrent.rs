@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
-//! The queue under real concurrency: 4 producers, 1 consumer, a thread taking jobs out (by handle
-//! and by id) and a thread re-ranking, all at once. Every job must come out exactly once.
+//! The queue under real concurrency: 4 producers, 1 consumer and a thread taking jobs out (by
+//! handle and by id), all at once. Every job must come out exactly once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -18,12 +18,8 @@ fn rank_a(id: JobId) -> Rank {
     Rank((id.0 % 17) as i64)
 }
 
-fn rank_b(id: JobId) -> Rank {
-    Rank((id.0.wrapping_mul(7919) % 13) as i64)
-}
-
 #[test]
-fn every_job_leaves_exactly_once_under_concurrent_push_pop_remove_and_rerank() {
+fn every_job_leaves_exactly_once_under_concurrent_push_pop_and_remove() {
     let queue: Arc<JobQueue<u64>> = Arc::new(JobQueue::new());
     let removed_count = Arc::new(AtomicUsize::new(0));
     let producers_done = Arc::new(AtomicBool::new(false));
@@ -70,25 +66,6 @@ fn every_job_leaves_exactly_once_under_concurrent_push_pop_remove_and_rerank() {
         })
     };
 
-    // Switches the ranking back and forth while everything else runs.
-    let reranker = {
-        let q = Arc::clone(&queue);
-        let done = Arc::clone(&all_done);
-        thread::spawn(move || {
-            let mut flips = 0u32;
-            while !done.load(SeqCst) {
-                if flips % 2 == 0 {
-                    q.rerank(|id, _, _| rank_b(id));
-                } else {
-                    q.rerank(|id, _, _| rank_a(id));
-                }
-                flips += 1;
-                thread::yield_now();
-            }
-            flips
-        })
-    };
-
     let consumer = {
         let q = Arc::clone(&queue);
         let removed = Arc::clone(&removed_count);
@@ -121,7 +98,6 @@ fn every_job_leaves_exactly_once_under_concurrent_push_pop_remove_and_rerank() {
     let popped = consumer.join().unwrap();
     all_done.store(true, SeqCst);
     let won = remover.join().unwrap();
-    let flips = reranker.join().unwrap();
 
     let mut seen: Vec<u64> = popped.iter().chain(won.iter()).copied().collect();
     assert_eq!(
@@ -140,9 +116,5 @@ fn every_job_leaves_exactly_once_under_concurrent_push_pop_remove_and_rerank() {
     assert!(queue.is_empty(), "len {}", queue.len());
     assert!(queue.pop().is_none());
     assert_eq!(queue.iter().count(), 0);
-    eprintln!(
-        "popped {}, removed {}, re-ranks {flips}",
-        popped.len(),
-        won.len()
-    );
+    eprintln!("popped {}, removed {}", popped.len(), won.len());
 }

@@ -15,8 +15,6 @@ enum Op {
     Remove(u64),
     /// Take the n-th listed job through its handle.
     Take(usize),
-    /// Re-rank every job with `(id * a) % 7`.
-    Rerank(u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -25,7 +23,6 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Pop),
         1 => (0u64..40).prop_map(Op::Remove),
         1 => (0usize..10).prop_map(Op::Take),
-        1 => (1u64..5).prop_map(Op::Rerank),
     ]
 }
 
@@ -65,11 +62,6 @@ proptest! {
                         let key = (job.rank().0, job.seq());
                         prop_assert_eq!(model.remove(&key), Some(job.id().0));
                     }
-                }
-                Op::Rerank(a) => {
-                    let f = |id: u64| ((id * a) % 7) as i64;
-                    queue.rerank(|id, _, _| Rank(f(id.0)));
-                    model = model.into_iter().map(|((_, seq), id)| ((f(id), seq), id)).collect();
                 }
             }
             prop_assert_eq!(queue.len(), model.len());

@@ -215,10 +215,11 @@ fn loadgen_reaches_its_target_at_10k_and_20k_qps() {
             "achieved {} QPS for a target of {target}: {r:?}",
             r.qps
         );
-        assert_eq!(r.errors, 0);
+        assert_eq!(r.latency.errors, 0);
         assert_eq!(r.sent, r.answered);
+        let p = &r.latency;
         assert!(
-            r.p50_us > 0 && r.p50_us <= r.p95_us && r.p95_us <= r.p99_us && r.p99_us <= r.max_us
+            p.p50_us > 0 && p.p50_us <= p.p95_us && p.p95_us <= p.p99_us && p.p99_us <= p.max_us
         );
         assert_eq!(r.intervals.len(), 3);
         for i in &r.intervals {
@@ -238,9 +239,9 @@ fn loadgen_reaches_its_target_at_10k_and_20k_qps() {
         eprintln!(
             "target {target}: achieved {:.0} QPS, p50 {} p95 {} p99 {} us, {:.1} % of a core",
             r.qps,
-            r.p50_us,
-            r.p95_us,
-            r.p99_us,
+            p.p50_us,
+            p.p95_us,
+            p.p99_us,
             r.cpu_core * 100.0
         );
     }

@@ -3,4 +3,5 @@
 //! May use `model/` and `store/` record types; the daemon and the CLI both build on it.
 pub mod client;
 pub mod jobfile;
+pub mod metrics;
 pub mod protocol;

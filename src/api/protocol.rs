@@ -31,6 +31,7 @@ pub const VERBS: &[&str] = &[
     "wait",
     "stats",
     "events",
+    "metrics",
 ];
 
 /// A parsed request.
@@ -45,6 +46,7 @@ pub enum Request {
     Wait(Wait),
     Stats(Stats),
     Events(Events),
+    Metrics(Metrics),
 }
 
 /// `submit`: one job. `user` (root only) runs it as someone else.
@@ -97,6 +99,11 @@ pub struct Stats {
     #[serde(default)]
     pub histograms: bool,
 }
+
+/// `metrics`: the Prometheus metrics as exposition text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {}
 
 /// `events`: events with sequence number above `after`; waits up to `timeout_ms` for one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -170,6 +177,7 @@ impl Request {
             Self::Wait(_) => "wait",
             Self::Stats(_) => "stats",
             Self::Events(_) => "events",
+            Self::Metrics(_) => "metrics",
         }
     }
 
@@ -238,6 +246,7 @@ impl Request {
             "wait" => Self::Wait(fields(&verb, obj)?),
             "stats" => Self::Stats(fields(&verb, obj)?),
             "events" => Self::Events(fields(&verb, obj)?),
+            "metrics" => Self::Metrics(fields(&verb, obj)?),
             _ => {
                 return Err(ProtocolError::new(
                     UnknownVerb,
@@ -261,6 +270,7 @@ impl Request {
             Self::Wait(x) => serde_json::to_value(x),
             Self::Stats(x) => serde_json::to_value(x),
             Self::Events(x) => serde_json::to_value(x),
+            Self::Metrics(x) => serde_json::to_value(x),
         };
         let mut obj = match body {
             Ok(Value::Object(o)) => o,
@@ -312,6 +322,7 @@ pub enum Reply {
     Jobs { jobs: Vec<JobStatus> },
     Stats { stats: Value },
     Events { events: Vec<EventRecord>, last: u64 },
+    Metrics { metrics: String },
 }
 
 /// A response line: `{"v":1,"ok":true,...}` or `{"v":1,"ok":false,"error":{code,message}}`.

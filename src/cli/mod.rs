@@ -4,8 +4,10 @@ mod args;
 pub mod completions;
 mod format;
 pub mod man;
+pub mod report;
 pub mod stats;
 mod submit;
+pub mod timespec;
 mod units;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +59,8 @@ pub enum Cmd {
     Wait(WaitArgs),
     Stats(StatsArgs),
     Events(EventsArgs),
+    Metrics(MetricsArgs),
+    Report(report::ReportArgs),
     Loadgen(crate::tools::loadgen::LoadgenArgs),
 }
 
@@ -138,10 +142,25 @@ pub struct StatsArgs {
     /// print JSON
     #[argh(switch)]
     pub json: bool,
-    /// also write the histograms as an HdrHistogram interval log to FILE
+    /// also write the latency history as an HdrHistogram interval log (values in ns) to FILE:
+    /// the whole run from <state dir>/history, or the daemon's recent windows if it has none
     #[argh(option)]
     pub hlog: Option<PathBuf>,
+    /// with --hlog: start of the span: 10m (ago), Unix seconds or 2026-12-07T00:40:00Z
+    #[argh(option)]
+    pub since: Option<String>,
+    /// with --hlog: end of the span, same forms
+    #[argh(option)]
+    pub until: Option<String>,
+    /// with --hlog: the daemon's state directory (default: /var/lib/lowsched)
+    #[argh(option)]
+    pub state_dir: Option<PathBuf>,
 }
+
+/// Print the daemon's Prometheus metrics (the text its /metrics endpoint serves).
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "metrics", help_triggers("-h", "--help"))]
+pub struct MetricsArgs {}
 
 /// Show the event log; --follow keeps printing new events.
 #[derive(FromArgs, ArgsInfo, Debug)]
@@ -214,6 +233,20 @@ pub fn run(cli: Cli) -> ExitCode {
         Cmd::Wait(args) => wait(&socket, args.id),
         Cmd::Stats(args) => stats(&socket, args),
         Cmd::Events(args) => events(&socket, args),
+        Cmd::Metrics(_) => metrics(&socket),
+        Cmd::Report(args) => {
+            return match report::run(&args) {
+                Ok(w) => {
+                    print!("{}", w.summary);
+                    println!("report: {} and {}", w.svg.display(), w.png.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lowsched report: {e}");
+                    ExitCode::from(exit::ERROR)
+                }
+            };
+        }
         Cmd::Loadgen(args) => {
             return match crate::tools::loadgen::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -320,11 +353,45 @@ pub fn wait_code(job: &protocol::JobStatus) -> u8 {
     }
 }
 
+fn metrics(socket: &Path) -> Result<ExitCode, ClientError> {
+    match call(socket, &Request::Metrics(protocol::Metrics {}))? {
+        Reply::Metrics { metrics } => print!("{metrics}"),
+        other => return Err(unexpected(other)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn stats(socket: &Path, args: StatsArgs) -> Result<ExitCode, ClientError> {
+    let mut exported = false;
+    if let Some(path) = &args.hlog {
+        match stats::export_history(&args, path) {
+            Ok(Some(n)) => {
+                eprintln!(
+                    "lowsched: wrote {n} windows of the history to {}",
+                    path.display()
+                );
+                exported = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("lowsched: {e}");
+                return Ok(ExitCode::from(exit::ERROR));
+            }
+        }
+    }
     let req = Request::Stats(protocol::Stats {
-        histograms: args.hlog.is_some(),
+        histograms: args.hlog.is_some() && !exported,
     });
-    let Reply::Stats { stats } = call(socket, &req)? else {
+    let reply = match call(socket, &req) {
+        Ok(r) => r,
+        // The export needs no daemon; the table does.
+        Err(e) if exported => {
+            eprintln!("lowsched: no table: {e}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
+    let Reply::Stats { stats } = reply else {
         return Err(ClientError::Garbled {
             why: "expected stats".into(),
             line: String::new(),
@@ -340,7 +407,7 @@ fn stats(socket: &Path, args: StatsArgs) -> Result<ExitCode, ClientError> {
     } else {
         print!("{}", stats::render_table(&report));
     }
-    if let Some(path) = args.hlog {
+    if let Some(path) = args.hlog.filter(|_| !exported) {
         if let Err(e) = stats::write_hlog_file(&report, &path) {
             eprintln!("lowsched: {e}");
             return Ok(ExitCode::from(exit::ERROR));

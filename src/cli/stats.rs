@@ -19,6 +19,12 @@ pub enum StatsError {
     Histogram(#[from] LatencyError),
     #[error(transparent)]
     Hlog(#[from] HlogError),
+    #[error(transparent)]
+    History(#[from] crate::store::history::HistoryError),
+    #[error("{0}")]
+    Time(String),
+    #[error("no latency history in {0} to take --since/--until from")]
+    NoHistory(PathBuf),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -159,6 +165,48 @@ pub fn write_report_hlog(r: &StatsReport, out: &mut impl Write) -> Result<(), St
         &format!("lowsched probe of memcached {}", r.server),
         hists.iter().map(|(s, d, h)| (*s, *d, h)),
     )?)
+}
+
+/// Exports the span of `<state dir>/history` the arguments ask for to `path`; `None` when there
+/// is no history and no span was asked for (the caller falls back to the daemon's recent
+/// windows).
+pub fn export_history(args: &super::StatsArgs, path: &Path) -> Result<Option<usize>, StatsError> {
+    use crate::store::history;
+    let dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::daemon::config::DEFAULT_STATE_DIR))
+        .join(history::HISTORY_DIR);
+    let spanned = args.since.is_some() || args.until.is_some();
+    if history::hlog_files(&dir)?.is_empty() {
+        return if spanned {
+            Err(StatsError::NoHistory(dir))
+        } else {
+            Ok(None)
+        };
+    }
+    let now = crate::sys::clock::unix_time_s();
+    let time = |s: &Option<String>| {
+        s.as_deref()
+            .map(|s| super::timespec::parse_time(s, now))
+            .transpose()
+            .map_err(StatsError::Time)
+    };
+    let (since, until) = (time(&args.since)?, time(&args.until)?);
+    let intervals = history::read_intervals(&dir, since, until)?;
+    let io = |source| StatsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    history::write_intervals(
+        &mut f,
+        since,
+        "lowsched latency history (values in nanoseconds)",
+        &intervals,
+    )?;
+    f.flush().map_err(io)?;
+    Ok(Some(intervals.len()))
 }
 
 #[cfg(test)]

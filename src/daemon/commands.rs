@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use crate::decide::policy::{Command, JobView, Snapshot};
 use crate::decide::queue::Queued;
 use crate::model::exit::{ExitEvent, ExitStatus};
-use crate::model::inventory::GpuSet;
 use crate::model::job::JobId;
 use crate::model::jobstate::JobState;
 use crate::node::actuator::LaunchRequest;
@@ -203,17 +202,16 @@ impl Control {
         if let Command::Kill { .. } = cmd {
             self.cancelling.insert(id);
         }
-        let done = self.actuator.apply(&cmd, |_| {
-            Some(LaunchRequest {
+        let launch = match (&cmd, &creds) {
+            (Command::Run { gpus, .. }, Some(user)) => Some(LaunchRequest {
                 id,
                 spec: &spec,
-                user: creds.as_ref()?,
-                gpus: match &cmd {
-                    Command::Run { gpus, .. } => *gpus,
-                    _ => GpuSet::default(),
-                },
-            })
-        });
+                user,
+                gpus: *gpus,
+            }),
+            _ => None,
+        };
+        let done = self.actuator.apply(&cmd, launch.as_ref());
         match (done, &cmd) {
             (Ok(()), Command::MarkUnschedulable { reason, .. }) => {
                 self.finish(id, JobState::Unschedulable, None, Some(reason.clone()));

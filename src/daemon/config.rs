@@ -54,6 +54,8 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub sampler: SamplerSection,
     pub probe: ProbeSection,
+    pub history: HistorySection,
+    pub metrics: MetricsSection,
 }
 
 impl Default for Config {
@@ -73,6 +75,8 @@ impl Default for Config {
             controller: ControllerConfig::default(),
             sampler: SamplerSection::default(),
             probe: ProbeSection::default(),
+            history: HistorySection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 }
@@ -263,6 +267,64 @@ impl Default for ProbeSection {
     }
 }
 
+/// `[history]`: the probe's windows for the whole run, under `<state_dir>/history`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistorySection {
+    pub enabled: bool,
+    /// Start a new segment once the interval log reaches this many bytes (0: never by size).
+    pub max_bytes: u64,
+    /// Start a new segment once the current one is this many seconds old (0: never by age).
+    pub max_age_s: u64,
+    /// Segments kept, the current one included (0: keep all).
+    pub keep: usize,
+}
+
+impl Default for HistorySection {
+    fn default() -> Self {
+        let r = crate::store::history::Rotation::default();
+        Self {
+            enabled: true,
+            max_bytes: r.max_bytes,
+            max_age_s: r.max_age.as_secs(),
+            keep: r.keep,
+        }
+    }
+}
+
+impl HistorySection {
+    pub fn rotation(&self) -> crate::store::history::Rotation {
+        crate::store::history::Rotation {
+            max_bytes: self.max_bytes,
+            max_age: std::time::Duration::from_secs(self.max_age_s),
+            keep: self.keep,
+        }
+    }
+}
+
+/// `[metrics]`: Prometheus metrics (off by default).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `HOST:PORT` to serve `GET /metrics` on, e.g. `127.0.0.1:9480`; empty: no endpoint.
+    pub listen: String,
+    /// A node_exporter textfile-collector file to write the metrics to (`*.prom`, written to a
+    /// temporary file and renamed); empty: none.
+    pub textfile: String,
+    /// How often the textfile is rewritten, ms.
+    pub textfile_interval_ms: u64,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            textfile: String::new(),
+            textfile_interval_ms: 15_000,
+        }
+    }
+}
+
 /// Command-line overrides (`lowsched daemon --socket … --state-dir … --cgroup-root …`).
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -346,6 +408,17 @@ impl Config {
                 "service.resume_latency_us is {}: use -1 (leave alone), 0 (poll) or up to 1000000",
                 self.service.resume_latency_us
             )));
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(bad(format!(
+                "metrics.listen {:?}: expected HOST:PORT with a numeric address, e.g. 127.0.0.1:9480",
+                self.metrics.listen
+            )));
+        }
+        if self.metrics.textfile_interval_ms == 0 {
+            return Err(bad("metrics.textfile_interval_ms must be positive".into()));
         }
         if self.slo.p95_us == 0 || self.slo.window_ms == 0 {
             return Err(bad("slo.p95_us and slo.window_ms must be positive".into()));

@@ -159,6 +159,7 @@ impl Control {
                 self.op(op, &mut replies);
             }
             self.control_step();
+            self.publish_metrics();
             let since = last_decide.elapsed();
             if (self.dirty && since >= decide_cost * 2) || since >= self.policy_tick {
                 let started = Instant::now();

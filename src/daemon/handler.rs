@@ -232,6 +232,9 @@ impl RequestHandler {
                 reply,
             }),
             Request::Stats(s) => self.stats(&s),
+            Request::Metrics(_) => Ok(Reply::Metrics {
+                metrics: self.shared.metrics.render(),
+            }),
             Request::Events(e) => {
                 let limit = e.limit.unwrap_or(10_000).clamp(1, 100_000);
                 let timeout = Duration::from_millis(e.timeout_ms.min(MAX_POLL_MS));

@@ -12,6 +12,8 @@ pub mod config;
 pub mod control;
 pub mod handler;
 pub mod jobs;
+pub mod metrics;
+pub mod observe;
 pub mod recovery;
 pub mod relax;
 mod requests;
@@ -141,7 +143,12 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         ops: ops_tx,
         probe: Arc::new(Mutex::new(None)),
         stopping: AtomicBool::new(false),
+        metrics: Arc::new(metrics::MetricsBoard::new(
+            Path::new("/proc/self"),
+            crate::sys::clock::unix_time_s(),
+        )),
     });
+    let _ = shared.jobs.events().set_tap(shared.metrics.clone());
     let server = Server::bind(&cfg.socket, Limits::from(&cfg))?;
     signal_thread(shared.clone(), server.stop_flag(), cfg.socket.clone())?;
     let sensors = startup::sense(&cfg, &node, &actuator, &shared)?;
@@ -160,7 +167,9 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         journal: cfg.journal.clone(),
     });
     control.start(recovered.ended_while_down, &cfg.socket);
+    let observers = observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Thread)?;
     control.run();
+    observers.stop();
     shutdown(&shared, serve, sensors.sampler, &cfg);
     Ok(())
 }

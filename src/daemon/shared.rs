@@ -54,6 +54,8 @@ pub struct Shared {
     /// The latency probe, once the protected service is found (for `lowsched stats`).
     pub probe: Arc<Mutex<Option<ProbeHandle>>>,
     pub stopping: AtomicBool,
+    /// What `/metrics` and `lowsched metrics` show.
+    pub metrics: Arc<super::metrics::MetricsBoard>,
 }
 
 impl Shared {

@@ -69,6 +69,24 @@ impl Credentials {
             .ok_or_else(|| CredentialsError::NoSuchName { name: name.into() })
     }
 
+    /// Who a job of `uid` runs as, given the group it came with (a socket peer's effective gid as
+    /// SO_PEERCRED reports it, or the owner's gid the journal kept): the user's entry if there is
+    /// one, else [`Self::from_ids`]; `gid` is the primary group and among the groups. Used when
+    /// a job is accepted and again when it starts after a daemon restart.
+    pub fn of_owner(uid: u32, gid: u32) -> Self {
+        Self::of_owner_in(uid, gid, Path::new("/etc"))
+    }
+
+    /// As [`Self::of_owner`], falling back to `<etc>/passwd` and `<etc>/group`.
+    pub fn of_owner_in(uid: u32, gid: u32, etc: &Path) -> Self {
+        let mut c = Self::by_uid_in(uid, etc).unwrap_or_else(|_| Self::from_ids(uid, gid));
+        c.gid = gid;
+        if !c.groups.contains(&gid) {
+            c.groups.push(gid);
+        }
+        c
+    }
+
     /// A user known only by numbers (no passwd entry): its own gid as the only group, `/` as
     /// home.
     pub fn from_ids(uid: u32, gid: u32) -> Self {
@@ -223,5 +241,28 @@ mod tests {
         assert_eq!(c.home, PathBuf::from("/home/zed"));
         assert_eq!(Credentials::by_uid_in(3_999_999, etc.path()).unwrap(), c);
         assert!(Credentials::by_uid_in(3_999_997, etc.path()).is_err());
+    }
+
+    #[test]
+    fn an_owner_runs_with_the_group_it_came_with() {
+        let etc = tempfile::tempdir().unwrap();
+        std::fs::write(
+            etc.path().join("passwd"),
+            "zed-lowsched:x:3999999:3999998:Z:/home/zed:/bin/zsh\n",
+        )
+        .unwrap();
+        std::fs::write(etc.path().join("group"), "video:x:44:zed-lowsched\n").unwrap();
+        let c = Credentials::of_owner_in(3_999_999, 44, etc.path());
+        assert_eq!((c.name.as_str(), c.gid), ("zed-lowsched", 44));
+        assert_eq!(c.home, PathBuf::from("/home/zed"));
+        assert!(
+            c.groups.contains(&44) && c.groups.contains(&3_999_998),
+            "{c:?}"
+        );
+        let d = Credentials::of_owner_in(3_999_997, 55, etc.path());
+        assert_eq!(d, Credentials::from_ids(3_999_997, 55));
+        let e = Credentials::of_owner_in(3_999_999, 66, etc.path());
+        assert_eq!(e.groups.iter().filter(|g| **g == 66).count(), 1);
+        assert_eq!(e.gid, 66);
     }
 }

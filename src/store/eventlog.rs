@@ -122,6 +122,12 @@ impl Event {
     }
 }
 
+/// Something that wants to see every event as it is recorded (the metrics' decision counts).
+/// Called on the recording thread: it must be quick and never block for long.
+pub trait EventTap: Send + Sync + std::fmt::Debug {
+    fn event(&self, ev: &Event);
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventLogError {
     #[error("cannot open event log {path}: {source}")]
@@ -145,6 +151,7 @@ pub struct EventLog {
     dir: Option<PathBuf>,
     inner: Mutex<Inner>,
     added: Condvar,
+    tap: std::sync::OnceLock<std::sync::Arc<dyn EventTap>>,
 }
 
 impl EventLog {
@@ -190,6 +197,7 @@ impl EventLog {
                 write_error: None,
             }),
             added: Condvar::new(),
+            tap: std::sync::OnceLock::new(),
         }
     }
 
@@ -204,7 +212,18 @@ impl EventLog {
     /// Records an event and returns its sequence number. A failed file write is logged once (to
     /// stderr) until a write succeeds again; the event still reaches the in-memory ring.
     pub fn record(&self, ev: Event) -> u64 {
+        if let Some(tap) = self.tap.get() {
+            tap.event(&ev);
+        }
         self.record_at(ev, SystemTime::now())
+    }
+
+    /// Shows every later event to `tap` (once; a second tap is refused and returned).
+    pub fn set_tap(
+        &self,
+        tap: std::sync::Arc<dyn EventTap>,
+    ) -> Result<(), std::sync::Arc<dyn EventTap>> {
+        self.tap.set(tap)
     }
 
     fn record_at(&self, ev: Event, at: SystemTime) -> u64 {

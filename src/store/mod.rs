@@ -4,5 +4,6 @@
 //! these records, never the other way round.
 
 pub mod eventlog;
+pub mod history;
 pub mod journal;
 pub mod statedir;

@@ -196,7 +196,7 @@ pub(crate) extern "C" fn child_main(arg: *mut c_void) -> ! {
     loop {}
 }
 
-fn check(ret: isize, stage: ChildStage, index: u32) -> Result<(), (ChildStage, i32, u32)> {
+fn check(ret: isize, stage: ChildStage, index: u32) -> Result<(), Failure> {
     if ret < 0 {
         Err((stage, -ret as i32, index))
     } else {
@@ -213,8 +213,37 @@ struct KernelSigaction {
     mask: u64,
 }
 
-fn run(prep: &Prepared) -> Result<Infallible, (ChildStage, i32, u32)> {
+/// What a failed step returns: the stage, the errno and the index of the item that failed.
+type Failure = (ChildStage, i32, u32);
+
+/// The child's steps, in order, each through raw syscalls only (see the module documentation);
+/// returns only on failure.
+fn run(prep: &Prepared) -> Result<Infallible, Failure> {
     let plan = &prep.plan;
+    join_cgroups(plan)?;
+    if plan.new_session {
+        // SAFETY: setsid takes no arguments.
+        let r = unsafe { sys(libc::SYS_setsid, [0; 6]) };
+        check(r, ChildStage::NewSession, 0)?;
+    }
+    if let Some(c) = &plan.creds {
+        become_user(c)?;
+    }
+    if let Some(cwd) = &plan.cwd {
+        // SAFETY: `cwd` is a NUL-terminated string owned by the plan.
+        let r = unsafe { sys(libc::SYS_chdir, [cwd.as_ptr() as usize, 0, 0, 0, 0, 0]) };
+        check(r, ChildStage::Chdir, 0)?;
+    }
+    open_files(plan)?;
+    dup_fds(plan)?;
+    if plan.reset_signals {
+        reset_signals()?;
+    }
+    exec(prep)
+}
+
+/// Writes "0" (this process) to every cgroup.procs descriptor of the plan.
+fn join_cgroups(plan: &ChildPlan) -> Result<(), Failure> {
     for (i, &fd) in plan.join.iter().enumerate() {
         // SAFETY: `fd` is an open cgroup.procs descriptor inherited from the parent; the
         // one-byte buffer is a static string.
@@ -226,37 +255,34 @@ fn run(prep: &Prepared) -> Result<Infallible, (ChildStage, i32, u32)> {
         };
         check(n, ChildStage::JoinCgroup, i as u32)?;
     }
-    if plan.new_session {
-        // SAFETY: setsid takes no arguments.
-        let r = unsafe { sys(libc::SYS_setsid, [0; 6]) };
-        check(r, ChildStage::NewSession, 0)?;
-    }
-    if let Some(c) = &plan.creds {
-        // Raw syscalls: glibc's setgroups/setresgid/setresuid broadcast to every thread of the
-        // process (setxid), which is wrong and unsafe in a CLONE_VM child. This child is a
-        // single-threaded process, so changing the calling thread changes the whole process.
-        // SAFETY: `c.groups` is a live slice the child only reads; the kernel copies it.
-        let r = unsafe {
-            sys(
-                libc::SYS_setgroups,
-                [c.groups.len(), c.groups.as_ptr() as usize, 0, 0, 0, 0],
-            )
-        };
-        check(r, ChildStage::SetGroups, 0)?;
-        let g = c.gid as usize;
-        // SAFETY: plain integer arguments.
-        let r = unsafe { sys(libc::SYS_setresgid, [g, g, g, 0, 0, 0]) };
-        check(r, ChildStage::SetGid, 0)?;
-        let u = c.uid as usize;
-        // SAFETY: plain integer arguments.
-        let r = unsafe { sys(libc::SYS_setresuid, [u, u, u, 0, 0, 0]) };
-        check(r, ChildStage::SetUid, 0)?;
-    }
-    if let Some(cwd) = &plan.cwd {
-        // SAFETY: `cwd` is a NUL-terminated string owned by the plan.
-        let r = unsafe { sys(libc::SYS_chdir, [cwd.as_ptr() as usize, 0, 0, 0, 0, 0]) };
-        check(r, ChildStage::Chdir, 0)?;
-    }
+    Ok(())
+}
+
+/// Sets groups, then gid, then uid (uid last: it gives up the right to change the others).
+fn become_user(c: &RawCreds) -> Result<(), Failure> {
+    // Raw syscalls: glibc's setgroups/setresgid/setresuid broadcast to every thread of the
+    // process (setxid), which is wrong and unsafe in a CLONE_VM child. This child is a
+    // single-threaded process, so changing the calling thread changes the whole process.
+    // SAFETY: `c.groups` is a live slice the child only reads; the kernel copies it.
+    let r = unsafe {
+        sys(
+            libc::SYS_setgroups,
+            [c.groups.len(), c.groups.as_ptr() as usize, 0, 0, 0, 0],
+        )
+    };
+    check(r, ChildStage::SetGroups, 0)?;
+    let g = c.gid as usize;
+    // SAFETY: plain integer arguments.
+    let r = unsafe { sys(libc::SYS_setresgid, [g, g, g, 0, 0, 0]) };
+    check(r, ChildStage::SetGid, 0)?;
+    let u = c.uid as usize;
+    // SAFETY: plain integer arguments.
+    let r = unsafe { sys(libc::SYS_setresuid, [u, u, u, 0, 0, 0]) };
+    check(r, ChildStage::SetUid, 0)
+}
+
+/// Opens the plan's files onto their target descriptors.
+fn open_files(plan: &ChildPlan) -> Result<(), Failure> {
     for (i, o) in plan.opens.iter().enumerate() {
         let flags = (o.flags | libc::O_CLOEXEC) as usize;
         // SAFETY: `o.path` is NUL-terminated and owned by the plan.
@@ -280,6 +306,11 @@ fn run(prep: &Prepared) -> Result<Infallible, (ChildStage, i32, u32)> {
             check(r, ChildStage::Open, i as u32)?;
         }
     }
+    Ok(())
+}
+
+/// Puts inherited descriptors where the job expects them, without close-on-exec.
+fn dup_fds(plan: &ChildPlan) -> Result<(), Failure> {
     for (i, &(src, dst)) in plan.dups.iter().enumerate() {
         // SAFETY: descriptor numbers only. dup3 refuses src == dst, and a descriptor kept in
         // place must lose close-on-exec instead.
@@ -295,42 +326,50 @@ fn run(prep: &Prepared) -> Result<Infallible, (ChildStage, i32, u32)> {
         };
         check(r, ChildStage::Dup, i as u32)?;
     }
-    if plan.reset_signals {
-        let dfl = KernelSigaction {
-            handler: 0,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
-        for sig in 1..=64usize {
-            if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
-                continue;
-            }
-            // SAFETY: `dfl` lives on this stack; the old action is not asked for.
-            unsafe {
-                sys(
-                    libc::SYS_rt_sigaction,
-                    [sig, &dfl as *const _ as usize, 0, 8, 0, 0],
-                );
-            }
+    Ok(())
+}
+
+/// Every catchable signal back to its default action, and an empty signal mask.
+fn reset_signals() -> Result<(), Failure> {
+    let dfl = KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64usize {
+        if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
+            continue;
         }
-        let empty: u64 = 0;
-        // SAFETY: `empty` is an 8-byte kernel sigset on this stack.
-        let r = unsafe {
+        // SAFETY: `dfl` lives on this stack; the old action is not asked for.
+        unsafe {
             sys(
-                libc::SYS_rt_sigprocmask,
-                [
-                    libc::SIG_SETMASK as usize,
-                    &empty as *const u64 as usize,
-                    0,
-                    8,
-                    0,
-                    0,
-                ],
-            )
-        };
-        check(r, ChildStage::Signals, 0)?;
+                libc::SYS_rt_sigaction,
+                [sig, &dfl as *const _ as usize, 0, 8, 0, 0],
+            );
+        }
     }
+    let empty: u64 = 0;
+    // SAFETY: `empty` is an 8-byte kernel sigset on this stack.
+    let r = unsafe {
+        sys(
+            libc::SYS_rt_sigprocmask,
+            [
+                libc::SIG_SETMASK as usize,
+                &empty as *const u64 as usize,
+                0,
+                8,
+                0,
+                0,
+            ],
+        )
+    };
+    check(r, ChildStage::Signals, 0)
+}
+
+/// Tries each candidate program in turn; returns only when none could be executed.
+fn exec(prep: &Prepared) -> Result<Infallible, Failure> {
+    let plan = &prep.plan;
     // Like execvp: a missing candidate moves on to the next; a permission error is remembered
     // and reported if nothing else works; any other error stops at once.
     let mut saved = (libc::ENOENT, 0u32);

@@ -6,12 +6,12 @@ _lowsched() {
     sub=
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            daemon|submit|status|cancel|pause|resume|wait|stats|events|loadgen) sub=${COMP_WORDS[i]}; break ;;
+            daemon|submit|status|cancel|pause|resume|wait|stats|events|metrics|report|loadgen) sub=${COMP_WORDS[i]}; break ;;
             --) return ;;
         esac
     done
     case $sub in
-        '') opts='--help --socket daemon submit status cancel pause resume wait stats events loadgen'; vals='--socket' ;;
+        '') opts='--help --socket daemon submit status cancel pause resume wait stats events metrics report loadgen'; vals='--socket' ;;
         daemon) opts='--help --config --socket --state-dir --cgroup-root --relax'; vals='--config --socket --state-dir --cgroup-root' ;;
         submit) opts='--help -J --name --priority -c --cpus --memory --gpus --estimate --deadline --timeout -o --stdout -e --stderr --cwd --env --user --class --avoid --not-beside-service --file --json'; vals='--name -J --priority --cpus -c --memory --gpus --estimate --deadline --timeout --stdout -o --stderr -e --cwd --env --user --class --avoid --file' ;;
         status) opts='--help --json'; vals='' ;;
@@ -19,8 +19,10 @@ _lowsched() {
         pause) opts='--help'; vals='' ;;
         resume) opts='--help'; vals='' ;;
         wait) opts='--help'; vals='' ;;
-        stats) opts='--help --json --hlog'; vals='--hlog' ;;
+        stats) opts='--help --json --hlog --since --until --state-dir'; vals='--hlog --since --until --state-dir' ;;
         events) opts='--help --follow --json'; vals='' ;;
+        metrics) opts='--help'; vals='' ;;
+        report) opts='--help --state-dir --events --history --since --until --out --slo-us'; vals='--state-dir --events --history --since --until --out --slo-us' ;;
         loadgen) opts='--help --server --duration --qps --qps-min --qps-max --qps-interval --seed --trace --connections --keys --key-size --value-size --set-ratio --preload --interval --tick-us --cpu --realtime --json --hlog'; vals='--server --duration --qps --qps-min --qps-max --qps-interval --seed --trace --connections --keys --key-size --value-size --set-ratio --interval --tick-us --cpu --hlog' ;;
     esac
     if [[ " $vals " == *" $prev "* ]]; then

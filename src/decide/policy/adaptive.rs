@@ -14,9 +14,8 @@
 //! order): the queue does not need re-ranking when the mode changes, because `decide` orders the
 //! pending jobs by the chosen mode itself. Command reasons name the mode (`adaptive/edf: ...`).
 
-use super::{
-    Command, JobView, Policy, PolicyConfig, Rank, Snapshot, edf, engine, fifo, priority, sjf,
-};
+use super::rank::{Order, deadline};
+use super::{Command, JobView, Policy, PolicyConfig, Rank, Snapshot, engine};
 
 /// The order `adaptive` uses for one decision.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -37,13 +36,18 @@ impl Mode {
         }
     }
 
-    pub fn rank(self, job: &JobView<'_>) -> Rank {
+    /// The queue order this mode sorts by.
+    pub fn order(self) -> Order {
         match self {
-            Mode::Edf => edf::rank(job),
-            Mode::Priority => priority::rank(job),
-            Mode::Sjf => sjf::rank(job),
-            Mode::Fifo => fifo::rank(job),
+            Mode::Edf => Order::Edf,
+            Mode::Priority => Order::Priority,
+            Mode::Sjf => Order::Sjf,
+            Mode::Fifo => Order::Fifo,
         }
+    }
+
+    pub fn rank(self, job: &JobView<'_>) -> Rank {
+        self.order().rank(job)
     }
 }
 
@@ -54,7 +58,7 @@ pub fn choose(snap: &Snapshot<'_>, cfg: &PolicyConfig) -> Mode {
     let first_priority = snap.queue.first().map(|j| j.spec.priority);
     for job in snap.queue {
         let spec = job.spec;
-        if let Some(due) = edf::deadline(job) {
+        if let Some(due) = deadline(job) {
             let finish = snap
                 .now
                 .plus(spec.estimate.unwrap_or_default())
@@ -92,7 +96,7 @@ impl Policy for Adaptive {
     }
 
     fn rank(&self, job: &JobView<'_>) -> Rank {
-        fifo::rank(job)
+        Order::Fifo.rank(job)
     }
 
     fn decide(&self, snap: &Snapshot<'_>) -> Vec<Command> {

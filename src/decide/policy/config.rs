@@ -6,11 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Policy;
 use super::adaptive::Adaptive;
-use super::edf::Edf;
-use super::fifo::Fifo;
-use super::ljf::Ljf;
-use super::priority::Priority;
-use super::sjf::Sjf;
+use super::rank::{Order, Ranked};
 
 /// Names [`by_name`] accepts, in the order help texts list them.
 pub const NAMES: [&str; 6] = ["fifo", "priority", "sjf", "ljf", "edf", "adaptive"];
@@ -55,19 +51,16 @@ pub enum PolicyError {
 /// Builds the policy users call `name` (case-insensitive, surrounding blanks ignored).
 pub fn by_name(name: &str, cfg: &PolicyConfig) -> Result<Box<dyn Policy>, PolicyError> {
     let cfg = cfg.clone();
-    Ok(match name.trim().to_ascii_lowercase().as_str() {
-        "fifo" => Box::new(Fifo::new(cfg)),
-        "priority" => Box::new(Priority::new(cfg)),
-        "sjf" => Box::new(Sjf::new(cfg)),
-        "ljf" => Box::new(Ljf::new(cfg)),
-        "edf" => Box::new(Edf::new(cfg)),
-        "adaptive" => Box::new(Adaptive::new(cfg)),
-        _ => {
-            return Err(PolicyError::Unknown {
-                name: name.to_string(),
-            });
-        }
-    })
+    let wanted = name.trim().to_ascii_lowercase();
+    if wanted == "adaptive" {
+        return Ok(Box::new(Adaptive::new(cfg)));
+    }
+    match Order::by_name(&wanted) {
+        Some(order) => Ok(Box::new(Ranked::new(order, cfg))),
+        None => Err(PolicyError::Unknown {
+            name: name.to_string(),
+        }),
+    }
 }
 
 /// Serde for a `Duration` as (fractional) seconds.
@@ -101,6 +94,14 @@ mod tests {
             assert_eq!(by_name(name, &cfg).unwrap().name(), name);
         }
         assert_eq!(by_name(" EDF ", &cfg).unwrap().name(), "edf");
+    }
+
+    #[test]
+    fn every_order_is_listed_by_its_name() {
+        for order in Order::ALL {
+            assert!(NAMES.contains(&order.name()), "{order:?}");
+            assert_eq!(Order::by_name(order.name()), Some(order));
+        }
     }
 
     #[test]

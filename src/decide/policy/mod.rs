@@ -7,13 +7,9 @@
 
 pub mod adaptive;
 pub mod config;
-pub mod edf;
 pub mod engine;
-pub mod fifo;
 pub mod fit;
-pub mod ljf;
-pub mod priority;
-pub mod sjf;
+pub mod rank;
 
 use std::fmt;
 
@@ -25,6 +21,7 @@ use crate::model::job::{JobId, JobSpec, Timestamp};
 use crate::model::jobstate::JobState;
 
 pub use config::{NAMES, PolicyConfig, PolicyError, by_name};
+pub use rank::{Order, Ranked};
 
 /// Queue order key: lower runs first; equal ranks keep submission order (the queue's sequence).
 #[derive(

@@ -152,6 +152,23 @@ pub struct Actuator {
     /// Groups made ahead of a start ([`Actuator::prepare`]).
     prepared: HashMap<JobId, JobGroup>,
     reaper: Reaper,
+    timings: Timings,
+}
+
+/// How long recent launches and freezes took (µs), kept until the metrics take them.
+#[derive(Debug, Default)]
+pub struct Timings {
+    pub launch_us: Vec<u64>,
+    pub freeze_us: Vec<u64>,
+}
+
+/// Most samples kept between two takes: a reader that never comes costs bounded memory.
+const TIMINGS_KEPT: usize = 4096;
+
+fn keep_timing(v: &mut Vec<u64>, started: std::time::Instant) {
+    if v.len() < TIMINGS_KEPT {
+        v.push(started.elapsed().as_micros() as u64);
+    }
 }
 
 impl Actuator {
@@ -188,6 +205,7 @@ impl Actuator {
             jobs: HashMap::new(),
             prepared: HashMap::new(),
             reaper,
+            timings: Timings::default(),
         };
         Ok((actuator, rx))
     }
@@ -217,6 +235,18 @@ impl Actuator {
     /// or so, and if it cannot start (no such program, permission denied) its exit event says
     /// so: [`crate::model::exit::ExitStatus::NotStarted`]. Returns the waiter's pid.
     pub fn run(&mut self, req: &LaunchRequest<'_>, cores: CpuSet) -> Result<Pid, ActuationError> {
+        let started = std::time::Instant::now();
+        let pid = self.launch(req, cores)?;
+        keep_timing(&mut self.timings.launch_us, started);
+        Ok(pid)
+    }
+
+    /// The launch and freeze times recorded since the last call.
+    pub fn take_timings(&mut self) -> Timings {
+        std::mem::take(&mut self.timings)
+    }
+
+    fn launch(&mut self, req: &LaunchRequest<'_>, cores: CpuSet) -> Result<Pid, ActuationError> {
         let job = req.id;
         if self.jobs.contains_key(&job) {
             return Err(ActuationError::AlreadyRunning(job));
@@ -300,6 +330,13 @@ impl Actuator {
     /// Freezes the job; returns once the kernel reports it frozen. A failed or unconfirmed
     /// freeze is undone (thawed) so the job stays running.
     pub fn pause(&mut self, job: JobId) -> Result<(), ActuationError> {
+        let started = std::time::Instant::now();
+        self.freeze(job)?;
+        keep_timing(&mut self.timings.freeze_us, started);
+        Ok(())
+    }
+
+    fn freeze(&mut self, job: JobId) -> Result<(), ActuationError> {
         let (j, timeout) = self.group(job)?;
         let Some(group) = j.group.as_mut() else {
             return Err(ActuationError::UnknownJob(job));
@@ -379,18 +416,21 @@ impl Actuator {
         Ok(())
     }
 
-    /// Applies one policy command: the one dispatcher, used by the control loop. `launch`
-    /// supplies the launch request for `Run`. `MarkUnschedulable` has nothing to do on the node.
-    pub fn apply<'a>(
+    /// Carries out one policy command on the node: the one place that maps a [`Command`] to
+    /// the actuator's operations. `launch` is the launch request a `Run` needs (ignored for the
+    /// other commands); `MarkUnschedulable` has nothing to do on the node. The caller records
+    /// the outcome (job table, journal, event log) right after each command, so a crash between
+    /// two commands leaves the records matching the node.
+    pub fn apply(
         &mut self,
         cmd: &Command,
-        launch: impl FnOnce(JobId) -> Option<LaunchRequest<'a>>,
+        launch: Option<&LaunchRequest<'_>>,
     ) -> Result<(), ActuationError> {
         match cmd {
-            Command::Run { job, cores, .. } => {
-                let req = launch(*job).ok_or(ActuationError::NoRequest(*job))?;
-                self.run(&req, *cores).map(|_| ())
-            }
+            Command::Run { job, cores, .. } => match launch {
+                Some(req) if req.id == *job => self.run(req, *cores).map(|_| ()),
+                _ => Err(ActuationError::NoRequest(*job)),
+            },
             Command::Pause { job, .. } => self.pause(*job),
             Command::Resume { job, cores, .. } => self.resume(*job, *cores),
             Command::Resize { job, cores, .. } => self.resize(*job, *cores),

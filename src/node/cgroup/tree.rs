@@ -61,6 +61,46 @@ pub struct Tree {
     controllers: Vec<String>,
 }
 
+/// Where lowsched's root group sits in one hierarchy (`mount`, the one carrying `controller`,
+/// or cgroup2 for `None`): the named directory under the mount, or this process's own group as
+/// `<proc_root>/self/cgroup` lists it.
+fn root_dir(
+    root: &RootName,
+    mount: &CgroupMount,
+    controller: Option<&str>,
+    proc_root: &Path,
+) -> Result<PathBuf, CgroupError> {
+    match root {
+        RootName::Named(name) => {
+            if name.is_empty() || name.contains("..") {
+                return Err(CgroupError::Layout(format!("bad root name {name:?}")));
+            }
+            Ok(mount.point.join(name))
+        }
+        RootName::Own => {
+            let text = read_path(&proc_root.join("self/cgroup"))?;
+            let line = parse_proc_cgroup(&text)
+                .into_iter()
+                .find(|(id, ctl, _)| match controller {
+                    None => *id == 0 && ctl.is_empty(),
+                    Some(c) => ctl.iter().any(|x| x == c),
+                });
+            let group = line.map(|l| l.2).ok_or_else(|| {
+                CgroupError::Layout(format!(
+                    "this process has no {} group in /proc/self/cgroup",
+                    controller.unwrap_or("cgroup2")
+                ))
+            })?;
+            mount.dir_of(&group).ok_or_else(|| {
+                CgroupError::Layout(format!(
+                    "own group {group} is outside the mount at {}",
+                    mount.point.display()
+                ))
+            })
+        }
+    }
+}
+
 impl Tree {
     /// Creates (or reuses) the root and its `daemon/`, `service/` and `batch/` groups, and on
     /// pure v2 enables the wanted controllers along the way. With [`RootName::Own`] on pure v2
@@ -72,42 +112,9 @@ impl Tree {
         } else {
             layout
         };
-        let own = || -> Result<String, CgroupError> {
-            let path = proc_root.join("self/cgroup");
-            read_path(&path)
+        let root_of = |mount: &CgroupMount, controller: Option<&str>| {
+            root_dir(&cfg.root, mount, controller, proc_root)
         };
-        let root_of =
-            |mount: &CgroupMount, controller: Option<&str>| -> Result<PathBuf, CgroupError> {
-                match &cfg.root {
-                    RootName::Named(name) => {
-                        if name.is_empty() || name.contains("..") {
-                            return Err(CgroupError::Layout(format!("bad root name {name:?}")));
-                        }
-                        Ok(mount.point.join(name))
-                    }
-                    RootName::Own => {
-                        let text = own()?;
-                        let line = parse_proc_cgroup(&text).into_iter().find(|(id, ctl, _)| {
-                            match controller {
-                                None => *id == 0 && ctl.is_empty(),
-                                Some(c) => ctl.iter().any(|x| x == c),
-                            }
-                        });
-                        let group = line.map(|l| l.2).ok_or_else(|| {
-                            CgroupError::Layout(format!(
-                                "this process has no {} group in /proc/self/cgroup",
-                                controller.unwrap_or("cgroup2")
-                            ))
-                        })?;
-                        mount.dir_of(&group).ok_or_else(|| {
-                            CgroupError::Layout(format!(
-                                "own group {group} is outside the mount at {}",
-                                mount.point.display()
-                            ))
-                        })
-                    }
-                }
-            };
         let mut tree = match &layout {
             Layout::Unified { mount } => Self {
                 mode: Mode::Unified,

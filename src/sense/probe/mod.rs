@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::sense::doorbell::Tripwire;
-use crate::sense::latency::{FastLatency, Slo};
+use crate::sense::latency::{FastLatency, Slo, WindowSummary};
 
 use crate::sense::probe::report::StatsReport;
 use crate::sense::seqcell::{Packed, SeqCell};
@@ -223,6 +223,31 @@ impl ProbeHandle {
     /// The latest signal. Lock-free; never blocks the probe.
     pub fn signal(&self) -> ProbeSignal {
         self.shared.signal.load()
+    }
+
+    /// The monitor's start (Unix seconds, window starts are relative to it) and the completed
+    /// windows numbered above `after` (all kept ones for `None`), with their histograms: what a
+    /// reader that follows every window needs, without copying the whole report.
+    pub fn windows_after(&self, after: Option<u64>) -> (f64, Vec<WindowSummary>) {
+        let r = match self.shared.report.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let new = r
+            .windows
+            .iter()
+            .filter(|w| after.is_none_or(|a| w.index > a))
+            .cloned()
+            .collect();
+        (r.started_unix_s, new)
+    }
+
+    /// The objective the probe judges windows against.
+    pub fn slo(&self) -> Slo {
+        match self.shared.report.lock() {
+            Ok(g) => g.slo,
+            Err(poisoned) => poisoned.into_inner().slo,
+        }
     }
 
     /// The stats report (refreshed at every window's end), with the current window, status and

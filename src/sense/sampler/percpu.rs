@@ -99,6 +99,237 @@ impl ServiceState {
     }
 }
 
+impl ServiceState {
+    fn new() -> Self {
+        Self {
+            source: ServiceSource::None,
+            counter: Counter::None,
+            last_open_try: 0,
+            prev: None,
+            out: ServiceCpu::default(),
+        }
+    }
+
+    /// Takes a new source from the daemon (counting a new generation), or retries opening the
+    /// current one once [`REOPEN_NS`] has passed since the last try.
+    fn follow(
+        &mut self,
+        rx: &crossbeam_channel::Receiver<ServiceSource>,
+        cfg: &SamplerConfig,
+        now: u64,
+        shared: &Shared,
+    ) {
+        if let Some(src) = rx.try_iter().last() {
+            self.source = src;
+            self.out.generation += 1;
+            self.out.smoothed = None;
+            self.out.cores = None;
+            self.open(cfg, now.max(1));
+            shared.service.publish(&self.out);
+        } else if matches!(self.counter, Counter::None)
+            && self.source != ServiceSource::None
+            && now.saturating_sub(self.last_open_try) >= REOPEN_NS
+        {
+            self.open(cfg, now);
+        }
+    }
+
+    /// This period's usage: a cgroup counter from its ring slot, a pid counter read directly.
+    fn read(
+        &mut self,
+        ring: &DeadlineReads,
+        slot: Option<usize>,
+    ) -> Option<Result<u64, ServiceError>> {
+        match &mut self.counter {
+            Counter::None => None,
+            Counter::Cgroup(c) => Some(match slot {
+                Some(s) => match ring.result(s) {
+                    Ok(buf) => c.parse(buf),
+                    Err(source) => Err(ServiceError::Io {
+                        path: c.path.clone(),
+                        source,
+                    }),
+                },
+                None => Err(ServiceError::Io {
+                    path: c.path.clone(),
+                    source: std::io::Error::other("io_uring wait failed"),
+                }),
+            }),
+            Counter::Pid(p) => Some(p.read()),
+        }
+    }
+
+    /// Records a read (rings the alarm if the service is busy enough) and publishes.
+    fn record(
+        &mut self,
+        read: Option<Result<u64, ServiceError>>,
+        now: u64,
+        cfg: &SamplerConfig,
+        shared: &Shared,
+    ) {
+        match read {
+            Some(Ok(usage)) => {
+                self.observe(usage, now, cfg);
+                if let (Some(alarm), Some(cores)) = (&cfg.service_alarm, self.out.cores) {
+                    alarm.check((cores * 1000.0) as u64, now);
+                }
+            }
+            Some(Err(e)) => {
+                self.fail(&e);
+                self.last_open_try = now;
+            }
+            None => {}
+        }
+        self.out.kind = self.kind();
+        shared.service.publish(&self.out);
+    }
+}
+
+/// The core's own reading: `/proc/stat` (kept open), its `cpuN` line, and what was published.
+struct CoreState {
+    finder: CpuLineFinder,
+    user_hz: u64,
+    pin: bool,
+    stat_path: std::path::PathBuf,
+    stat: Option<File>,
+    last_open_try: u64,
+    prev: Option<(CpuTimes, u64)>,
+    out: CoreUtil,
+}
+
+impl CoreState {
+    fn new(cpu: usize, cfg: &SamplerConfig) -> Self {
+        let user_hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|&v| v > 0)
+            .map_or(100, |v| v as u64);
+        let mut core = Self {
+            finder: CpuLineFinder::new(cpu),
+            user_hz,
+            pin: cfg.pin,
+            stat_path: cfg.proc_root.join(procstat::PROC_STAT),
+            stat: None,
+            last_open_try: 0,
+            prev: None,
+            out: CoreUtil {
+                cpu,
+                ..CoreUtil::default()
+            },
+        };
+        core.pin();
+        core
+    }
+
+    fn pin(&mut self) {
+        if self.pin {
+            let id = core_affinity::CoreId { id: self.out.cpu };
+            self.out.pinned = core_affinity::set_for_current(id);
+        }
+    }
+
+    /// Opens `/proc/stat` when it is closed and the last try is [`REOPEN_NS`] old; false when
+    /// that failed (the core is then published as offline).
+    fn reopen(&mut self, now: u64) -> bool {
+        if self.stat.is_some() || (self.last_open_try != 0 && now - self.last_open_try < REOPEN_NS)
+        {
+            return true;
+        }
+        self.last_open_try = now.max(1);
+        self.stat = File::open(&self.stat_path).ok();
+        if self.stat.is_none() {
+            self.out.errors += 1;
+            self.out.online = false;
+        }
+        self.stat.is_some()
+    }
+
+    /// Takes in one read of `/proc/stat` (`cap`: the buffer it was read into). Returns a larger
+    /// capacity when the read was truncated.
+    fn take(
+        &mut self,
+        read: std::io::Result<&[u8]>,
+        cap: usize,
+        now: u64,
+        smoothing: std::time::Duration,
+    ) -> Option<usize> {
+        let buf = match read {
+            Ok(buf) => buf,
+            Err(_) => {
+                self.out.errors += 1;
+                self.stat = None;
+                return None;
+            }
+        };
+        match self.finder.find(buf, buf.len() >= cap) {
+            Ok(Some(times)) => {
+                if !self.out.online {
+                    self.pin(); // back from offline: the kernel may have moved us
+                }
+                self.out.online = true;
+                if let Some((p, t0)) = self.prev {
+                    let dt = now.saturating_sub(t0);
+                    let d = procstat::delta(&p, &times, procstat::max_ticks(dt, self.user_hz));
+                    self.out.anomalies += d.anomalies;
+                    self.out.utilization = d.utilization();
+                    if let Some(u) = self.out.utilization {
+                        self.out.smoothed = Some(ewma(self.out.smoothed, u, dt, smoothing));
+                        self.out.period_ns = dt;
+                    }
+                }
+                self.prev = Some((times, now));
+                self.out.at_ns = now;
+            }
+            Ok(None) => {
+                self.out.online = false;
+                self.out.utilization = None;
+                self.out.smoothed = None;
+                self.out.at_ns = now;
+                self.prev = None;
+            }
+            Err(procstat::ProcStatError::Truncated { .. }) => {
+                return Some((cap * 2).min(MAX_STAT_BUF));
+            }
+            Err(_) => self.out.anomalies += 1,
+        }
+        None
+    }
+}
+
+/// The thread's ring: retried every second (counted as errors) until it opens or the sampler
+/// stops.
+fn open_ring(
+    cpu: usize,
+    core: &mut CoreState,
+    slot: &super::Slot,
+    shared: &Shared,
+) -> Option<DeadlineReads> {
+    loop {
+        match DeadlineReads::new(2, 4096 + 160 * (cpu + 2)) {
+            Ok(r) => return Some(r),
+            Err(_) => {
+                core.out.errors += 1;
+                slot.cell.publish(&core.out);
+                if shared.stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// The deadline after `next`: one period on, or, when the thread fell behind (suspended,
+/// starved), the first one after `now` on the same grid.
+fn next_deadline(next: u64, now: u64, period_ns: u64) -> u64 {
+    let next = next + period_ns;
+    if next <= now {
+        next + (now - next) / period_ns * period_ns + period_ns
+    } else {
+        next
+    }
+}
+
 pub(super) fn run(ctx: Ctx) {
     let Ctx {
         shared,
@@ -110,71 +341,18 @@ pub(super) fn run(ctx: Ctx) {
     let slot = &shared.slots[index];
     let watched_ns = cfg.period.as_nanos() as u64;
     let unwatched_ns = cfg.unwatched_period.as_nanos() as u64;
-    let user_hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&v| v > 0)
-        .map_or(100, |v| v as u64);
-    let stat_path = cfg.proc_root.join(procstat::PROC_STAT);
-    let finder = CpuLineFinder::new(cpu);
-    let mut out = CoreUtil {
-        cpu,
-        ..CoreUtil::default()
+    let mut core = CoreState::new(cpu, &cfg);
+    let mut service = service_rx.as_ref().map(|_| ServiceState::new());
+    let Some(mut ring) = open_ring(cpu, &mut core, slot, &shared) else {
+        return;
     };
-    let pin = |out: &mut CoreUtil| {
-        if cfg.pin {
-            out.pinned = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-        }
-    };
-    pin(&mut out);
-    let mut service = service_rx.as_ref().map(|_| ServiceState {
-        source: ServiceSource::None,
-        counter: Counter::None,
-        last_open_try: 0,
-        prev: None,
-        out: ServiceCpu::default(),
-    });
-    let mut ring = loop {
-        match DeadlineReads::new(2, 4096 + 160 * (cpu + 2)) {
-            Ok(r) => break r,
-            Err(_) => {
-                out.errors += 1;
-                slot.cell.publish(&out);
-                if shared.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-        }
-    };
-    let mut stat: Option<File> = None;
-    let mut last_open_try = 0u64;
-    let mut prev: Option<(CpuTimes, u64)> = None;
     let mut next = monotonic_ns();
     while !shared.stop.load(Ordering::Relaxed) {
-        if stat.is_none() && (last_open_try == 0 || next - last_open_try >= REOPEN_NS) {
-            last_open_try = next.max(1);
-            stat = File::open(&stat_path).ok();
-            if stat.is_none() {
-                out.errors += 1;
-                out.online = false;
-                slot.cell.publish(&out);
-            }
+        if !core.reopen(next) {
+            slot.cell.publish(&core.out);
         }
         if let (Some(rx), Some(svc)) = (&service_rx, service.as_mut()) {
-            if let Some(src) = rx.try_iter().last() {
-                svc.source = src;
-                svc.out.generation += 1;
-                svc.out.smoothed = None;
-                svc.out.cores = None;
-                svc.open(&cfg, next.max(1));
-                shared.service.publish(&svc.out);
-            } else if matches!(svc.counter, Counter::None)
-                && svc.source != ServiceSource::None
-                && next.saturating_sub(svc.last_open_try) >= REOPEN_NS
-            {
-                svc.open(&cfg, next);
-            }
+            svc.follow(rx, &cfg, next, &shared);
         }
         let cg_fd: Option<BorrowedFd<'_>> = match service.as_ref().map(|s| &s.counter) {
             Some(Counter::Cgroup(c)) => Some(c.file.as_fd()),
@@ -182,7 +360,7 @@ pub(super) fn run(ctx: Ctx) {
         };
         let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(2);
         // Keep slot 0 for /proc/stat and slot 1 for the cgroup counter.
-        let stat_slot = stat.as_ref().map(|f| {
+        let stat_slot = core.stat.as_ref().map(|f| {
             fds.push(f.as_fd());
             0
         });
@@ -194,83 +372,18 @@ pub(super) fn run(ctx: Ctx) {
         drop(fds);
         let now = monotonic_ns();
         if !ring_ok {
-            out.errors += 1;
+            core.out.errors += 1;
         }
         if let (true, Some(s)) = (ring_ok, stat_slot) {
             let cap = ring.capacity(s);
-            match ring.result(s) {
-                Ok(buf) => match finder.find(buf, buf.len() >= cap) {
-                    Ok(Some(times)) => {
-                        if !out.online {
-                            pin(&mut out); // back from offline: the kernel may have moved us
-                        }
-                        out.online = true;
-                        if let Some((p, t0)) = prev {
-                            let dt = now.saturating_sub(t0);
-                            let d = procstat::delta(&p, &times, procstat::max_ticks(dt, user_hz));
-                            out.anomalies += d.anomalies;
-                            out.utilization = d.utilization();
-                            if let Some(u) = out.utilization {
-                                out.smoothed = Some(ewma(out.smoothed, u, dt, cfg.smoothing));
-                                out.period_ns = dt;
-                            }
-                        }
-                        prev = Some((times, now));
-                        out.at_ns = now;
-                    }
-                    Ok(None) => {
-                        out.online = false;
-                        out.utilization = None;
-                        out.smoothed = None;
-                        out.at_ns = now;
-                        prev = None;
-                    }
-                    Err(procstat::ProcStatError::Truncated { .. }) => {
-                        ring.set_capacity(s, (cap * 2).min(MAX_STAT_BUF));
-                    }
-                    Err(_) => out.anomalies += 1,
-                },
-                Err(_) => {
-                    out.errors += 1;
-                    stat = None;
-                }
+            if let Some(bigger) = core.take(ring.result(s), cap, now, cfg.smoothing) {
+                ring.set_capacity(s, bigger);
             }
-            slot.cell.publish(&out);
+            slot.cell.publish(&core.out);
         }
         if let Some(svc) = service.as_mut() {
-            let read = match &mut svc.counter {
-                Counter::None => None,
-                Counter::Cgroup(c) => Some(match cg_slot.filter(|_| ring_ok) {
-                    Some(s) => match ring.result(s) {
-                        Ok(buf) => c.parse(buf),
-                        Err(source) => Err(ServiceError::Io {
-                            path: c.path.clone(),
-                            source,
-                        }),
-                    },
-                    None => Err(ServiceError::Io {
-                        path: c.path.clone(),
-                        source: std::io::Error::other("io_uring wait failed"),
-                    }),
-                }),
-                Counter::Pid(p) => Some(p.read()),
-            };
-            match read {
-                Some(Ok(usage)) => {
-                    svc.observe(usage, now, &cfg);
-                    if let (Some(alarm), Some(cores)) = (&cfg.service_alarm, svc.out.cores) {
-                        alarm.check((cores * 1000.0) as u64, now);
-                    }
-                }
-
-                Some(Err(e)) => {
-                    svc.fail(&e);
-                    svc.last_open_try = now;
-                }
-                None => {}
-            }
-            svc.out.kind = svc.kind();
-            shared.service.publish(&svc.out);
+            let read = svc.read(&ring, cg_slot.filter(|_| ring_ok));
+            svc.record(read, now, &cfg, &shared);
         }
         slot.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
         slot.periods.fetch_add(1, Ordering::Relaxed);
@@ -279,11 +392,6 @@ pub(super) fn run(ctx: Ctx) {
         } else {
             unwatched_ns
         };
-        next += period_ns;
-
-        if next <= now {
-            // Fell behind (suspended, starved): skip the missed periods, stay on the grid.
-            next += (now - next) / period_ns * period_ns + period_ns;
-        }
+        next = next_deadline(next, now, period_ns);
     }
 }

@@ -14,6 +14,8 @@ fn write_stat(root: &Path, cpus: &[(usize, u64, u64)]) {
     std::fs::write(root.join("stat"), s).unwrap();
 }
 
+/// Polls `f` until it answers; the deadline is generous because a loaded 2-vCPU machine can
+/// starve the sampler threads for seconds, and the test is about what they publish, not when.
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let t0 = Instant::now();
     loop {
@@ -21,7 +23,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
             return v;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(5),
+            t0.elapsed() < Duration::from_secs(30),
             "timed out waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(5));

@@ -2,12 +2,13 @@
 //! their intended send time.
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::report::{Intervals, LoadgenReport};
 use super::schedule::SplitMix64;
+use super::setup::{check, make_keys, place_thread, preload, resolve};
 use super::{LoadgenConfig, LoadgenError};
 use crate::sense::latency::Percentiles;
 use crate::sense::memcache::Conn;
@@ -15,10 +16,8 @@ use crate::sense::memcache::proto::{self, Reply};
 use crate::sys::clock::{monotonic_ns, realtime_ns, thread_cpu_ns, unix_time_s};
 use crate::sys::epoll::{Epoll, Interest, Ready};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RECONNECT_NS: u64 = 100_000_000;
-const MAX_CONNECTIONS: usize = 1024;
-const MAX_KEYS: u64 = 50_000_000;
 
 struct Lane {
     conn: Option<Conn>,
@@ -56,91 +55,49 @@ fn open_lane(
     Ok(())
 }
 
-fn check(cfg: &LoadgenConfig) -> Result<(), LoadgenError> {
-    let bad = |s: String| Err(LoadgenError::Config(s));
-    if cfg.connections == 0 || cfg.connections > MAX_CONNECTIONS {
-        return bad(format!(
-            "--connections {} must be 1..={MAX_CONNECTIONS}",
-            cfg.connections
-        ));
-    }
-    if cfg.keys == 0 || cfg.keys > MAX_KEYS {
-        return bad(format!("--keys {} must be 1..={MAX_KEYS}", cfg.keys));
-    }
-    let digits = cfg.keys.to_string().len();
-    if cfg.key_size < digits + 1 || cfg.key_size > proto::MAX_KEY {
-        return bad(format!(
-            "--key-size {} must be {}..={} for {} keys",
-            cfg.key_size,
-            digits + 1,
-            proto::MAX_KEY,
-            cfg.keys
-        ));
-    }
-    if cfg.value_size > 1 << 20 {
-        return bad(format!("--value-size {} is above 1 MiB", cfg.value_size));
-    }
-    if !(0.0..=1.0).contains(&cfg.set_ratio) {
-        return bad(format!("--set-ratio {} must be in [0, 1]", cfg.set_ratio));
-    }
-    if cfg.duration.is_zero() || cfg.interval < Duration::from_millis(10) {
-        return bad("duration must be positive and the interval at least 10 ms".into());
-    }
-    if cfg.tick > Duration::from_millis(100) {
-        return bad("tick must be at most 100 ms".into());
-    }
-    Ok(())
-}
-
-fn resolve(server: &str) -> Result<SocketAddr, LoadgenError> {
-    let why = |why: String| LoadgenError::Resolve {
-        server: server.into(),
-        why,
-    };
-    server
-        .to_socket_addrs()
-        .map_err(|e| why(e.to_string()))?
-        .next()
-        .ok_or_else(|| why("no address".into()))
-}
-
-/// Keys `k000…0042`, all `key_size` long, in one flat buffer.
-fn make_keys(n: u64, size: usize) -> Vec<u8> {
-    let mut keys = Vec::with_capacity(n as usize * size);
-    for i in 0..n {
-        let s = format!("k{:0width$}", i, width = size - 1);
-        keys.extend_from_slice(s.as_bytes());
-    }
-    keys
-}
-
 pub(super) fn run(
     cfg: &LoadgenConfig,
     stop: Option<&AtomicBool>,
 ) -> Result<LoadgenReport, LoadgenError> {
     check(cfg)?;
     let addr = resolve(&cfg.server)?;
-    if let Some(cpu) = cfg.cpu {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-            return Err(LoadgenError::Sched {
-                what: "pin to the requested CPU",
-                source: std::io::Error::other(format!("CPU {cpu} is not available")),
-            });
-        }
-    }
-    if let Some(prio) = cfg.realtime {
-        crate::sys::sched::set_fifo(prio).map_err(|source| LoadgenError::Sched {
-            what: "switch to SCHED_FIFO (needs root or CAP_SYS_NICE)",
-            source,
-        })?;
-    }
-    let _ = crate::sys::sched::set_timer_slack_ns(1_000);
+    place_thread(cfg)?;
     let keys = make_keys(cfg.keys, cfg.key_size);
     let value = vec![b'v'; cfg.value_size];
     if cfg.preload {
         preload(addr, cfg, &keys, &value)?;
     }
-    let mut epoll = Epoll::new(cfg.connections.min(256)).map_err(LoadgenError::Epoll)?;
+    let (epoll, lanes) = open_lanes(cfg, addr)?;
+    let started_unix_s = unix_time_s();
+    let cpu0 = thread_cpu_ns();
+    let mut g = Generator::new(cfg, addr, keys, value, epoll, lanes, monotonic_ns());
+    let mut stopped_at: Option<u64> = None;
+    let mut ready: Vec<Ready> = Vec::with_capacity(64);
+    loop {
+        let now = monotonic_ns();
+        if stopped_at.is_none() && stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            stopped_at = Some(now);
+        }
+        let send_end = stopped_at.unwrap_or(g.end);
+        g.send_due(now, send_end);
+        g.reconnect(now, send_end);
+        let Some(wake) = g.settle(now, send_end) else {
+            break;
+        };
+        let timeout = Duration::from_nanos(wake.saturating_sub(now));
+        ready.clear();
+        g.epoll
+            .wait(Some(timeout), |r| ready.push(r))
+            .map_err(LoadgenError::Epoll)?;
+        g.take_ready(&ready);
+    }
+    let finish = monotonic_ns();
+    Ok(g.report(finish, stopped_at, started_unix_s, cpu0))
+}
+
+/// One connection per lane, all registered with one epoll.
+fn open_lanes(cfg: &LoadgenConfig, addr: SocketAddr) -> Result<(Epoll, Vec<Lane>), LoadgenError> {
+    let epoll = Epoll::new(cfg.connections.min(256)).map_err(LoadgenError::Epoll)?;
     let mut lanes = Vec::with_capacity(cfg.connections);
     for i in 0..cfg.connections {
         let mut lane = Lane {
@@ -155,93 +112,148 @@ pub(super) fn run(
             .map_err(|source| LoadgenError::Connect { addr, source })?;
         lanes.push(lane);
     }
-    let mut rng = SplitMix64::new(cfg.seed);
-    let tick_ns = cfg.tick.as_nanos() as u64;
-    let duration_ns = cfg.duration.as_nanos() as u64;
-    let started_unix_s = unix_time_s();
-    let cpu0 = thread_cpu_ns();
-    let start = monotonic_ns();
-    let end = start + duration_ns;
-    let drain_until = end + cfg.drain.as_nanos() as u64;
-    let at = |t_s: f64| start + (t_s * 1e9) as u64;
-    let mut iv = Intervals::new(start, cfg.interval.as_nanos() as u64);
-    let mut next: Option<f64> = if cfg.schedule.rate_at(0.0) > 0.0 {
-        Some(0.0)
-    } else {
-        cfg.schedule.next_send(0.0)
-    };
-    let mut last_send_wake = 0u64;
-    let mut rr = 0usize;
-    let mut answered = 0u64;
-    let mut stopped_at: Option<u64> = None;
-    let mut ready: Vec<Ready> = Vec::with_capacity(64);
-    loop {
-        let now = monotonic_ns();
-        if stopped_at.is_none() && stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            stopped_at = Some(now);
+    Ok((epoll, lanes))
+}
+
+/// `t_s` seconds into the schedule, on the monotonic clock of a run that started at `start`.
+fn at(start: u64, t_s: f64) -> u64 {
+    start + (t_s * 1e9) as u64
+}
+
+/// One timed run: the connections, where the schedule is, and the results so far.
+struct Generator<'c> {
+    cfg: &'c LoadgenConfig,
+    addr: SocketAddr,
+    keys: Vec<u8>,
+    value: Vec<u8>,
+    epoll: Epoll,
+    lanes: Vec<Lane>,
+    rng: SplitMix64,
+    iv: Intervals,
+    tick_ns: u64,
+    start: u64,
+    end: u64,
+    drain_until: u64,
+    /// The next send's time in the schedule (seconds), if any is left.
+    next: Option<f64>,
+    last_send_wake: u64,
+    /// Round-robin position over the lanes.
+    rr: usize,
+    answered: u64,
+}
+
+impl<'c> Generator<'c> {
+    fn new(
+        cfg: &'c LoadgenConfig,
+        addr: SocketAddr,
+        keys: Vec<u8>,
+        value: Vec<u8>,
+        epoll: Epoll,
+        lanes: Vec<Lane>,
+        start: u64,
+    ) -> Self {
+        let end = start + cfg.duration.as_nanos() as u64;
+        Self {
+            cfg,
+            addr,
+            keys,
+            value,
+            epoll,
+            lanes,
+            rng: SplitMix64::new(cfg.seed),
+            iv: Intervals::new(start, cfg.interval.as_nanos() as u64),
+            tick_ns: cfg.tick.as_nanos() as u64,
+            start,
+            end,
+            drain_until: end + cfg.drain.as_nanos() as u64,
+            next: if cfg.schedule.rate_at(0.0) > 0.0 {
+                Some(0.0)
+            } else {
+                cfg.schedule.next_send(0.0)
+            },
+            last_send_wake: 0,
+            rr: 0,
+            answered: 0,
         }
-        let send_end = stopped_at.unwrap_or(end);
-        let next_ns = next.map(at).filter(|&t| t < send_end);
-        if let Some(t0) = next_ns {
-            if t0 <= now && now >= last_send_wake + tick_ns {
-                last_send_wake = now;
-                let mut t = next;
-                while let Some(ts) = t {
-                    let tn = at(ts);
-                    if tn > now || tn >= send_end {
-                        break;
+    }
+
+    /// Sends every request due by `now` (at most one batch per tick), round-robin over the
+    /// lanes, then flushes the lanes that got any.
+    fn send_due(&mut self, now: u64, send_end: u64) {
+        let (cfg, start) = (self.cfg, self.start);
+        let Some(t0) = self.next.map(|t| at(start, t)).filter(|&t| t < send_end) else {
+            return;
+        };
+        if t0 > now || now < self.last_send_wake + self.tick_ns {
+            return;
+        }
+        self.last_send_wake = now;
+        let mut t = self.next;
+        while let Some(ts) = t {
+            let tn = at(start, ts);
+            if tn > now || tn >= send_end {
+                break;
+            }
+            let n = self.lanes.len();
+            let lane = &mut self.lanes[self.rr % n];
+            self.rr = self.rr.wrapping_add(1);
+            self.iv.sent(tn);
+            match lane.conn.as_mut() {
+                Some(c) => {
+                    let k = self.rng.below(cfg.keys) as usize * cfg.key_size;
+                    let key = &self.keys[k..k + cfg.key_size];
+                    if cfg.set_ratio > 0.0 && self.rng.next_f64() < cfg.set_ratio {
+                        proto::encode_set(c.out(), key, &self.value);
+                    } else {
+                        proto::encode_get(c.out(), key);
                     }
-                    let n = lanes.len();
-                    let lane = &mut lanes[rr % n];
-                    rr = rr.wrapping_add(1);
-                    iv.sent(tn);
-                    match lane.conn.as_mut() {
-                        Some(c) => {
-                            let k = rng.below(cfg.keys) as usize * cfg.key_size;
-                            let key = &keys[k..k + cfg.key_size];
-                            if cfg.set_ratio > 0.0 && rng.next_f64() < cfg.set_ratio {
-                                proto::encode_set(c.out(), key, &value);
-                            } else {
-                                proto::encode_get(c.out(), key);
-                            }
-                            lane.waiting.push_back(tn);
-                            lane.dirty = true;
-                        }
-                        None => iv.error(tn),
-                    }
-                    t = cfg.schedule.next_send(ts);
+                    lane.waiting.push_back(tn);
+                    lane.dirty = true;
                 }
-                next = t;
-                for (i, lane) in lanes.iter_mut().enumerate() {
-                    if lane.dirty {
-                        lane.dirty = false;
-                        flush(&mut epoll, i, lane, &mut iv, now);
-                    }
-                }
+                None => self.iv.error(tn),
+            }
+            t = cfg.schedule.next_send(ts);
+        }
+        self.next = t;
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            if lane.dirty {
+                lane.dirty = false;
+                flush(&mut self.epoll, i, lane, &mut self.iv, now);
             }
         }
-        for (i, lane) in lanes.iter_mut().enumerate() {
+    }
+
+    /// Reconnects broken lanes whose back-off has passed, while sending goes on.
+    fn reconnect(&mut self, now: u64, send_end: u64) {
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
             if lane.conn.is_none() && now >= lane.retry_at && now < send_end {
                 lane.retry_at = now + RECONNECT_NS;
-                let _ = open_lane(&epoll, i, &addr, lane);
+                let _ = open_lane(&self.epoll, i, &self.addr, lane);
             }
         }
+    }
+
+    /// Closes the intervals that are final and says when to wake next: `None` once sending is
+    /// over and every answer is in (or the drain time has passed).
+    fn settle(&mut self, now: u64, send_end: u64) -> Option<u64> {
         // Intervals before the oldest outstanding request (and before the next send) are final.
-        let oldest = lanes
+        let oldest = self
+            .lanes
             .iter()
             .filter_map(|l| l.waiting.front().copied())
             .min();
-        let pending_send = next.map(at).filter(|&t| t < send_end);
-        iv.close_before(oldest.unwrap_or(u64::MAX).min(pending_send.unwrap_or(now)));
-        let sending_done = pending_send.is_none();
-        if sending_done && (oldest.is_none() || now >= drain_until) {
-            break;
+        let start = self.start;
+        let pending_send = self.next.map(|t| at(start, t)).filter(|&t| t < send_end);
+        self.iv
+            .close_before(oldest.unwrap_or(u64::MAX).min(pending_send.unwrap_or(now)));
+        if pending_send.is_none() && (oldest.is_none() || now >= self.drain_until) {
+            return None;
         }
-        let mut wake = drain_until;
+        let mut wake = self.drain_until;
         if let Some(t) = pending_send {
-            wake = wake.min(t.max(last_send_wake + tick_ns));
+            wake = wake.min(t.max(self.last_send_wake + self.tick_ns));
         }
-        for l in &lanes {
+        for l in &self.lanes {
             if l.conn.is_none() {
                 if pending_send.is_some() {
                     wake = wake.min(l.retry_at.max(now));
@@ -250,73 +262,78 @@ pub(super) fn run(
                 wake = wake.min(now + LAZY_READ_NS);
             }
         }
-        let timeout = Duration::from_nanos(wake.saturating_sub(now));
-        ready.clear();
-        epoll
-            .wait(Some(timeout), |r| ready.push(r))
-            .map_err(LoadgenError::Epoll)?;
+        Some(wake)
+    }
+
+    /// Flushes what became writable and reads the answers that arrived; stamped lanes are read
+    /// on every wake.
+    fn take_ready(&mut self, ready: &[Ready]) {
         let recv_ns = monotonic_ns();
         // Kernel stamps are CLOCK_REALTIME; answers are timed on CLOCK_MONOTONIC.
         let real_minus_mono = realtime_ns().wrapping_sub(recv_ns);
-        for r in &ready {
+        let (epoll, iv) = (&mut self.epoll, &mut self.iv);
+        for r in ready {
             let i = r.token as usize;
-            let Some(lane) = lanes.get_mut(i) else {
+            let Some(lane) = self.lanes.get_mut(i) else {
                 continue;
             };
             if r.writable && lane.writing {
-                flush(&mut epoll, i, lane, &mut iv, recv_ns);
+                flush(epoll, i, lane, iv, recv_ns);
             }
             if (r.readable || r.closed) && !lane.stamped {
-                answered += read_answers(&mut epoll, lane, &mut iv, recv_ns, None);
+                self.answered += read_answers(epoll, lane, iv, recv_ns, None);
             } else if r.closed {
-                answered += read_answers(&mut epoll, lane, &mut iv, recv_ns, Some(real_minus_mono));
+                self.answered += read_answers(epoll, lane, iv, recv_ns, Some(real_minus_mono));
             }
         }
-        for lane in &mut lanes {
+        for lane in &mut self.lanes {
             if lane.stamped && !lane.waiting.is_empty() {
-                answered += read_answers(&mut epoll, lane, &mut iv, recv_ns, Some(real_minus_mono));
+                self.answered += read_answers(epoll, lane, iv, recv_ns, Some(real_minus_mono));
             }
         }
     }
-    let finish = monotonic_ns();
-    for lane in &mut lanes {
-        for t in lane.waiting.drain(..) {
-            iv.error(t);
+
+    /// Counts what is still unanswered as failed and sums the run up (`finish`: when the loop
+    /// ended; `stopped_at`: when a stop was asked for).
+    fn report(
+        mut self,
+        finish: u64,
+        stopped_at: Option<u64>,
+        started_unix_s: f64,
+        cpu0: u64,
+    ) -> LoadgenReport {
+        for lane in &mut self.lanes {
+            for t in lane.waiting.drain(..) {
+                self.iv.error(t);
+            }
+        }
+        let cpu_s = thread_cpu_ns().saturating_sub(cpu0) as f64 / 1e9;
+        let run_end = stopped_at.unwrap_or(self.end).min(self.end);
+        self.iv.close_all(run_end);
+        let run_s = (run_end - self.start) as f64 / 1e9;
+        let wall_s = (finish - self.start) as f64 / 1e9;
+        let qps = self.answered as f64 / run_s;
+        let cpu_core = cpu_s / wall_s.max(1e-9);
+        LoadgenReport {
+            server: self.cfg.server.clone(),
+            connections: self.cfg.connections,
+            duration_s: run_s,
+            started_unix_s,
+            target_qps: self.iv.sent as f64 / run_s,
+            qps,
+            sent: self.iv.sent,
+            answered: self.answered,
+            latency: Percentiles::of(&self.iv.cumulative, self.iv.errors),
+            intervals: std::mem::take(&mut self.iv.done),
+            cpu_s,
+            cpu_core,
+            cpu_pct_per_10k_qps: if qps > 0.0 {
+                cpu_core * 100.0 / (qps / 10_000.0)
+            } else {
+                0.0
+            },
         }
     }
-    let cpu_s = thread_cpu_ns().saturating_sub(cpu0) as f64 / 1e9;
-    let run_end = stopped_at.unwrap_or(end).min(end);
-    iv.close_all(run_end);
-    let run_s = (run_end - start) as f64 / 1e9;
-    let wall_s = (finish - start) as f64 / 1e9;
-    let p = Percentiles::of(&iv.cumulative, iv.errors);
-    let qps = answered as f64 / run_s;
-    let cpu_core = cpu_s / wall_s.max(1e-9);
-    Ok(LoadgenReport {
-        server: cfg.server.clone(),
-        connections: cfg.connections,
-        duration_s: run_s,
-        started_unix_s,
-        target_qps: iv.sent as f64 / run_s,
-        qps,
-        sent: iv.sent,
-        answered,
-        errors: iv.errors,
-        p50_us: p.p50_us,
-        p90_us: p.p90_us,
-        p95_us: p.p95_us,
-        p99_us: p.p99_us,
-        p999_us: p.p999_us,
-        max_us: p.max_us,
-        intervals: std::mem::take(&mut iv.done),
-        cpu_s,
-        cpu_core,
-        cpu_pct_per_10k_qps: if qps > 0.0 {
-            cpu_core * 100.0 / (qps / 10_000.0)
-        } else {
-            0.0
-        },
-    })
 }
 
 fn fail_lane(epoll: &mut Epoll, lane: &mut Lane, iv: &mut Intervals, now: u64) {
@@ -408,57 +425,6 @@ fn read_answers(
     answered
 }
 
-/// Sets every key once, pipelined in batches, before the timed run.
-fn preload(
-    addr: SocketAddr,
-    cfg: &LoadgenConfig,
-    keys: &[u8],
-    value: &[u8],
-) -> Result<(), LoadgenError> {
-    const BATCH: u64 = 512;
-    let err = |s: String| LoadgenError::Preload(s);
-    let mut c = Conn::connect(&addr, CONNECT_TIMEOUT)
-        .map_err(|source| LoadgenError::Connect { addr, source })?;
-    let mut epoll = Epoll::new(1).map_err(LoadgenError::Epoll)?;
-    epoll
-        .add(c.fd(), 0, Interest::READ)
-        .map_err(LoadgenError::Epoll)?;
-    let deadline = monotonic_ns() + 120_000_000_000;
-    let mut k = 0u64;
-    while k < cfg.keys {
-        let n = BATCH.min(cfg.keys - k);
-        for i in k..k + n {
-            let off = i as usize * cfg.key_size;
-            proto::encode_set(c.out(), &keys[off..off + cfg.key_size], value);
-        }
-        let mut stored = 0;
-        while stored < n {
-            if monotonic_ns() > deadline {
-                return Err(err("memcached did not answer within 120 s".into()));
-            }
-            c.flush().map_err(|e| err(format!("write: {e}")))?;
-            let wait = if c.unsent() > 0 { 1 } else { 100 };
-            epoll
-                .wait(Some(Duration::from_millis(wait)), |_| {})
-                .map_err(LoadgenError::Epoll)?;
-            c.fill().map_err(|e| err(format!("read: {e}")))?;
-            let mut used = 0;
-            while let Some((reply, m)) =
-                proto::parse_reply(&c.pending()[used..]).map_err(|e| err(e.to_string()))?
-            {
-                used += m;
-                if reply != Reply::Stored {
-                    return Err(err(format!("memcached answered {reply:?} to a set")));
-                }
-                stored += 1;
-            }
-            c.consume(used);
-        }
-        k += n;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,7 +490,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(r.errors, 0, "{r:?}");
+        assert_eq!(r.latency.errors, 0, "{r:?}");
         assert_eq!(r.sent, r.answered);
         assert!((r.qps - 2000.0).abs() < 100.0, "{r:?}");
         assert_eq!(r.intervals.len(), 3);
@@ -534,9 +500,9 @@ mod tests {
     #[test]
     fn a_dropped_connection_counts_failures_and_reconnects() {
         let r = run(&cfg(fake_server(500)), None).unwrap();
-        assert!(r.errors > 0, "{r:?}");
+        assert!(r.latency.errors > 0, "{r:?}");
         assert!(r.answered > 1000, "reconnected and kept going: {r:?}");
-        assert_eq!(r.sent, r.answered + r.errors);
+        assert_eq!(r.sent, r.answered + r.latency.errors);
     }
 
     #[test]

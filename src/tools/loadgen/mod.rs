@@ -11,6 +11,7 @@ mod args;
 mod engine;
 mod report;
 pub mod schedule;
+mod setup;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

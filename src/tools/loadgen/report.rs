@@ -19,11 +19,9 @@ pub struct IntervalReport {
     pub target_qps: f64,
     /// Requests answered per second.
     pub qps: f64,
-    pub p50_us: u64,
-    pub p95_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-    pub errors: u64,
+    /// Answered requests' latency; `errors` counts the interval's failures.
+    #[serde(flatten)]
+    pub latency: Percentiles,
     /// The interval's histogram, for `--hlog` (not in JSON).
     #[serde(skip)]
     pub hist: Option<EncodedHistogram>,
@@ -42,14 +40,10 @@ pub struct LoadgenReport {
     pub qps: f64,
     pub sent: u64,
     pub answered: u64,
-    /// Requests that failed (error reply, broken connection, or no answer by the end).
-    pub errors: u64,
-    pub p50_us: u64,
-    pub p90_us: u64,
-    pub p95_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
+    /// Latency of the answered requests; `errors` counts the requests that failed (error
+    /// reply, broken connection, or no answer by the end).
+    #[serde(flatten)]
+    pub latency: Percentiles,
     pub intervals: Vec<IntervalReport>,
     /// CPU time the generating thread used during the timed run.
     pub cpu_s: f64,
@@ -162,18 +156,13 @@ impl Intervals {
     }
 
     fn finish_one(&mut self, o: Open, len_ns: u64) {
-        let p = Percentiles::of(&o.hist, o.errors);
         let secs = len_ns as f64 / 1e9;
         self.done.push(IntervalReport {
             start_s: (o.index * self.interval_ns) as f64 / 1e9,
             duration_s: secs,
             target_qps: o.sent as f64 / secs,
             qps: o.hist.len() as f64 / secs,
-            p50_us: p.p50_us,
-            p95_us: p.p95_us,
-            p99_us: p.p99_us,
-            max_us: p.max_us,
-            errors: o.errors,
+            latency: Percentiles::of(&o.hist, o.errors),
             hist: EncodedHistogram::encode(&o.hist).ok(),
         });
     }
@@ -189,22 +178,24 @@ pub fn render_table(r: &LoadgenReport) -> String {
         "time_s", "target", "qps", "p50_us", "p95_us", "p99_us", "max_us", "errors"
     );
     for i in &r.intervals {
+        let p = &i.latency;
         let _ = writeln!(
             s,
             "{:>8.1} {:>9.0} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>7}",
-            i.start_s, i.target_qps, i.qps, i.p50_us, i.p95_us, i.p99_us, i.max_us, i.errors
+            i.start_s, i.target_qps, i.qps, p.p50_us, p.p95_us, p.p99_us, p.max_us, p.errors
         );
     }
+    let p = &r.latency;
     let _ = writeln!(
         s,
         "\nsummary: {} over {:.1} s, {} connections: target {:.0} QPS, achieved {:.0} QPS \
          ({} sent, {} answered, {} failed)",
-        r.server, r.duration_s, r.connections, r.target_qps, r.qps, r.sent, r.answered, r.errors
+        r.server, r.duration_s, r.connections, r.target_qps, r.qps, r.sent, r.answered, p.errors
     );
     let _ = writeln!(
         s,
         "latency (us, from intended send time): p50 {} p90 {} p95 {} p99 {} p99.9 {} max {}",
-        r.p50_us, r.p90_us, r.p95_us, r.p99_us, r.p999_us, r.max_us
+        p.p50_us, p.p90_us, p.p95_us, p.p99_us, p.p999_us, p.max_us
     );
     let _ = writeln!(
         s,
@@ -254,10 +245,10 @@ mod tests {
         iv.close_before(1000 + 120 * MS);
         assert_eq!(iv.done.len(), 1);
         let first = &iv.done[0];
-        assert_eq!((first.start_s, first.errors), (0.0, 1));
+        assert_eq!((first.start_s, first.latency.errors), (0.0, 1));
         assert!((first.target_qps - 100.0).abs() < 1e-9);
         assert!((first.qps - 90.0).abs() < 1e-9);
-        assert_eq!(first.max_us, 58);
+        assert_eq!(first.latency.max_us, 58);
         iv.record(1000 + 150 * MS, 70);
         iv.close_all(1000 + 160 * MS);
         let last = &iv.done[1];

@@ -38,88 +38,25 @@ pub(super) fn duration(d: Duration) -> String {
     }
 }
 
+/// The commands of one decision, by the phase they are applied in (module documentation).
+#[derive(Default)]
+struct Phases<'p, 'a> {
+    shrinks: Vec<Command>,
+    pauses: Vec<Command>,
+    resumes: Vec<Command>,
+    runs: Vec<Command>,
+    widens: Vec<Command>,
+    movers: Vec<(&'p Placement<'a>, CpuSet)>,
+}
+
 pub(super) fn commands(label: &str, batch: CpuSet, d: &Outcome<'_>) -> Vec<Command> {
-    let mut shrinks = Vec::new();
-    let mut pauses = Vec::new();
-    let mut resumes = Vec::new();
-    let mut runs = Vec::new();
-    let mut widens = Vec::new();
-    let mut movers: Vec<(&Placement<'_>, CpuSet)> = Vec::new();
-
+    let mut phases = Phases::default();
     for p in &d.placed {
-        let id = p.job.id;
-        let new = p.cores;
-        let range = format!("{} of {}:{}", new.len(), p.min, p.max);
-        match p.kind {
-            Kind::Kept { was } if was == new => {}
-            Kind::Kept { was } => {
-                let kept = was.intersection(&new);
-                if kept.is_empty() {
-                    movers.push((p, was));
-                    continue;
-                }
-                if kept != was {
-                    let lost = was.difference(&new);
-                    let left = lost.difference(&batch);
-                    let reclaimed = lost.intersection(&batch);
-                    let mut why = Vec::new();
-                    if !left.is_empty() {
-                        why.push(format!("cores [{left}] left the batch set"));
-                    }
-                    if !reclaimed.is_empty() {
-                        why.push(format!("cores [{reclaimed}] go to other jobs"));
-                    }
-                    shrinks.push(Command::Resize {
-                        job: id,
-                        cores: kept,
-                        reason: format!(
-                            "{label}: {}; keeps {} of {}:{} cores",
-                            why.join(", "),
-                            kept.len(),
-                            p.min,
-                            p.max
-                        ),
-                    });
-                }
-                if kept != new {
-                    widens.push(Command::Resize {
-                        job: id,
-                        cores: new,
-                        reason: format!(
-                            "{label}: widens onto spare cores [{}] ({range} cores)",
-                            new.difference(&was)
-                        ),
-                    });
-                }
-            }
-            Kind::Resumed => resumes.push(Command::Resume {
-                job: id,
-                cores: new,
-                reason: format!("{label}: batch cores are free again; resumes on {range} cores"),
-            }),
-            Kind::Started { gpus, past } => {
-                let mut reason = format!("{label}: fits; starts on {range} cores");
-                if !gpus.is_empty() {
-                    reason.push_str(&format!(" with GPUs {gpus}"));
-                }
-                if let Some(past) = past {
-                    reason.push_str(&format!(
-                        "; backfilled past job {past}, which does not fit yet"
-                    ));
-                }
-                runs.push(Command::Run {
-                    job: id,
-                    cores: new,
-                    gpus,
-                    reason,
-                });
-            }
-        }
+        phases.place(label, batch, p);
     }
-
     for a in d.paused.iter().rev() {
         let min = a.job.spec.cores.min.max(1);
-        pauses.push(Command::Pause {
+        phases.pauses.push(Command::Pause {
             job: a.job.id,
             reason: format!(
                 "{label}: the {} batch cores cannot hold its minimum of {min} beside more senior \
@@ -128,10 +65,15 @@ pub(super) fn commands(label: &str, batch: CpuSet, d: &Outcome<'_>) -> Vec<Comma
             ),
         });
     }
-
+    let Phases {
+        shrinks: mut out,
+        mut pauses,
+        mut resumes,
+        mut runs,
+        mut widens,
+        mut movers,
+    } = phases;
     let moves = order_moves(label, &mut movers, &mut pauses, &mut resumes);
-
-    let mut out = shrinks;
     out.append(&mut pauses);
     out.extend(moves);
     out.append(&mut resumes);
@@ -146,6 +88,86 @@ pub(super) fn commands(label: &str, batch: CpuSet, d: &Outcome<'_>) -> Vec<Comma
             }),
     );
     out
+}
+
+impl<'p, 'a> Phases<'p, 'a> {
+    /// The commands that take placed job `p` from where it is to its new cores.
+    fn place(&mut self, label: &str, batch: CpuSet, p: &'p Placement<'a>) {
+        let id = p.job.id;
+        let new = p.cores;
+        let range = format!("{} of {}:{}", new.len(), p.min, p.max);
+        match p.kind {
+            Kind::Kept { was } if was == new => {}
+            Kind::Kept { was } => self.keep(label, batch, p, was),
+            Kind::Resumed => self.resumes.push(Command::Resume {
+                job: id,
+                cores: new,
+                reason: format!("{label}: batch cores are free again; resumes on {range} cores"),
+            }),
+            Kind::Started { gpus, past } => {
+                let mut reason = format!("{label}: fits; starts on {range} cores");
+                if !gpus.is_empty() {
+                    reason.push_str(&format!(" with GPUs {gpus}"));
+                }
+                if let Some(past) = past {
+                    reason.push_str(&format!(
+                        "; backfilled past job {past}, which does not fit yet"
+                    ));
+                }
+                self.runs.push(Command::Run {
+                    job: id,
+                    cores: new,
+                    gpus,
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// A running job that stays but changes cores: a shrink to what it keeps, then a widen; or a
+    /// move, when it keeps none of them.
+    fn keep(&mut self, label: &str, batch: CpuSet, p: &'p Placement<'a>, was: CpuSet) {
+        let (id, new) = (p.job.id, p.cores);
+        let kept = was.intersection(&new);
+        if kept.is_empty() {
+            self.movers.push((p, was));
+            return;
+        }
+        if kept != was {
+            let lost = was.difference(&new);
+            let left = lost.difference(&batch);
+            let reclaimed = lost.intersection(&batch);
+            let mut why = Vec::new();
+            if !left.is_empty() {
+                why.push(format!("cores [{left}] left the batch set"));
+            }
+            if !reclaimed.is_empty() {
+                why.push(format!("cores [{reclaimed}] go to other jobs"));
+            }
+            self.shrinks.push(Command::Resize {
+                job: id,
+                cores: kept,
+                reason: format!(
+                    "{label}: {}; keeps {} of {}:{} cores",
+                    why.join(", "),
+                    kept.len(),
+                    p.min,
+                    p.max
+                ),
+            });
+        }
+        if kept != new {
+            let range = format!("{} of {}:{}", new.len(), p.min, p.max);
+            self.widens.push(Command::Resize {
+                job: id,
+                cores: new,
+                reason: format!(
+                    "{label}: widens onto spare cores [{}] ({range} cores)",
+                    new.difference(&was)
+                ),
+            });
+        }
+    }
 }
 
 /// Orders moves so that a job moves only onto cores no other pending mover still holds; breaks
