@@ -20,44 +20,6 @@ fn exit(j: &JobStatus) -> String {
     }
 }
 
-fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('…');
-        t
-    }
-}
-
-/// The `lowsched status` table.
-pub fn job_table(jobs: &[JobStatus]) -> String {
-    let mut out = format!(
-        "{:>6}  {:<16} {:<13} {:<10} {:<9} {:>4} {:>6}  {}\n",
-        "ID", "NAME", "STATE", "USER", "CORES", "PRIO", "EXIT", "REASON"
-    );
-    for j in jobs {
-        let state = if j.held {
-            format!("{} (held)", j.state)
-        } else {
-            j.state.to_string()
-        };
-        let _ = writeln!(
-            out,
-            "{:>6}  {:<16} {:<13} {:<10} {:<9} {:>4} {:>6}  {}",
-            j.id,
-            clip(&j.name, 16),
-            state,
-            clip(&j.user, 10),
-            clip(&cores(&j.cores), 9),
-            j.priority,
-            exit(j),
-            j.reason.as_deref().unwrap_or("")
-        );
-    }
-    out
-}
-
 /// `lowsched status ID`: one job, one field per line.
 pub fn job_detail(j: &JobStatus) -> String {
     let mut out = String::new();

@@ -6,6 +6,7 @@ mod format;
 pub mod man;
 pub mod report;
 pub mod stats;
+pub mod status;
 mod submit;
 pub mod timespec;
 mod units;
@@ -21,6 +22,7 @@ use crate::model::job::JobId;
 use crate::model::jobstate::JobState;
 use crate::sense::probe::report::StatsReport;
 
+pub use status::{Filter, StatusArgs};
 pub use submit::SubmitArgs;
 
 /// Exit codes of `lowsched wait` beyond the job's own (0–255, or 128+N when killed by signal N).
@@ -86,43 +88,91 @@ pub struct DaemonArgs {
     pub relax: bool,
 }
 
-/// Show one job, or a table of all jobs.
-#[derive(FromArgs, ArgsInfo, Debug)]
-#[argh(subcommand, name = "status", help_triggers("-h", "--help"))]
-pub struct StatusArgs {
-    /// print JSON
-    #[argh(switch)]
-    pub json: bool,
-    /// the job to show field by field (default: a table of all jobs)
-    #[argh(positional)]
-    pub id: Option<JobId>,
-}
-
-/// Cancel a job (kills it if it runs).
+/// Cancel jobs (kills those that run): by id, or every job the filters select.
 #[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "cancel", help_triggers("-h", "--help"))]
 pub struct CancelArgs {
-    /// the job to cancel
+    /// only jobs in these states, comma-separated (see status --help)
+    #[argh(option, from_str_fn(status::states))]
+    pub state: Option<Vec<JobState>>,
+    /// only this user's jobs
+    #[argh(option)]
+    pub user: Option<String>,
+    /// only jobs with this name
+    #[argh(option)]
+    pub name: Option<String>,
+    /// the jobs to cancel (with filters: only those of them the filters select)
     #[argh(positional)]
-    pub id: JobId,
+    pub ids: Vec<JobId>,
 }
 
-/// Pause (freeze) a job until it is resumed.
+impl CancelArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            ids: self.ids.clone(),
+            states: self.state.clone(),
+            user: self.user.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Pause (freeze) jobs until they are resumed: by id, or every job the filters select.
 #[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "pause", help_triggers("-h", "--help"))]
 pub struct PauseArgs {
-    /// the job to pause
+    /// only jobs in these states, comma-separated (see status --help)
+    #[argh(option, from_str_fn(status::states))]
+    pub state: Option<Vec<JobState>>,
+    /// only this user's jobs
+    #[argh(option)]
+    pub user: Option<String>,
+    /// only jobs with this name
+    #[argh(option)]
+    pub name: Option<String>,
+    /// the jobs to pause (with filters: only those of them the filters select)
     #[argh(positional)]
-    pub id: JobId,
+    pub ids: Vec<JobId>,
 }
 
-/// Resume a job paused with `lowsched pause`.
+impl PauseArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            ids: self.ids.clone(),
+            states: self.state.clone(),
+            user: self.user.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Resume jobs paused with `lowsched pause`: by id, or every job the filters select.
 #[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "resume", help_triggers("-h", "--help"))]
 pub struct ResumeArgs {
-    /// the job to resume
+    /// only jobs in these states, comma-separated (see status --help)
+    #[argh(option, from_str_fn(status::states))]
+    pub state: Option<Vec<JobState>>,
+    /// only this user's jobs
+    #[argh(option)]
+    pub user: Option<String>,
+    /// only jobs with this name
+    #[argh(option)]
+    pub name: Option<String>,
+    /// the jobs to resume (with filters: only those of them the filters select)
     #[argh(positional)]
-    pub id: JobId,
+    pub ids: Vec<JobId>,
+}
+
+impl ResumeArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            ids: self.ids.clone(),
+            states: self.state.clone(),
+            user: self.user.clone(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// Wait for a job to end; exit with its exit code (128+N if killed by signal N, 124 if it became
@@ -215,21 +265,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Cmd::Daemon(args) => return run_daemon(cli.socket, args),
         Cmd::Submit(args) => submit::run(&socket, args),
         Cmd::Status(args) => status(&socket, args),
-        Cmd::Cancel(a) => act(
-            &socket,
-            Request::Cancel(protocol::Target { id: a.id }),
-            "cancelled",
-        ),
-        Cmd::Pause(a) => act(
-            &socket,
-            Request::Pause(protocol::Target { id: a.id }),
-            "paused",
-        ),
-        Cmd::Resume(a) => act(
-            &socket,
-            Request::Resume(protocol::Target { id: a.id }),
-            "resumed",
-        ),
+        Cmd::Cancel(a) => act(&socket, &a.filter(), Request::Cancel, "cancelled"),
+        Cmd::Pause(a) => act(&socket, &a.filter(), Request::Pause, "paused"),
+        Cmd::Resume(a) => act(&socket, &a.filter(), Request::Resume, "resumed"),
         Cmd::Wait(args) => wait(&socket, args.id),
         Cmd::Stats(args) => stats(&socket, args),
         Cmd::Events(args) => events(&socket, args),
@@ -303,28 +341,78 @@ fn unexpected(reply: Reply) -> ClientError {
 }
 
 fn status(socket: &Path, args: StatusArgs) -> Result<ExitCode, ClientError> {
-    match call(socket, &Request::Status(protocol::Status { id: args.id }))? {
+    let id = args.ids.first().copied().filter(|_| args.wants_detail());
+    match call(socket, &Request::Status(protocol::Status { id }))? {
         Reply::Job { job } if args.json => println!("{}", to_json(&job)),
-        Reply::Jobs { jobs } if args.json => println!("{}", to_json(&jobs)),
         Reply::Job { job } => print!("{}", format::job_detail(&job)),
-        Reply::Jobs { jobs } => print!("{}", format::job_table(&jobs)),
+        Reply::Jobs { mut jobs } if args.json => {
+            let filter = args.filter();
+            jobs.retain(|j| filter.matches(j));
+            println!("{}", to_json(&jobs));
+        }
+        Reply::Jobs { jobs } => print!("{}", status::table(&jobs, &args, now_ms())),
         other => return Err(unexpected(other)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-fn act(socket: &Path, req: Request, done: &str) -> Result<ExitCode, ClientError> {
-    match call(socket, &req)? {
-        Reply::Job { job } => {
-            eprintln!("job {} {done} (now {})", job.id, job.state);
-            Ok(ExitCode::SUCCESS)
-        }
-        other => Err(unexpected(other)),
+/// Applies `req` to each job `filter` selects: the ids as given, or with filters the daemon's
+/// jobs that match. Goes on past a refusal (each is reported); exits 1 if any was refused.
+fn act(
+    socket: &Path,
+    filter: &Filter,
+    req: fn(protocol::Target) -> Request,
+    done: &str,
+) -> Result<ExitCode, ClientError> {
+    let ids: Vec<JobId> = if filter.has_filters() {
+        let Reply::Jobs { jobs } = call(socket, &Request::Status(protocol::Status { id: None }))?
+        else {
+            return Err(ClientError::Garbled {
+                why: "expected the job list".into(),
+                line: String::new(),
+            });
+        };
+        jobs.iter()
+            .filter(|j| filter.matches(j))
+            .map(|j| j.id)
+            .collect()
+    } else if filter.ids.is_empty() {
+        eprintln!(
+            "lowsched: name at least one job id, or select jobs with --state, --user or --name"
+        );
+        return Ok(ExitCode::from(exit::ERROR));
+    } else {
+        filter.ids.clone()
+    };
+    if ids.is_empty() {
+        eprintln!("lowsched: no job matched; nothing {done}");
     }
+    let mut failed = false;
+    for id in ids {
+        match call(socket, &req(protocol::Target { id })) {
+            Ok(Reply::Job { job }) => eprintln!("job {} {done} (now {})", job.id, job.state),
+            Ok(other) => return Err(unexpected(other)),
+            Err(e) => {
+                eprintln!("lowsched: job {id}: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(exit::ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn wait(socket: &Path, id: JobId) -> Result<ExitCode, ClientError> {
