@@ -86,3 +86,27 @@ fn flag_equals_value_and_slurm_letters_reach_the_daemon() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn check_config_validates_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[service]\nenabled = \"no\"\n").unwrap();
+    let out = run(&["daemon", "--check-config", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("valid"));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[service]\nmin_cores = 0\n").unwrap();
+    let out = run(&[
+        "daemon",
+        "--config",
+        bad.to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("min_cores") && e.contains("bad.toml"), "{e}");
+    // A positional file without --check-config is refused, not silently ignored.
+    let out = run(&["daemon", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+}

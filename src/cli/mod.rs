@@ -86,6 +86,13 @@ pub struct DaemonArgs {
     /// again while jobs run (for ExecStopPost= on systemd before 254; see cgroups/README.md)
     #[argh(switch)]
     pub relax: bool,
+    /// do not run: check the config (FILE, else --config, else the default) and exit 0 if it
+    /// is valid, 1 with the reason if not
+    #[argh(switch)]
+    pub check_config: bool,
+    /// with --check-config: the config file to check
+    #[argh(positional)]
+    pub file: Option<PathBuf>,
 }
 
 /// Cancel jobs (kills those that run): by id, or every job the filters select.
@@ -314,12 +321,33 @@ fn run_daemon(global_socket: Option<PathBuf>, args: DaemonArgs) -> ExitCode {
             }
         };
     }
+    if args.file.is_some() && !args.check_config {
+        eprintln!("lowsched daemon: a FILE argument is only for --check-config; use --config FILE");
+        return ExitCode::from(exit::ERROR);
+    }
+    let check = args.check_config;
     let overrides = crate::daemon::config::Overrides {
-        config: args.config,
+        config: args.file.or(args.config),
         socket: args.socket.or(global_socket),
         state_dir: args.state_dir,
         cgroup_root: args.cgroup_root,
     };
+    if check {
+        return match crate::daemon::check_config(&overrides) {
+            Ok(Some(path)) => {
+                println!("{}: valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                println!("no config file; the built-in defaults are valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lowsched daemon: {e}");
+                ExitCode::from(exit::ERROR)
+            }
+        };
+    }
     match crate::daemon::run(&overrides) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -336,7 +364,7 @@ fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
 fn unexpected(reply: Reply) -> ClientError {
     ClientError::Garbled {
         why: "unexpected answer".into(),
-        line: format!("{reply:?}"),
+        line: serde_json::to_string(&reply).unwrap_or_default(),
     }
 }
 

@@ -116,6 +116,14 @@ fn signal_thread(
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
+/// Validates the configuration `o` names as `run` would read it (file, overrides, policy
+/// settings), without starting anything; returns which file was read.
+pub fn check_config(o: &Overrides) -> Result<Option<PathBuf>, DaemonError> {
+    let (cfg, used) = Config::load(o)?;
+    startup::policy(&cfg)?;
+    Ok(used)
+}
+
 pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let (cfg, used) = Config::load(o)?;
     let notifier = prepare_process(&cfg, used.as_deref())?;

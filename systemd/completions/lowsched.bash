@@ -12,7 +12,7 @@ _lowsched() {
     done
     case $sub in
         '') opts='--help --socket daemon submit status cancel pause resume wait stats events metrics report loadgen'; vals='--socket' ;;
-        daemon) opts='--help --config --socket --state-dir --cgroup-root --relax'; vals='--config --socket --state-dir --cgroup-root' ;;
+        daemon) opts='--help --config --socket --state-dir --cgroup-root --relax --check-config'; vals='--config --socket --state-dir --cgroup-root' ;;
         submit) opts='--help -J --name --priority -c --cpus --memory --gpus --estimate --deadline --timeout -o --stdout -e --stderr --cwd --env --user --class --avoid --not-beside-service --file --json'; vals='--name -J --priority --cpus -c --memory --gpus --estimate --deadline --timeout --stdout -o --stderr -e --cwd --env --user --class --avoid --file' ;;
         status) opts='--help --json --state --user --name --format --noheader --parsable'; vals='--state --user --name --format' ;;
         cancel) opts='--help --state --user --name'; vals='--state --user --name' ;;

@@ -9,6 +9,7 @@ complete -c lowsched -n '__fish_seen_subcommand_from daemon' -l socket -r -d 'so
 complete -c lowsched -n '__fish_seen_subcommand_from daemon' -l state-dir -r -d 'state directory for the journal, event log and job output (overrides the config)'
 complete -c lowsched -n '__fish_seen_subcommand_from daemon' -l cgroup-root -r -d 'cgroup root name or path (overrides the config)'
 complete -c lowsched -n '__fish_seen_subcommand_from daemon' -l relax -d 'do not run: relax this systemd units delegated cgroup subtree so the unit can start again while jobs run (for ExecStopPost= on systemd before 254; see cgroups/README.md)'
+complete -c lowsched -n '__fish_seen_subcommand_from daemon' -l check-config -d 'do not run: check the config (FILE, else --config, else the default) and exit 0 if it is valid, 1 with the reason if not'
 complete -c lowsched -f -n 'not __fish_seen_subcommand_from $subs' -a submit -d 'Submit a job and print its id: lowsched submit [options] [--] CMD [ARGS...]'
 complete -c lowsched -n '__fish_seen_subcommand_from submit' -l help -d 'display usage information'
 complete -c lowsched -n '__fish_seen_subcommand_from submit' -s J -l name -r -d 'job name (default: the commands file name)'
