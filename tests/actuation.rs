@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used)]
 //! Node actuation on the real host, as root: jobs in their cgroups, freeze and thaw, resize,
 //! kill, exit statuses, users, outputs, adoption after a restart. Runs on whatever layout the
-//! host has (hybrid here, pure v2 in the QEMU guest); the hybrid-only v1-freezer variants run
-//! where a v1 freezer exists.
+//! host has (hybrid here, pure v2 in the QEMU guest). The `*_v1_freezer` variants need a v1
+//! freezer: they fail under the test command where there is none, and stage 40 (pure v2) leaves
+//! them out by name and lists them as not run.
 
 mod common;
 #[path = "actuation/harness.rs"]
@@ -90,15 +91,19 @@ fn freeze_and_thaw(legacy: bool) {
     let (core, _) = env.cores();
     let id = env.run(2, &["/bin/sh", "-c", "while :; do :; done"], &core);
     let pid = env.pids(id, 1)[0];
-    std::thread::sleep(Duration::from_millis(100));
     env.act().pause(id).unwrap();
     assert_eq!(env.act().is_paused(id), Some(true));
+    // Frozen: no CPU time at all while watched (however long the watch, a frozen task gets
+    // none; 300 ms gives a running busy loop many scheduler ticks).
     let t0 = cpu_time_ns(pid);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(cpu_time_ns(pid), t0, "a frozen job made progress");
     env.act().resume(id, core.parse().unwrap()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(cpu_time_ns(pid) > t0, "a thawed job made no progress");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cpu_time_ns(pid) == t0 {
+        assert!(Instant::now() < deadline, "a thawed job made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // A paused job can be killed too.
     env.act().pause(id).unwrap();
     env.act().kill(id).unwrap();
@@ -257,7 +262,13 @@ fn exit_is_recorded_for_a_job_whose_daemon_restarted() {
     let ended = env.run(30, &["/bin/sh", "-c", "exit 4"], &core);
     // Still running across the restart: one is killed later, one ends by itself.
     let running = env.run(31, &["/bin/sleep", "30"], &core);
-    let natural = env.run(32, &["/bin/sh", "-c", "sleep 2; exit 5"], &core);
+    let release = tempfile::tempdir().unwrap();
+    let go = release.path().join("go");
+    let wait_go = format!(
+        "while [ ! -e {} ]; do sleep 0.02; done; exit 5",
+        go.display()
+    );
+    let natural = env.run(32, &["/bin/sh", "-c", &wait_go], &core);
     let pid = env.pids(running, 1)[0];
     let record = env.act().state_dir().exit_record(ended);
     drop(env.act.take());
@@ -268,7 +279,7 @@ fn exit_is_recorded_for_a_job_whose_daemon_restarted() {
     };
     while !ended_now() {
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(60),
             "job 30 never ended"
         );
         std::thread::sleep(Duration::from_millis(5));
@@ -292,6 +303,7 @@ fn exit_is_recorded_for_a_job_whose_daemon_restarted() {
     assert!(!found.running[0].paused);
     env.act().release(ended).unwrap();
     // The adopted jobs are watched by the new actuator: one ends, one is killed.
+    std::fs::write(&go, "").unwrap();
     assert_eq!(
         env.exit(),
         ExitEvent {

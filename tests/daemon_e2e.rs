@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! The daemon end to end, as root, through the `lowsched` CLI: submit, status, wait (exit
 //! codes and signals), pause and resume of real processes, cancel, unschedulable jobs, job-list
-//! files, 100 jobs run exactly once, `events`, and one-line errors.
+//! files, 100 jobs run exactly once, `events`, one-line errors, and batch jobs at SCHED_IDLE.
 
 mod common;
 #[path = "common/daemon.rs"]
@@ -218,6 +218,43 @@ fn pause_freezes_and_resume_thaws_a_real_process() {
     d.wait_state(id, "running");
     assert!(d.cli(&["cancel", &id.to_string()]).status.success());
     assert_eq!(d.wait_code(id), 125);
+}
+
+/// The scheduling policy of `pid` (`policy`, field 41 of /proc/PID/stat): 0 SCHED_OTHER,
+/// 5 SCHED_IDLE.
+fn sched_policy(pid: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
+    after_comm
+        .split_whitespace()
+        .nth(38)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The policy of every process of a running job that forks one child; waits for both.
+fn job_policies(d: &TestDaemon) -> Vec<u64> {
+    let id = d.submit(&["--", "sh", "-c", "sleep 1000 & wait"]);
+    let s = d.wait_for(id, "running with its child", |s| pids(s).len() == 2);
+    let policies = pids(&s).into_iter().map(sched_policy).collect();
+    assert!(d.cli(&["cancel", &id.to_string()]).status.success());
+    policies
+}
+
+#[test]
+fn batch_jobs_and_their_children_run_at_sched_idle_unless_configured_off() {
+    const SCHED_OTHER: u64 = 0;
+    const SCHED_IDLE: u64 = 5;
+    if root_or_skip() {
+        return;
+    }
+    // The default: `batch.idle_priority = true`.
+    let d = TestDaemon::start("e2e-idle", "");
+    assert_eq!(job_policies(&d), [SCHED_IDLE, SCHED_IDLE]);
+    drop(d);
+    let d = TestDaemon::start("e2e-noidle", "[batch]\nidle_priority = false\n");
+    assert_eq!(job_policies(&d), [SCHED_OTHER, SCHED_OTHER]);
 }
 
 #[test]

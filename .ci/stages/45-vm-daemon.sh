@@ -12,4 +12,5 @@ cd "$(dirname "$0")/../.."
 exec tests/vm/guest-a-tests.sh 45-vm-daemon 1500 --smp 2 --args "--test-threads 2" \
     daemon_e2e \
     daemon_protocol \
-    daemon_recovery
+    daemon_recovery \
+    hardening_v2

@@ -151,7 +151,10 @@ fn invalid_field(e: &JobError, native: bool) -> String {
             return if native { "memory" } else { "resources.memory" }.into();
         }
         JobError::Nul { field } => field.as_str(),
-        JobError::TooLong { field, .. } | JobError::EmptyPath { field } => field,
+        JobError::TooLong { field, .. }
+        | JobError::EmptyPath { field }
+        | JobError::Control { field, .. } => field,
+        JobError::Limit(_) => "rlimits",
         JobError::EmptyName => "name",
         JobError::EnvName { .. } => "env",
         JobError::BadId { .. } => "(job)",

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::api::protocol::{EventRecord, JobStatus};
 use crate::model::cpuset::CpuSet;
+use crate::model::job::escape_controls as esc;
 
 fn cores(c: &[usize]) -> String {
     if c.is_empty() {
@@ -29,15 +30,15 @@ pub fn job_detail(j: &JobStatus) -> String {
         })
     };
     let _ = writeln!(out, "id:        {}", j.id);
-    let _ = writeln!(out, "name:      {}", j.name);
+    let _ = writeln!(out, "name:      {}", esc(&j.name));
     let _ = writeln!(
         out,
         "state:     {}{}",
         j.state,
         if j.held { " (held by owner)" } else { "" }
     );
-    let _ = writeln!(out, "user:      {} (uid {})", j.user, j.uid);
-    let _ = writeln!(out, "command:   {}", j.argv.join(" "));
+    let _ = writeln!(out, "user:      {} (uid {})", esc(&j.user), j.uid);
+    let _ = writeln!(out, "command:   {}", esc(&j.argv.join(" ")));
     let _ = writeln!(out, "priority:  {}", j.priority);
     let _ = writeln!(out, "cores:     {}", cores(&j.cores));
     let pids: Vec<String> = j.pids.iter().map(|p| p.to_string()).collect();
@@ -55,11 +56,11 @@ pub fn job_detail(j: &JobStatus) -> String {
     let _ = writeln!(out, "started:   {}", ms(j.started_ms));
     let _ = writeln!(out, "ended:     {}", ms(j.ended_ms));
     if let Some(r) = &j.reason {
-        let _ = writeln!(out, "reason:    {r}");
+        let _ = writeln!(out, "reason:    {}", esc(r));
     }
     if let Some(env) = &j.env {
         for (k, v) in env {
-            let _ = writeln!(out, "env:       {k}={v}");
+            let _ = writeln!(out, "env:       {}={}", esc(k), esc(v));
         }
     }
     out
@@ -74,16 +75,71 @@ pub fn event_line(e: &EventRecord) -> String {
     let mut s = format!(
         "{} {} {}",
         crate::store::eventlog::iso8601(to_time(e.time_ms)),
-        e.event,
-        e.job
+        esc(&e.event),
+        esc(&e.job)
     );
     for a in &e.args {
         s.push(' ');
-        s.push_str(a);
+        s.push_str(&esc(a));
     }
     if !e.reason.is_empty() {
         s.push_str("  # ");
-        s.push_str(&e.reason);
+        s.push_str(&esc(&e.reason));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::jobstate::JobState;
+
+    fn hostile() -> JobStatus {
+        let evil = "x\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}1m";
+        let mut j: JobStatus = serde_json::from_value(serde_json::json!({
+            "id": 1, "name": evil, "state": "pending", "user": evil, "uid": 1000,
+            "cores": [], "pids": [], "exit_code": null, "signal": null, "reason": evil,
+            "priority": 0, "argv": [evil], "submitted_ms": 0, "started_ms": null,
+            "ended_ms": null, "held": false,
+        }))
+        .unwrap();
+        j.env = Some(
+            vec![(evil.to_string(), evil.to_string())]
+                .into_iter()
+                .collect(),
+        );
+        j
+    }
+
+    #[test]
+    fn escape_codes_never_reach_the_terminal() {
+        let j = hostile();
+        assert_eq!(j.state, JobState::Pending);
+        let table = crate::cli::status::table(
+            std::slice::from_ref(&j),
+            &crate::cli::status::StatusArgs::default(),
+            0,
+        );
+        for out in [table, job_detail(&j)] {
+            assert!(
+                !out.chars()
+                    .any(|c| c != '\n' && crate::model::job::is_unsafe_char(c)),
+                "{out:?}"
+            );
+            assert!(out.contains("\\u{1b}"), "{out}");
+        }
+        let e = EventRecord {
+            seq: 1,
+            time_ms: 0,
+            event: "custom".into(),
+            job: "\u{1b}[31m".into(),
+            args: vec!["\u{7}".into()],
+            reason: "\u{1b}c".into(),
+        };
+        let line = event_line(&e);
+        assert!(
+            !line.chars().any(crate::model::job::is_unsafe_char),
+            "{line:?}"
+        );
+    }
 }

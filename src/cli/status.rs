@@ -1,6 +1,7 @@
 //! `lowsched status` as squeue users expect it: filters (ids, --state, --user, --name), named
 //! columns (--format), --noheader, --parsable, an elapsed column; and the job selection that
-//! `cancel`, `pause` and `resume` share with it.
+//! `cancel`, `pause` and `resume` share with it. Names, users and reasons come from users: their
+//! control characters are shown escaped, never sent to the terminal.
 
 use std::fmt::Write as _;
 
@@ -8,7 +9,7 @@ use argh::{ArgsInfo, FromArgs};
 
 use crate::api::protocol::JobStatus;
 use crate::model::cpuset::CpuSet;
-use crate::model::job::JobId;
+use crate::model::job::{JobId, escape_controls as esc};
 use crate::model::jobstate::JobState;
 
 /// Show jobs as a table (filtered, formatted), or one job field by field.
@@ -197,10 +198,10 @@ fn run_time(j: &JobStatus, now_ms: u64) -> String {
 fn cell(j: &JobStatus, c: Column, now_ms: u64) -> String {
     match c {
         Column::Id => j.id.to_string(),
-        Column::Name => j.name.clone(),
+        Column::Name => esc(&j.name).into_owned(),
         Column::State if j.held => format!("{} (held)", j.state),
         Column::State => j.state.to_string(),
-        Column::User => j.user.clone(),
+        Column::User => esc(&j.user).into_owned(),
         Column::Cores if j.cores.is_empty() => "-".into(),
         Column::Cores => j.cores.iter().copied().collect::<CpuSet>().to_string(),
         Column::Prio => j.priority.to_string(),
@@ -213,7 +214,7 @@ fn cell(j: &JobStatus, c: Column, now_ms: u64) -> String {
         Column::Submitted => crate::store::eventlog::iso8601(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(j.submitted_ms),
         ),
-        Column::Reason => j.reason.clone().unwrap_or_default(),
+        Column::Reason => esc(j.reason.as_deref().unwrap_or("")).into_owned(),
     }
 }
 

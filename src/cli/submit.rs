@@ -184,14 +184,25 @@ pub fn spec_from_args(args: &SubmitArgs, here: &Path) -> Result<JobSpec, SubmitE
     spec.colocation.class = args.class.clone();
     spec.colocation.avoid = args.avoid.clone();
     spec.colocation.beside_service = !args.not_beside_service;
+    spec.umask = caller_umask();
     Ok(spec)
+}
+
+/// This process's umask (the `Umask:` line of /proc/self/status, Linux 4.7+): jobs get the
+/// submitter's umask, as if run from the same shell. `None` where it cannot be read.
+pub fn caller_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// The jobs of a job-list file (native or seed form, see [`crate::api::jobfile`]), with relative
 /// paths made absolute against the current directory.
 pub fn specs_from_file(path: &Path, here: &Path) -> Result<Vec<JobSpec>, SubmitError> {
     let mut specs = crate::api::jobfile::load(path)?;
+    let umask = caller_umask();
     for s in &mut specs {
+        s.umask = s.umask.or(umask);
         s.stdout = absolute(here, s.stdout.take());
         s.stderr = absolute(here, s.stderr.take());
         s.cwd = absolute(here, s.cwd.take()).or_else(|| Some(here.to_path_buf()));

@@ -1,6 +1,7 @@
 //! The daemon's configuration: built-in defaults, an optional TOML file, command-line overrides.
 //! Every key, its meaning and its default is listed in systemd/lowsched.toml.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::decide::controller::ControllerConfig;
 use crate::decide::policy::config::PolicyConfig;
 use crate::model::inventory::Gpu;
+use crate::model::limits::{JobLimits, Rlimit};
 use crate::model::resources::Bytes;
 use crate::node::service::ServiceConfig;
 
@@ -49,6 +51,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub policy: PolicySection,
     pub batch: BatchConfig,
+    pub jobs: JobsConfig,
     pub service: ServiceConfig,
     pub slo: SloConfig,
     pub controller: ControllerConfig,
@@ -70,6 +73,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             policy: PolicySection::default(),
             batch: BatchConfig::default(),
+            jobs: JobsConfig::default(),
             service: ServiceConfig::default(),
             slo: SloConfig::default(),
             controller: ControllerConfig::default(),
@@ -87,6 +91,8 @@ impl Default for Config {
 pub struct ServerConfig {
     /// Connections served at once; the next gets a `busy` error.
     pub max_connections: usize,
+    /// Connections one non-root user may hold at once; root is never refused for this.
+    pub max_connections_per_user: usize,
     /// A client silent this long, or this slow to finish a request, is disconnected (ms).
     pub idle_timeout_ms: u64,
 }
@@ -95,8 +101,68 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_connections: 128,
+            max_connections_per_user: 16,
             idle_timeout_ms: 60_000,
         }
+    }
+}
+
+/// `[jobs]`: what every job's processes get, and how many jobs may wait.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Umask (octal text) of a job whose request names none.
+    pub umask: String,
+    /// Resource limits set on every job before it drops to its user (`nofile = "1024:4096"`).
+    pub rlimits: BTreeMap<String, Rlimit>,
+    /// Set `no_new_privs` on jobs: no privilege gain through setuid programs (sudo breaks).
+    pub no_new_privs: bool,
+    /// `pids.max` of every job (pure v2); 0: no cap.
+    pub pids_max: u64,
+    /// `memory.max` of a job that names no memory (pure v2); default: 90% of `node.memory`.
+    pub memory_max: Option<Bytes>,
+    /// Pending jobs one non-root user may have; a submit over it is refused.
+    pub max_queued_per_user: usize,
+    /// Pending jobs in all; a submit over it is refused.
+    pub max_queued: usize,
+    /// Where default job outputs (`<dir>/<id>/stdout`) go; default `<state_dir>/jobs`. Put it
+    /// on another filesystem than `state_dir` so that a job's output cannot fill the journal's.
+    pub output_dir: Option<PathBuf>,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            umask: "0022".into(),
+            rlimits: BTreeMap::new(),
+            no_new_privs: false,
+            pids_max: crate::model::limits::DEFAULT_PIDS_MAX,
+            memory_max: None,
+            max_queued_per_user: 10_000,
+            max_queued: 100_000,
+            output_dir: None,
+        }
+    }
+}
+
+impl JobsConfig {
+    /// The umask as a number.
+    pub fn umask_value(&self) -> Result<u32, String> {
+        let v = u32::from_str_radix(self.umask.trim(), 8)
+            .map_err(|_| format!("jobs.umask {:?}: expected octal like \"0022\"", self.umask))?;
+        crate::model::limits::check_umask(v).map_err(|e| format!("jobs.umask: {e}"))?;
+        Ok(v)
+    }
+
+    /// What every job's processes get.
+    pub fn limits(&self) -> Result<JobLimits, String> {
+        crate::model::limits::check_rlimits(&self.rlimits)
+            .map_err(|e| format!("jobs.rlimits: {e}"))?;
+        Ok(JobLimits {
+            umask: self.umask_value()?,
+            rlimits: self.rlimits.clone(),
+            no_new_privs: self.no_new_privs,
+        })
     }
 }
 
@@ -453,8 +519,16 @@ impl Config {
         if !(0..=99).contains(&self.probe.realtime_priority) {
             return Err(bad("probe.realtime_priority must be 0 (off) or 1-99".into()));
         }
-        if self.server.max_connections == 0 {
-            return Err(bad("server.max_connections must be positive".into()));
+        if self.server.max_connections == 0 || self.server.max_connections_per_user == 0 {
+            return Err(bad(
+                "server.max_connections and max_connections_per_user must be positive".into(),
+            ));
+        }
+        self.jobs.limits().map_err(bad)?;
+        if self.jobs.max_queued == 0 || self.jobs.max_queued_per_user == 0 {
+            return Err(bad(
+                "jobs.max_queued and jobs.max_queued_per_user must be positive".into(),
+            ));
         }
         Ok(())
     }

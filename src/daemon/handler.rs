@@ -103,6 +103,10 @@ impl RequestHandler {
             fit::check(spec, &self.shared.node, claim)
                 .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
         }
+        // Queue caps (issue 15): refused whole, before anything is journaled.
+        let (mine, all) = acc.staged.counts(creds.uid);
+        let earlier = super::queuecap::Earlier { mine, all };
+        super::queuecap::check(&self.shared.table(), creds.uid, specs.len(), earlier)?;
         let owner = Owner {
             uid: creds.uid,
             gid: creds.gid,

@@ -14,6 +14,7 @@ pub mod handler;
 pub mod jobs;
 pub mod metrics;
 pub mod observe;
+pub mod queuecap;
 pub mod recovery;
 pub mod relax;
 mod requests;
@@ -130,7 +131,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let (jobs, replay) = startup::open_store(&cfg)?;
     let node = startup::inventory(&cfg)?;
     let policy = startup::policy(&cfg)?;
-    let (mut actuator, exits) = startup::actuator(&cfg)?;
+    let (mut actuator, exits) = startup::actuator(&cfg, &node)?;
     crate::log::info(&format!(
         "cgroup root {} ({:?}), cores [{}], {} memory, {} GPUs, policy {}",
         actuator.tree().root().display(),

@@ -96,7 +96,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sends_datagrams_to_a_path_socket() {
+    fn sends_ready_watchdog_and_stopping_datagrams_to_a_path_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let server = UnixDatagram::bind(&path).unwrap();
@@ -111,6 +111,19 @@ mod tests {
         let mut buf = [0u8; 256];
         let len = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"READY=1\nSTATUS=up 2 jobs");
-        assert!(Notifier { target: None }.watchdog().is_ok());
+        n.watchdog().unwrap();
+        let len = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"WATCHDOG=1");
+        n.stopping().unwrap();
+        let len = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"STOPPING=1");
+        // A socket that went away is an error naming it and what was not sent.
+        drop(server);
+        std::fs::remove_file(&path).unwrap();
+        let err = n.watchdog().unwrap_err().to_string();
+        assert!(
+            err.contains("WATCHDOG=1") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 }

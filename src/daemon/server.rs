@@ -27,6 +27,15 @@ use crate::api::protocol::{ErrorCode, MAX_REQUEST, ProtocolError, Request, Respo
 /// The group whose members may use the socket, if it exists.
 pub const SOCKET_GROUP: &str = "lowsched";
 
+/// The gid of [`SOCKET_GROUP`], if the group exists: its members use the socket and read the
+/// event logs.
+pub fn socket_gid() -> Option<u32> {
+    Group::from_name(SOCKET_GROUP)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
 /// Who is on the other end of a connection, as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
@@ -69,7 +78,11 @@ pub enum ServerError {
 /// Limits on what clients may do.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Connections of non-root users at once.
     pub max_connections: usize,
+    /// Connections of one non-root user at once, so that one user cannot lock the others out.
+    /// Root is never refused for this and has [`ROOT_RESERVE`] connections beyond the total.
+    pub max_per_user: usize,
     /// A client silent this long (between requests or inside one) is disconnected.
     pub idle_timeout: Duration,
     /// A client that does not read its answers for this long is disconnected.
@@ -80,10 +93,23 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 128,
+            max_per_user: 16,
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// Connections root may open beyond `max_connections`: root (the admin, a health check, the
+/// daemon stopping itself) always gets in, however many other users' connections are open.
+pub const ROOT_RESERVE: usize = 32;
+
+/// Open connections, in all and per non-root uid.
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    root: usize,
+    by_uid: std::collections::HashMap<u32, usize>,
 }
 
 /// A bound, listening socket.
@@ -94,6 +120,7 @@ pub struct Server {
     limits: Limits,
     stop: Arc<AtomicBool>,
     active: Arc<AtomicUsize>,
+    counts: Arc<std::sync::Mutex<Counts>>,
 }
 
 impl Server {
@@ -139,6 +166,7 @@ impl Server {
             limits,
             stop: Arc::new(AtomicBool::new(false)),
             active: Arc::new(AtomicUsize::new(0)),
+            counts: Arc::default(),
         })
     }
 
@@ -189,33 +217,90 @@ impl Server {
         let _ = fs::remove_file(&self.path);
     }
 
+    /// Admits a connection of `caller` (counting it) or says why not.
+    fn admit(&self, caller: &Caller) -> Result<(), String> {
+        let limits = self.limits;
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if caller.is_root() {
+            if c.total >= limits.max_connections + ROOT_RESERVE {
+                return Err(format!(
+                    "too many connections ({} open, root's reserve used up); try again",
+                    c.total
+                ));
+            }
+        } else {
+            let mine = c.by_uid.get(&caller.uid).copied().unwrap_or(0);
+            if mine >= limits.max_per_user {
+                return Err(format!(
+                    "too many connections from uid {} (limit {} per user); close some and try again",
+                    caller.uid, limits.max_per_user
+                ));
+            }
+            if c.total - c.root >= limits.max_connections {
+                return Err(format!(
+                    "too many connections (limit {}); try again",
+                    limits.max_connections
+                ));
+            }
+            *c.by_uid.entry(caller.uid).or_default() += 1;
+        }
+        if caller.is_root() {
+            c.root += 1;
+        }
+        c.total += 1;
+        self.active.store(c.total, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts a connection of `caller` as closed.
+    fn release(counts: &std::sync::Mutex<Counts>, active: &AtomicUsize, caller: &Caller) {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if caller.is_root() {
+            c.root = c.root.saturating_sub(1);
+        } else {
+            if let Some(n) = c.by_uid.get_mut(&caller.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    c.by_uid.remove(&caller.uid);
+                }
+            }
+        }
+        active.store(c.total, Ordering::Relaxed);
+    }
+
     fn dispatch<H: Handler>(&self, stream: UnixStream, handler: &Arc<H>) {
         let limits = self.limits;
         let _ = stream.set_write_timeout(Some(limits.write_timeout));
-        if self.active.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
-            self.active.fetch_sub(1, Ordering::AcqRel);
-            let msg = format!(
-                "too many connections (limit {}); try again",
-                limits.max_connections
-            );
+        let refuse = |code, msg: String| {
             let _ = (&stream).write_all(
-                Response::err(ProtocolError::new(ErrorCode::Busy, msg))
+                Response::err(ProtocolError::new(code, msg))
                     .to_line()
                     .as_bytes(),
             );
+        };
+        let Some(caller) = peer(&stream) else {
+            refuse(
+                ErrorCode::Forbidden,
+                "cannot identify the caller (SO_PEERCRED)".into(),
+            );
+            return;
+        };
+        if let Err(msg) = self.admit(&caller) {
+            refuse(ErrorCode::Busy, msg);
             return;
         }
-        let active = self.active.clone();
+        let (active, counts) = (self.active.clone(), self.counts.clone());
         let handler = handler.clone();
         let spawned = std::thread::Builder::new()
             .name("lowsched-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 serve_connection(stream, &*handler, limits);
-                active.fetch_sub(1, Ordering::AcqRel);
+                Self::release(&counts, &active, &caller);
             });
         if let Err(e) = spawned {
-            self.active.fetch_sub(1, Ordering::AcqRel);
+            Self::release(&self.counts, &self.active, &caller);
             crate::log::error(&format!("cannot start a connection thread: {e}"));
         }
     }
@@ -408,13 +493,26 @@ mod tests {
     fn connections_beyond_the_limit_are_told_busy() {
         let limits = Limits {
             max_connections: 2,
+            max_per_user: 2,
             ..Limits::default()
         };
         let (_d, path, stop) = start(limits);
-        let held: Vec<UnixStream> = (0..2)
-            .map(|_| UnixStream::connect(&path).unwrap())
+        let me = nix::unistd::getuid().as_raw();
+        // Root has its reserve beyond the total: fill that too when the test runs as root.
+        let n = if me == 0 { 2 + ROOT_RESERVE } else { 2 };
+        // Answered, so all are being served (no sleep and hope that they were accepted).
+        let held: Vec<UnixStream> = (0..n)
+            .map(|_| {
+                let mut s = UnixStream::connect(&path).unwrap();
+                s.write_all(
+                    b"{\"v\":1,\"verb\":\"stats\"}
+",
+                )
+                .unwrap();
+                assert!(lines(&s, 1)[0].ok);
+                s
+            })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
         let s = UnixStream::connect(&path).unwrap();
         assert_eq!(
             lines(&s, 1)[0].error.as_ref().unwrap().code,
@@ -422,6 +520,41 @@ mod tests {
         );
         drop(held);
         stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn one_user_cannot_lock_out_others_and_root_always_gets_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_connections: 10,
+            max_per_user: 4,
+            ..Limits::default()
+        };
+        let server = Server::bind(&dir.path().join("s.sock"), limits).unwrap();
+        let who = |uid| Caller {
+            uid,
+            gid: uid,
+            pid: 1,
+        };
+        for _ in 0..4 {
+            server.admit(&who(1000)).unwrap();
+        }
+        let e = server.admit(&who(1000)).unwrap_err();
+        assert!(e.contains("uid 1000") && e.contains("per user"), "{e}");
+        for uid in 1001..1007 {
+            server.admit(&who(uid)).unwrap();
+        }
+        // The total is reached: other users wait, root does not.
+        assert!(server.admit(&who(2000)).is_err());
+        for _ in 0..ROOT_RESERVE {
+            server.admit(&who(0)).unwrap();
+        }
+        assert!(server.admit(&who(0)).is_err());
+        Server::release(&server.counts, &server.active, &who(1000));
+        Server::release(&server.counts, &server.active, &who(0));
+        server.admit(&who(1000)).unwrap();
+        assert_eq!(server.active(), 10 + ROOT_RESERVE - 1);
+        assert!(server.counts.lock().unwrap().by_uid[&1000] == 4);
     }
 
     #[test]

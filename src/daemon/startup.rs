@@ -33,6 +33,7 @@ impl From<&Config> for Limits {
     fn from(cfg: &Config) -> Self {
         Limits {
             max_connections: cfg.server.max_connections,
+            max_per_user: cfg.server.max_connections_per_user,
             idle_timeout: Duration::from_millis(cfg.server.idle_timeout_ms),
             ..Limits::default()
         }
@@ -176,6 +177,7 @@ pub fn resume_latency(cfg: &Config) -> Option<ResumeLatency> {
 /// The actuator on the host's cgroup layout, with the daemon in its own group.
 pub fn actuator(
     cfg: &Config,
+    node: &Inventory,
 ) -> Result<
     (
         Actuator,
@@ -191,6 +193,7 @@ pub fn actuator(
         ..TreeConfig::default()
     };
     acfg.layout = Some(layout);
+    jobs_config(&mut acfg, cfg, node)?;
     let (actuator, exits) = Actuator::open(&acfg)?;
     actuator.enter_daemon_group()?;
     Ok((actuator, exits))
@@ -259,7 +262,8 @@ pub fn open_store(cfg: &Config) -> Result<(Jobs, Replay), DaemonError> {
             "journal line {line} is corrupt and was skipped: {why}"
         ));
     }
-    Ok((Jobs::new(journal, EventLog::open(&cfg.state_dir)?), replay))
+    let events = EventLog::open_with_group(&cfg.state_dir, super::server::socket_gid())?;
+    Ok((Jobs::new(journal, events), replay))
 }
 
 /// The configured scheduling policy.
@@ -336,4 +340,25 @@ pub fn sense(
         slo: Some(slo),
         bell: bell_rx,
     })
+}
+
+/// What every job gets: limits, caps, where its default output goes.
+fn jobs_config(
+    acfg: &mut ActuatorConfig,
+    cfg: &Config,
+    node: &Inventory,
+) -> Result<(), DaemonError> {
+    acfg.limits = cfg.jobs.limits().map_err(DaemonError::Policy)?;
+    acfg.pids_max = Some(cfg.jobs.pids_max).filter(|&n| n > 0);
+    acfg.memory_max = Some(
+        cfg.jobs
+            .memory_max
+            .map_or(node.memory.get() / 10 * 9, |b| b.get()),
+    );
+    acfg.output_dir = cfg.jobs.output_dir.clone();
+    super::queuecap::configure(super::queuecap::QueueCaps {
+        per_user: cfg.jobs.max_queued_per_user,
+        total: cfg.jobs.max_queued,
+    });
+    Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::limits::{self, LimitError, Rlimit};
 use crate::model::resources::{Bytes, CoreRange, GpuRequest, MIN_MEMORY};
 
 /// Longest job name, class name or colocation entry accepted.
@@ -143,6 +144,13 @@ pub struct JobSpec {
     pub stderr: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "is_default_colocation")]
     pub colocation: Colocation,
+    /// The job's umask (`lowsched submit` sends the caller's); the config's default otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<u32>,
+    /// Resource limits the job asks for (e.g. the caller's own), set after it became its user:
+    /// they can lower the daemon's limits, never raise a hard one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rlimits: BTreeMap<String, Rlimit>,
 }
 
 fn is_default_colocation(c: &Colocation) -> bool {
@@ -177,6 +185,10 @@ pub enum JobError {
          give a size with a unit, e.g. 512M or 8G"
     )]
     MemoryFloor { bytes: u64, floor: Bytes },
+    #[error("{field} {text:?} contains a control character (shown escaped); use printable text")]
+    Control { field: &'static str, text: String },
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 impl JobSpec {
@@ -201,6 +213,8 @@ impl JobSpec {
             stdout: None,
             stderr: None,
             colocation: Colocation::default(),
+            umask: None,
+            rlimits: BTreeMap::new(),
         }
     }
 
@@ -258,12 +272,19 @@ impl JobSpec {
                 check_nul(field, &p.to_string_lossy())?;
             }
         }
+        check_printable("name", &self.name)?;
         if let Some(class) = &self.colocation.class {
             check_len("colocation.class", class.len(), MAX_NAME_LEN)?;
+            check_printable("colocation.class", class)?;
         }
         for name in &self.colocation.avoid {
             check_len("colocation.avoid entry", name.len(), MAX_NAME_LEN)?;
+            check_printable("colocation.avoid entry", name)?;
         }
+        if let Some(mask) = self.umask {
+            limits::check_umask(mask)?;
+        }
+        limits::check_rlimits(&self.rlimits)?;
         Ok(())
     }
 
@@ -291,6 +312,42 @@ fn check_nul(field: &str, s: &str) -> Result<(), JobError> {
     } else {
         Ok(())
     }
+}
+
+/// Names end up on other users' terminals (`status`, `events`): no control characters (C0,
+/// DEL, C1: escape sequences start with one), no bidirectional overrides.
+fn check_printable(field: &'static str, s: &str) -> Result<(), JobError> {
+    if s.chars().any(is_unsafe_char) {
+        Err(JobError::Control {
+            field,
+            text: s.escape_default().to_string(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// A character that can change what a terminal shows beyond itself: controls (C0, DEL, C1)
+/// and the Unicode bidirectional overrides and isolates.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every [`is_unsafe_char`] written as a visible escape (`\u{1b}`), for output that
+/// reaches a terminal; other text, non-ASCII letters included, is kept as is.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(is_unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Serde for `Option<Duration>` as (fractional) seconds, the unit users type.
@@ -389,6 +446,63 @@ mod tests {
             s.validate(),
             Err(JobError::TooLong { field: "name", .. })
         ));
+    }
+
+    #[test]
+    fn control_characters_in_names_are_refused() {
+        for bad in [
+            "\u{1b}[2Jowned",
+            "a\nb",
+            "x\u{9b}31m",
+            "bell\u{7}",
+            "rtl\u{202e}gpj.exe",
+        ] {
+            let mut s = spec();
+            s.name = bad.into();
+            let e = s.validate().unwrap_err();
+            assert!(
+                matches!(e, JobError::Control { field: "name", .. }),
+                "{bad:?}: {e}"
+            );
+            assert!(
+                !e.to_string().contains('\u{1b}'),
+                "the error itself is escaped"
+            );
+            let mut s = spec();
+            s.colocation.class = Some(bad.into());
+            assert!(s.validate().is_err(), "{bad:?}");
+            let mut s = spec();
+            s.colocation.avoid.push(bad.into());
+            assert!(s.validate().is_err(), "{bad:?}");
+        }
+        let mut s = spec();
+        s.name = "Größe-日本".into();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn escaping_keeps_text_and_shows_controls() {
+        assert_eq!(escape_controls("Größe job"), "Größe job");
+        let e = escape_controls("a\u{1b}[31mb\u{9b}c\n");
+        assert_eq!(e, "a\\u{1b}[31mb\\u{9b}c\\n");
+        assert!(!e.chars().any(is_unsafe_char));
+    }
+
+    #[test]
+    fn umask_and_limits_are_checked() {
+        let mut s = spec();
+        s.umask = Some(0o1777);
+        assert!(matches!(s.validate(), Err(JobError::Limit(_))));
+        let mut s = spec();
+        s.rlimits.insert("nofiles".into(), "10".parse().unwrap());
+        assert!(s.validate().unwrap_err().to_string().contains("nofiles"));
+        let s: JobSpec = serde_json::from_str(
+            r#"{"name":"t","argv":["x"],"umask":18,"rlimits":{"nofile":"64:128"}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.umask, Some(0o22));
+        assert_eq!(s.rlimits["nofile"].hard, 128);
+        s.validate().unwrap();
     }
 
     #[test]

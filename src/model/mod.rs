@@ -10,4 +10,5 @@ pub mod exit;
 pub mod inventory;
 pub mod job;
 pub mod jobstate;
+pub mod limits;
 pub mod resources;

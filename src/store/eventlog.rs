@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::cpuset::CpuSet;
-use crate::model::job::JobId;
+use crate::model::job::{JobId, escape_controls};
 
 /// One line of the event log as kept in the ring and served to `lowsched events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,8 +37,25 @@ pub const EVENTS_LOG: &str = "events.log";
 pub const EVENTS_JSONL: &str = "events.jsonl";
 /// The job name the scheduler's own start and end are logged under.
 pub const SCHEDULER: &str = "scheduler";
-/// Events kept in memory for `lowsched events`.
+/// Events kept in memory for `lowsched events`: at most this many,
 pub const RING_LEN: usize = 100_000;
+/// and at most this many bytes of text (names and reasons come from users: a count alone let
+/// long ones grow the ring without bound).
+pub const RING_BYTES: usize = 16 << 20;
+/// Mode of `events.log` and `events.jsonl`: root writes, the socket's group reads (job names
+/// and reasons of every user are in them), others nothing.
+pub const LOG_MODE: u32 = 0o640;
+
+impl EventRecord {
+    /// Heap bytes this record holds, roughly (its strings plus their headers).
+    fn weight(&self) -> usize {
+        let strings = self.event.len()
+            + self.job.len()
+            + self.reason.len()
+            + self.args.iter().map(|a| a.len() + 24).sum::<usize>();
+        std::mem::size_of::<Self>() + strings
+    }
+}
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +157,8 @@ struct Inner {
     log: Option<File>,
     jsonl: Option<File>,
     ring: VecDeque<EventRecord>,
+    /// Sum of the ring's [`EventRecord::weight`]s.
+    ring_bytes: usize,
     next_seq: u64,
     /// Last write error, reported once rather than on every event.
     write_error: Option<String>,
@@ -155,15 +175,30 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// Opens both files in `dir` for appending and logs `start scheduler`.
+    /// Opens both files in `dir` for appending and logs `start scheduler`. They are readable
+    /// by root and group `group` only (the socket's group; `None`: root's).
     pub fn open(dir: &Path) -> Result<EventLog, EventLogError> {
+        Self::open_with_group(dir, None)
+    }
+
+    /// As [`EventLog::open`], with the files' group set to `group`.
+    pub fn open_with_group(dir: &Path, group: Option<u32>) -> Result<EventLog, EventLogError> {
         let open = |name: &str| {
             let path = dir.join(name);
-            OpenOptions::new()
+            let file = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(LOG_MODE)
                 .open(&path)
-                .map_err(|source| EventLogError::Open { path, source })
+                .map_err(|source| EventLogError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+            // Files made by older versions were 0644: fix owner and mode on every start.
+            std::os::unix::fs::fchown(&file, Some(0), Some(group.unwrap_or(0)))
+                .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(LOG_MODE)))
+                .map_err(|source| EventLogError::Open { path, source })?;
+            Ok(file)
         };
         let log = Self::with_files(
             Some(dir.to_path_buf()),
@@ -193,6 +228,7 @@ impl EventLog {
                 log,
                 jsonl,
                 ring: VecDeque::new(),
+                ring_bytes: 0,
                 next_seq: 1,
                 write_error: None,
             }),
@@ -238,16 +274,17 @@ impl EventLog {
         } else {
             ev.kind.args()
         };
-        // The course format is whitespace-separated: keep the job name one token.
+        // The course format is whitespace-separated: keep the job name one token. Whoever
+        // reads the log with `cat` or `tail -f` must not get a user's escape codes.
         let job: String = ev
             .job
             .chars()
             .map(|c| if c.is_whitespace() { '_' } else { c })
             .collect();
-        let mut line = format!("{iso} {} {job}", ev.kind.name());
+        let mut line = format!("{iso} {} {}", ev.kind.name(), escape_controls(&job));
         for a in &args {
             line.push(' ');
-            line.push_str(a);
+            line.push_str(&escape_controls(a));
         }
         line.push('\n');
 
@@ -283,16 +320,21 @@ impl EventLog {
         if let Some(id) = ev.id {
             args.push(format!("id={id}"));
         }
-        inner.ring.push_back(EventRecord {
+        let rec = EventRecord {
             seq,
             time_ms,
             event: ev.kind.name().to_string(),
             job: ev.job,
             args,
             reason: ev.reason,
-        });
-        if inner.ring.len() > RING_LEN {
-            inner.ring.pop_front();
+        };
+        inner.ring_bytes += rec.weight();
+        inner.ring.push_back(rec);
+        while inner.ring.len() > RING_LEN || inner.ring_bytes > RING_BYTES {
+            let Some(old) = inner.ring.pop_front() else {
+                break;
+            };
+            inner.ring_bytes -= old.weight();
         }
         drop(inner);
         self.added.notify_all();
@@ -449,6 +491,53 @@ mod tests {
         assert_eq!(second["args"][0], "[0,1]");
         let first: Value = serde_json::from_str(jsonl.lines().nth(1).unwrap()).unwrap();
         assert_eq!(first["id"], 4);
+    }
+
+    #[test]
+    fn files_are_for_root_and_the_group_and_hold_no_escape_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EVENTS_LOG);
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = EventLog::open_with_group(dir.path(), Some(4242)).unwrap();
+        log.record(
+            Event::new(
+                "\u{1b}[2Jjob",
+                None,
+                Kind::Custom {
+                    text: "\u{1b}]0;x\u{7}".into(),
+                },
+            )
+            .because("\u{1b}c"),
+        );
+        log.close();
+        for name in [EVENTS_LOG, EVENTS_JSONL] {
+            let meta = std::fs::metadata(dir.path().join(name)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o640, "{name}");
+            if nix::unistd::geteuid().is_root() {
+                assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 4242, "{name}");
+            }
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            assert!(
+                !text.contains('\u{1b}') && !text.contains('\u{7}'),
+                "{name}: {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes() {
+        let log = EventLog::in_memory();
+        let big = "r".repeat(12 * 1024);
+        for i in 0..2_000 {
+            log.record(Event::new(format!("j{i}"), None, Kind::End).because(big.clone()));
+        }
+        let inner = log.lock();
+        assert!(inner.ring_bytes <= RING_BYTES, "{}", inner.ring_bytes);
+        assert!(inner.ring.len() < 2_000 && inner.ring.len() > 100);
+        let sum: usize = inner.ring.iter().map(EventRecord::weight).sum();
+        assert_eq!(sum, inner.ring_bytes);
+        assert_eq!(inner.ring.back().unwrap().job, "j1999");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The daemon's state directory: per-job output directories (`jobs/<id>/`, owned by the job's
 //! user) and the waiters' exit records (`exits/<id>`, root only).
+//!
+//! Job outputs may live elsewhere ([`StateDir::with_output_dir`]): a job writing without end
+//! to its default output fills that filesystem, and the journal beside it must keep working.
 
 use std::fs::DirBuilder;
 use std::io;
@@ -26,6 +29,8 @@ pub struct StateDirError {
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
+    /// Where `<id>/` output directories are made: `root/jobs` unless configured.
+    output: PathBuf,
 }
 
 impl StateDir {
@@ -49,16 +54,34 @@ impl StateDir {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            output: root.join(JOBS),
         })
+    }
+
+    /// As [`StateDir::create`], with default job outputs under `output` (created root-owned,
+    /// world-traversable, like `jobs/`) instead of `root/jobs`.
+    pub fn with_output_dir(root: &Path, output: &Path) -> Result<Self, StateDirError> {
+        let mut dir = Self::create(root)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(output)
+            .map_err(|source| StateDirError {
+                op: "create",
+                path: output.to_path_buf(),
+                source,
+            })?;
+        dir.output = output.to_path_buf();
+        Ok(dir)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// `jobs/<id>/`: the default home of a job's stdout and stderr.
+    /// `jobs/<id>/` (or `<output_dir>/<id>/`): the default home of a job's stdout and stderr.
     pub fn job_dir(&self, id: JobId) -> PathBuf {
-        self.root.join(JOBS).join(id.0.to_string())
+        self.output.join(id.0.to_string())
     }
 
     /// `exits/<id>`: empty while the job runs, one line once it ended.

@@ -29,6 +29,9 @@ pub enum ChildStage {
     Dup = 8,
     Signals = 9,
     Exec = 10,
+    Limits = 11,
+    NoNewPrivs = 12,
+    CloseFds = 13,
 }
 
 impl ChildStage {
@@ -36,6 +39,7 @@ impl ChildStage {
         use ChildStage::*;
         [
             JoinCgroup, NewSession, SetGroups, SetGid, SetUid, Chdir, Open, Dup, Signals, Exec,
+            Limits, NoNewPrivs, CloseFds,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -55,6 +59,9 @@ impl fmt::Display for ChildStage {
             Self::Dup => "set up file descriptors",
             Self::Signals => "reset signals",
             Self::Exec => "exec",
+            Self::Limits => "set a resource limit",
+            Self::NoNewPrivs => "set no_new_privs",
+            Self::CloseFds => "close inherited descriptors",
         })
     }
 }
@@ -96,19 +103,35 @@ pub struct RawCreds {
     pub groups: Vec<libc::gid_t>,
 }
 
+/// A resource limit for prlimit64: `RLIMIT_*` number, soft and hard (`u64::MAX`: infinity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
 /// Everything the child does, in this order: write "0" to each `join` fd (a `cgroup.procs`
-/// file: the writer moves itself), `setsid`, drop to `creds`, `chdir(cwd)`, `opens`, `dups`
-/// (`dup2(src, dst)`; `src` must not be the `dst` of an earlier entry), reset signal
+/// file: the writer moves itself), `setsid`, set `limits` (as root: may raise), drop to
+/// `creds`, set `user_limits` (as the user: may only lower the hard limit), set `umask`,
+/// `chdir(cwd)`, `opens`, `dups` (`dup2(src, dst)`; `src` must not be the `dst` of an earlier
+/// entry), mark every descriptor from `close_from` up close-on-exec (so the job gets none of
+/// the descriptors its parent was started with), set `no_new_privs`, reset signal
 /// dispositions and unblock all signals if `reset_signals`, then execve each of `programs` in
 /// turn (a PATH search done in advance) with `argv` and `envp`.
 #[derive(Clone, Debug, Default)]
 pub struct ChildPlan {
     pub join: Vec<RawFd>,
     pub new_session: bool,
+    pub limits: Vec<RawRlimit>,
     pub creds: Option<RawCreds>,
+    pub user_limits: Vec<RawRlimit>,
+    pub umask: Option<libc::mode_t>,
     pub cwd: Option<CString>,
     pub opens: Vec<OpenSpec>,
     pub dups: Vec<(RawFd, RawFd)>,
+    pub close_from: Option<RawFd>,
+    pub no_new_privs: bool,
     pub reset_signals: bool,
     pub programs: Vec<CString>,
     pub argv: Vec<CString>,
@@ -226,8 +249,15 @@ fn run(prep: &Prepared) -> Result<Infallible, Failure> {
         let r = unsafe { sys(libc::SYS_setsid, [0; 6]) };
         check(r, ChildStage::NewSession, 0)?;
     }
+    set_limits(&plan.limits, 0)?;
     if let Some(c) = &plan.creds {
         become_user(c)?;
+    }
+    // Reported after `limits` in the index: one numbering over both lists.
+    set_limits(&plan.user_limits, plan.limits.len())?;
+    if let Some(mask) = plan.umask {
+        // SAFETY: plain integer argument; umask cannot fail.
+        unsafe { sys(libc::SYS_umask, [mask as usize & 0o777, 0, 0, 0, 0, 0]) };
     }
     if let Some(cwd) = &plan.cwd {
         // SAFETY: `cwd` is a NUL-terminated string owned by the plan.
@@ -236,6 +266,19 @@ fn run(prep: &Prepared) -> Result<Infallible, Failure> {
     }
     open_files(plan)?;
     dup_fds(plan)?;
+    if let Some(from) = plan.close_from {
+        close_from(from)?;
+    }
+    if plan.no_new_privs {
+        // SAFETY: plain integer arguments.
+        let r = unsafe {
+            sys(
+                libc::SYS_prctl,
+                [libc::PR_SET_NO_NEW_PRIVS as usize, 1, 0, 0, 0, 0],
+            )
+        };
+        check(r, ChildStage::NoNewPrivs, 0)?;
+    }
     if plan.reset_signals {
         reset_signals()?;
     }
@@ -400,4 +443,82 @@ fn exec(prep: &Prepared) -> Result<Infallible, Failure> {
         }
     }
     Err((ChildStage::Exec, saved.0, saved.1))
+}
+
+/// Sets each limit on this process with prlimit64(0, ...); a failure's index is `base + i`.
+fn set_limits(limits: &[RawRlimit], base: usize) -> Result<(), Failure> {
+    for (i, l) in limits.iter().enumerate() {
+        let new = [l.soft, l.hard];
+        // SAFETY: `new` is a `struct rlimit64` (two u64) on this stack; the old value is not
+        // asked for.
+        let r = unsafe {
+            sys(
+                libc::SYS_prlimit64,
+                [0, l.resource as usize, new.as_ptr() as usize, 0, 0, 0],
+            )
+        };
+        check(r, ChildStage::Limits, (base + i) as u32)?;
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from `from` up close-on-exec: close_range(CLOSE_RANGE_CLOEXEC)
+/// (Linux 5.11), else one fcntl per descriptor up to the open-files limit. Marking instead of
+/// closing keeps the error pipe working until exec (it is close-on-exec already).
+fn close_from(from: RawFd) -> Result<(), Failure> {
+    const CLOSE_RANGE_CLOEXEC: usize = 1 << 2;
+    // SAFETY: descriptor numbers and flags only.
+    let r = unsafe {
+        sys(
+            libc::SYS_close_range,
+            [
+                from as usize,
+                u32::MAX as usize,
+                CLOSE_RANGE_CLOEXEC,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    if r != -(libc::ENOSYS as isize) && r != -(libc::EINVAL as isize) {
+        return check(r, ChildStage::CloseFds, 0);
+    }
+    let mut lim = [0u64; 2];
+    // SAFETY: `lim` is a `struct rlimit64` on this stack the kernel writes.
+    let r = unsafe {
+        sys(
+            libc::SYS_prlimit64,
+            [
+                0,
+                libc::RLIMIT_NOFILE as usize,
+                0,
+                lim.as_mut_ptr() as usize,
+                0,
+                0,
+            ],
+        )
+    };
+    check(r, ChildStage::CloseFds, 0)?;
+    let top = lim[0].min(1 << 20) as usize;
+    for fd in from as usize..top {
+        // SAFETY: descriptor numbers only; EBADF for descriptors that are not open is fine.
+        unsafe {
+            sys(
+                libc::SYS_fcntl,
+                [
+                    fd,
+                    libc::F_SETFD as usize,
+                    libc::FD_CLOEXEC as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+    }
+    Ok(())
 }

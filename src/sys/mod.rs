@@ -15,7 +15,7 @@ pub mod sched;
 pub mod uring;
 pub mod xattr;
 
-pub use child::{ChildPlan, ChildStage, OpenSpec, RawCreds, SpawnError};
+pub use child::{ChildPlan, ChildStage, OpenSpec, RawCreds, RawRlimit, SpawnError};
 pub use clone::{PendingSpawn, SpawnMode, Spawned, spawn, spawn_async};
 pub use fd::take_inherited;
 pub use pidfd::{pidfd_open, pidfd_send_signal};
@@ -133,5 +133,96 @@ mod tests {
         let me = nix::unistd::getpid();
         assert!(pidfd_open(me).is_ok());
         assert!(pidfd_send_signal(&pidfd_open(me).unwrap(), nix::sys::signal::SIGCONT).is_ok());
+    }
+
+    /// Runs `script` under `sh -c` with `edit` applied to the plan; its exit code.
+    fn sh_exit(script: &str, edit: impl FnOnce(&mut ChildPlan)) -> i32 {
+        let mut p = plan(&["/bin/sh", "-c", script]);
+        edit(&mut p);
+        exit_code(&spawn(p, SpawnMode::Fork, None).unwrap())
+    }
+
+    #[test]
+    fn descriptors_above_stderr_do_not_reach_the_program() {
+        // An inherited, not close-on-exec descriptor, like one the daemon was started with.
+        let fd = nix::fcntl::open(
+            "/etc/hostname",
+            nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let script = format!("test -e /proc/self/fd/{n}");
+        assert_eq!(sh_exit(&script, |_| {}), 0, "visible without close_from");
+        assert_ne!(sh_exit(&script, |p| p.close_from = Some(3)), 0);
+        // A descriptor dup'ed below the bound stays.
+        assert_eq!(
+            sh_exit("test -e /proc/self/fd/3", |p| {
+                p.dups.push((n, 3));
+                p.close_from = Some(4);
+            }),
+            0
+        );
+    }
+
+    #[test]
+    fn umask_limits_and_no_new_privs_are_set() {
+        assert_eq!(
+            sh_exit("test \"$(umask)\" = 0077", |p| p.umask = Some(0o077)),
+            0
+        );
+        let nofile = |soft, hard| RawRlimit {
+            resource: libc::RLIMIT_NOFILE,
+            soft,
+            hard,
+        };
+        let script = "test \"$(ulimit -n)\" = 64 && test \"$(ulimit -Hn)\" = 128";
+        assert_eq!(sh_exit(script, |p| p.limits.push(nofile(64, 128))), 0);
+        // After the root limits, the job's own can only lower them.
+        let script = "test \"$(ulimit -n)\" = 32";
+        assert_eq!(
+            sh_exit(script, |p| {
+                p.limits.push(nofile(64, 128));
+                p.user_limits.push(nofile(32, 128));
+            }),
+            0
+        );
+        let nnp = "grep -q '^NoNewPrivs:[[:space:]]*1' /proc/self/status";
+        assert_ne!(sh_exit(nnp, |_| {}), 0);
+        assert_eq!(sh_exit(nnp, |p| p.no_new_privs = true), 0);
+    }
+
+    #[test]
+    fn a_limit_above_the_hard_one_fails_as_the_user_with_its_index() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("LOWSCHED_NO_SKIP").is_none(),
+                "needs root (becomes nobody)"
+            );
+            eprintln!("skipped: needs root (becomes nobody)");
+            return;
+        }
+        let mut p = plan(&["/bin/true"]);
+        let lim = |soft, hard| RawRlimit {
+            resource: libc::RLIMIT_NOFILE,
+            soft,
+            hard,
+        };
+        p.limits.push(lim(64, 128));
+        p.creds = Some(RawCreds {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+        });
+        p.user_limits.push(lim(64, 4096));
+        let err = spawn(p, SpawnMode::Fork, None).unwrap_err();
+        assert_eq!(
+            err,
+            SpawnError::Child {
+                stage: ChildStage::Limits,
+                errno: Errno::EPERM,
+                index: 1
+            }
+        );
     }
 }

@@ -41,8 +41,8 @@ pub fn has_v1_freezer() -> bool {
 }
 
 impl Env {
-    /// `None` when the test cannot run here (not root) or the mode does not exist on this
-    /// host (the v1 freezer on pure v2).
+    /// `None` when the test cannot run here (not root, or the v1 freezer asked for on a host
+    /// without one); under the test command that is a failure instead (`skip_unless`).
     pub fn new(name: &str, legacy: bool) -> Option<Self> {
         Self::with(name, legacy, |_, _| {})
     }
@@ -56,8 +56,14 @@ impl Env {
         if common::skip_unless(common::is_root(), "actuation tests need root (cgroups)") {
             return None;
         }
-        if legacy && !has_v1_freezer() {
-            eprintln!("no v1 freezer on this host: the legacy-freezer variant does not apply");
+        // Stage 40 (pure v2, no v1 freezer) leaves these variants out by name and lists them as
+        // not run; anywhere else under the test command a missing v1 freezer is a failure.
+        if legacy
+            && common::skip_unless(
+                has_v1_freezer(),
+                "the v1-freezer variants need a v1 freezer hierarchy (hybrid or v1 host)",
+            )
+        {
             return None;
         }
         let state = tempfile::tempdir().unwrap();
@@ -114,11 +120,12 @@ impl Env {
         JobId(id)
     }
 
-    /// The next exit event, within 20 s.
+    /// The next exit event, within 60 s (generous: under TCG on a loaded host a kill right
+    /// after a launch waits for the waiter to start first).
     pub fn exit(&self) -> ExitEvent {
         self.events
-            .recv_timeout(Duration::from_secs(20))
-            .expect("no exit event within 20 s")
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no exit event within 60 s")
     }
 
     /// The job's processes once there are at least `n`.

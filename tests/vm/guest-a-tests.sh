@@ -2,9 +2,12 @@
 # Runs integration test targets (tests/NAME.rs), built statically, in one boot of QEMU guest A
 # (guest-a.sh: busybox initramfs, pure cgroup v2, no systemd), for a CI stage.
 #
-#     tests/vm/guest-a-tests.sh STAGE TIMEOUT_S [--smp N] [--args "TEST ARGS"] TARGET...
+#     tests/vm/guest-a-tests.sh STAGE TIMEOUT_S [--smp N] [--args "TEST ARGS"]
+#         [--leave-out "PATTERN=REASON"]... TARGET...
 #
 # --smp: the guest's vCPUs (default 4; each is a TCG thread on the host's 2 cores).
+# --leave-out: tests whose name contains PATTERN are not run in the guest (libtest's --skip);
+# they are listed, with REASON, as not run (and in $LOWSCHED_NOT_RUN_DIR/STAGE when set).
 # Exits 0 when every target passed, 77 when guest A cannot run here, 1 otherwise; each line it
 # prints about the outcome starts with STAGE.
 set -euo pipefail
@@ -12,15 +15,17 @@ cd "$(dirname "$0")/../.."
 
 stage=$1 timeout=$2
 shift 2
-test_args= smp=4
+test_args= smp=4 leave_out=()
 while [ $# -ge 2 ]; do
     case $1 in
         --args) test_args=$2; shift 2 ;;
         --smp) smp=$2; shift 2 ;;
+        --leave-out) leave_out+=("$2"); shift 2 ;;
         *) break ;;
     esac
 done
 targets=("$@")
+for l in "${leave_out[@]}"; do test_args+=" --skip ${l%%=*}"; done
 
 built=$(tests/vm/build-static-tests.sh "${targets[@]}") || exit $?
 adds=() tests=()
@@ -28,6 +33,22 @@ while read -r kind path; do
     adds+=(--add "$path:$path")          # same path in the guest: CARGO_BIN_EXE_* stay valid
     [ "$kind" = test ] && tests+=("$path")
 done <<<"$built"
+
+# The tests left out, listed (the static test binaries run on the host too, for --list).
+not_run=""
+for t in "${tests[@]}"; do
+    name=$(basename "$t"); name=${name%-*}
+    for l in "${leave_out[@]}"; do
+        while read -r test; do
+            [ -n "$test" ] && not_run+="$name::$test: ${l#*=}"$'\n'
+        done < <("$t" --list --format terse --include-ignored "${l%%=*}" | sed -n 's/: test$//p')
+    done
+done
+if [ -n "$not_run" ]; then
+    echo "$stage: not run in guest A:"
+    printf '%s' "$not_run" | sed 's/^/    /'
+fi
+if [ -n "${LOWSCHED_NOT_RUN_DIR:-}" ]; then printf '%s' "$not_run" >"$LOWSCHED_NOT_RUN_DIR/$stage"; fi
 
 mkdir -p target/vm
 runner=target/vm/guest-a-$stage.sh

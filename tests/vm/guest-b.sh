@@ -3,7 +3,7 @@
 # laid over the root filesystem, runs a check script once the boot reached multi-user.target, and
 # exits with the check script's exit code.
 #
-#   tests/vm/guest-b.sh --root-overlay DIR --check SCRIPT [--enable UNIT]... [--timeout SECS]
+#   tests/vm/guest-b.sh --root-overlay DIR --check SCRIPT [--enable UNIT]... [--timeout SECS] [--reset-first SCRIPT0]
 #
 # DIR is copied over / (files become root-owned; an install tree made with DESTDIR=DIR;
 # existing directories and the image's /lib -> usr/lib style symlinks are kept).
@@ -11,6 +11,14 @@
 # WantedBy=/RequiredBy=). SCRIPT runs as root in the guest after multi-user.target; its output goes
 # to the serial console. Exit codes: SCRIPT's; 124 timeout; 125 the guest stopped without a
 # result; 77 cannot run here; 2 usage. See tests/vm/README.md.
+#
+# --reset-first SCRIPT0: a crash of the whole machine between two boots of the same disk. The
+# first boot runs SCRIPT0 instead of SCRIPT; SCRIPT0 must print "LOWSCHED_VM_RESET $LOWSCHED_VM_NONCE"
+# (best through /dev/kmsg: a console tty write may be lost in the reset) and reset the guest at once (echo b > /proc/sysrq-trigger: no sync, no shutdown), which ends
+# QEMU (-no-reboot). Its lines "LOWSCHED_VM_CARRY $LOWSCHED_VM_NONCE KEY=VALUE" are passed to the
+# second boot's kernel command line as lowsched_vm.KEY=VALUE; the second boot runs SCRIPT.
+# What a reset loses is what the guest kernel had not written to the virtual disk (its page
+# cache): a write the guest did not sync is lost, a synced one is on the image.
 set -euo pipefail
 # shellcheck source=tests/vm/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -20,11 +28,12 @@ usage() {
     exit 2
 }
 
-overlay="" check="" timeout=600 enables=()
+overlay="" check="" timeout=600 enables=() reset_first=""
 while [ $# -gt 0 ]; do
     case $1 in
         --root-overlay) [ $# -ge 2 ] || usage; overlay=$2; shift 2 ;;
         --check) [ $# -ge 2 ] || usage; check=$2; shift 2 ;;
+        --reset-first) [ $# -ge 2 ] || usage; reset_first=$2; shift 2 ;;
         --enable) [ $# -ge 2 ] || usage; enables+=("$2"); shift 2 ;;
         --timeout) [ $# -ge 2 ] && [[ $2 =~ ^[0-9]+$ ]] || usage; timeout=$2; shift 2 ;;
         -h|--help) usage ;;
@@ -34,6 +43,7 @@ done
 [ -n "$overlay" ] && [ -n "$check" ] || usage
 [ -d "$overlay" ] || vm_die "--root-overlay $overlay is not a directory"
 [ -f "$check" ] || vm_die "--check $check is not a file"
+[ -z "$reset_first" ] || [ -f "$reset_first" ] || vm_die "--reset-first $reset_first is not a file"
 
 [ "$(id -u)" -eq 0 ] || vm_cannot_run "guest B needs root (mmdebstrap, root-owned image files)"
 vm_need qemu-system-x86_64 mmdebstrap mkfs.ext4 cpio python3 sha256sum flock
@@ -119,14 +129,23 @@ nonce=$(vm_nonce)
 libexec=$root/usr/local/libexec/lowsched-vm
 mkdir -p "$libexec"
 install -m 0755 "$check" "$libexec/check"
+[ -z "$reset_first" ] || install -m 0755 "$reset_first" "$libexec/reset-first"
 cat >"$libexec/run-check" <<EOF
 #!/bin/sh
-# Runs the check script of tests/vm/guest-b.sh, prints the result marker, powers off.
+# Runs the check script of tests/vm/guest-b.sh, prints the result marker, powers off. On the
+# first boot of --reset-first, runs that script instead, which resets the machine.
 echo "guest-b: boot reached multi-user.target; \$(systemctl --version | head -n1); kernel \$(uname -r)"
 failed_units=\$(systemctl --no-pager --no-legend --failed)
 [ -z "\$failed_units" ] || echo "guest-b: units failed during boot: \$failed_units"
-/usr/local/libexec/lowsched-vm/check
-rc=\$?
+if grep -qw lowsched_vm.phase=reset /proc/cmdline; then
+    LOWSCHED_VM_NONCE=$nonce /usr/local/libexec/lowsched-vm/reset-first
+    rc=\$?
+    echo "guest-b: the first boot's script returned (rc=\$rc) instead of resetting the machine"
+    [ \$rc -ne 0 ] || rc=1
+else
+    /usr/local/libexec/lowsched-vm/check
+    rc=\$?
+fi
 if [ \$rc -ne 0 ]; then
     echo "guest-b: the check failed (rc=\$rc); failed units and the journal's end follow"
     systemctl --no-pager --failed
@@ -186,10 +205,32 @@ rm -rf -- "$root"
 vm_say "guest B: kernel $VM_KVER, rootfs ${rootfs#"$VM_REPO"/}, overlay $overlay, check $check, timeout ${timeout}s"
 mkdir -p "$VM_CACHE/logs"
 log=$VM_CACHE/logs/guest-b.log
+append="console=ttyS0 quiet panic=-1 root=/dev/vda rw systemd.unified_cgroup_hierarchy=1"
+# cache=unsafe: QEMU ignores the guest's flushes. Harmless here, as the host never crashes: a
+# guest reset loses only what the guest kernel still held, never what it wrote to the disk.
+# With --reset-first, cache=writeback, so a flush the guest asks for is also a flush on the host.
+cache=unsafe
+if [ -n "$reset_first" ]; then
+    cache=writeback
+    vm_say "guest B: first boot, which runs $reset_first and resets the machine"
+    rc=0
+    vm_run_qemu "$VM_CACHE/logs/guest-b.reset.log" "$timeout" "$nonce" -kernel "$VM_KERNEL" -initrd "$initrd" \
+        -drive "file=$img,format=raw,if=virtio,cache=$cache" -append "$append lowsched_vm.phase=reset" || rc=$?
+    if [ $rc -eq 0 ]; then
+        vm_say "guest B: the first boot ended with a result (rc=$VM_RESULT), not with a reset"
+        exit $(( VM_RESULT == 0 ? 1 : VM_RESULT ))
+    fi
+    # The lines may carry the kernel log's time stamp (SCRIPT0 can print them through /dev/kmsg).
+    grep -aq "LOWSCHED_VM_RESET $nonce" "$VM_CACHE/logs/guest-b.reset.log" || {
+        vm_say "guest B: the first boot stopped without announcing its reset (rc=$rc)"; exit "$rc"; }
+    carried=$(grep -aoE "LOWSCHED_VM_CARRY $nonce [A-Za-z0-9_]+=[^[:space:]]*" "$VM_CACHE/logs/guest-b.reset.log" \
+        | sed "s/^LOWSCHED_VM_CARRY $nonce /lowsched_vm./" | tr '\n' ' ')
+    vm_say "guest B: the guest reset itself as planned; second boot of the same disk with: $carried"
+    append="$append $carried"
+fi
 rc=0
 vm_run_qemu "$log" "$timeout" "$nonce" -kernel "$VM_KERNEL" -initrd "$initrd" \
-    -drive "file=$img,format=raw,if=virtio,cache=unsafe" \
-    -append "console=ttyS0 quiet panic=-1 root=/dev/vda rw systemd.unified_cgroup_hierarchy=1" || rc=$?
+    -drive "file=$img,format=raw,if=virtio,cache=$cache" -append "$append" || rc=$?
 if [ $rc -ne 0 ]; then exit $rc; fi
 vm_say "guest B: check exited $VM_RESULT after ${VM_ELAPSED}s in the guest"
 exit "$VM_RESULT"

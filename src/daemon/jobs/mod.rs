@@ -116,6 +116,12 @@ impl Staged {
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
     }
+
+    /// How many staged jobs run as `uid`, and how many there are in all.
+    pub fn counts(&self, uid: u32) -> (usize, usize) {
+        let mine = self.jobs.iter().filter(|(_, c)| c.uid == uid).count();
+        (mine, self.jobs.len())
+    }
 }
 
 /// The job table with its journal, event log, queue and waiters: the one door for changes.

@@ -125,6 +125,16 @@ pub struct JobTable {
 }
 
 impl JobTable {
+    /// A table holding `recs` as they are, for tests of code that reads the table.
+    #[cfg(test)]
+    pub(crate) fn of(recs: impl IntoIterator<Item = JobRecord>) -> Self {
+        let mut t = Self::default();
+        for r in recs {
+            t.insert(r);
+        }
+        t
+    }
+
     pub(super) fn insert(&mut self, rec: JobRecord) {
         if rec.state.is_active() {
             self.active.insert(rec.id);

@@ -13,6 +13,7 @@ use super::ActuationError;
 use crate::model::credentials::Credentials;
 use crate::model::inventory::GpuSet;
 use crate::model::job::{JobId, JobSpec};
+use crate::model::limits::JobLimits;
 use crate::node::cgroup::{JobGroup, JobPaths};
 use crate::node::shim::{DEFAULT_PATH, REQUEST_FD, ShimRequest};
 use crate::store::statedir::StateDir;
@@ -58,6 +59,7 @@ pub fn shim_request(
     state: &StateDir,
     group: JobPaths,
     idle: bool,
+    limits: &JobLimits,
 ) -> ShimRequest {
     let dir = state.job_dir(req.id);
     let stdout = req
@@ -87,6 +89,11 @@ pub fn shim_request(
         record: state.exit_record(req.id),
         group,
         idle,
+        limits: JobLimits {
+            umask: req.spec.umask.unwrap_or(limits.umask),
+            ..limits.clone()
+        },
+        user_rlimits: req.spec.rlimits.clone(),
     }
 }
 
@@ -155,6 +162,9 @@ pub fn start_waiter(
             (null, 2),
             (memfd.as_raw_fd(), REQUEST_FD),
         ],
+        // Nothing the daemon was started with, or opened without close-on-exec, reaches the
+        // waiter (and so the job).
+        close_from: Some(REQUEST_FD + 1),
         programs: vec![program],
         argv: vec![
             CString::new("lowsched-shim").map_err(|_| bad("argv"))?,
@@ -233,7 +243,7 @@ mod tests {
             user: &user,
             gpus: GpuSet::default(),
         };
-        let r = shim_request(&req, &state, paths.clone(), false);
+        let r = shim_request(&req, &state, paths.clone(), false, &JobLimits::default());
         assert_eq!(r.stdout, tmp.path().join("jobs/9/stdout"));
         assert_eq!(r.stderr, tmp.path().join("jobs/9/stderr"));
         assert_eq!(r.output_dir, Some(tmp.path().join("jobs/9")));
@@ -250,7 +260,7 @@ mod tests {
             spec: &spec2,
             ..req
         };
-        let r = shim_request(&req, &state, paths, false);
+        let r = shim_request(&req, &state, paths, false, &JobLimits::default());
         assert_eq!(r.output_dir, None);
         assert_eq!(r.stdout, std::path::PathBuf::from("out.txt"));
     }

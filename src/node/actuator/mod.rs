@@ -28,6 +28,7 @@ use crate::decide::policy::Command;
 use crate::model::cpuset::CpuSet;
 use crate::model::exit::ExitEvent;
 use crate::model::job::{JobError, JobId, JobSpec};
+use crate::model::limits::JobLimits;
 use crate::node::cgroup::{
     CgroupError, DEFAULT_TIMEOUT, JobGroup, Layout, ServiceGroup, Tree, TreeConfig,
 };
@@ -99,6 +100,14 @@ pub struct ActuatorConfig {
     /// Run jobs at `SCHED_IDLE` (see [`crate::sys::sched::set_idle`]), and make `batch/` an
     /// idle CPU group where the cpu controller is on ([`Tree::set_batch_idle`]).
     pub idle_priority: bool,
+    /// Umask, rlimits and no_new_privs of every job.
+    pub limits: JobLimits,
+    /// `pids.max` of every job group (pure v2 with the pids controller).
+    pub pids_max: Option<u64>,
+    /// `memory.max` of a job that names no memory (pure v2 with the memory controller).
+    pub memory_max: Option<u64>,
+    /// Where default job outputs go (`None`: `<state_dir>/jobs`).
+    pub output_dir: Option<PathBuf>,
 }
 
 impl ActuatorConfig {
@@ -114,6 +123,10 @@ impl ActuatorConfig {
             timeout: DEFAULT_TIMEOUT,
             wait_for_exec: false,
             idle_priority: false,
+            limits: JobLimits::default(),
+            pids_max: Some(crate::model::limits::DEFAULT_PIDS_MAX),
+            memory_max: None,
+            output_dir: None,
         }
     }
 }
@@ -148,6 +161,8 @@ pub struct Actuator {
     timeout: Duration,
     wait_for_exec: bool,
     idle_priority: bool,
+    limits: JobLimits,
+    memory_max: Option<u64>,
     jobs: HashMap<JobId, Job>,
     /// Groups made ahead of a start ([`Actuator::prepare`]).
     prepared: HashMap<JobId, JobGroup>,
@@ -182,10 +197,15 @@ impl Actuator {
             Some(l) => l.clone(),
             None => Layout::detect(&cfg.proc_root).map_err(ActuationError::Tree)?,
         };
-        let tree = Tree::open(layout, &cfg.tree, &cfg.proc_root).map_err(ActuationError::Tree)?;
+        let mut tree =
+            Tree::open(layout, &cfg.tree, &cfg.proc_root).map_err(ActuationError::Tree)?;
+        tree.set_job_pids_max(cfg.pids_max);
         tree.set_batch_idle(cfg.idle_priority)
             .map_err(ActuationError::Tree)?;
-        let state = StateDir::create(&cfg.state_dir)?;
+        let state = match &cfg.output_dir {
+            Some(out) => StateDir::with_output_dir(&cfg.state_dir, out)?,
+            None => StateDir::create(&cfg.state_dir)?,
+        };
         let null = open(
             "/dev/null",
             OFlag::O_RDWR | OFlag::O_CLOEXEC,
@@ -202,6 +222,8 @@ impl Actuator {
             timeout: cfg.timeout,
             wait_for_exec: cfg.wait_for_exec,
             idle_priority: cfg.idle_priority,
+            limits: cfg.limits.clone(),
+            memory_max: cfg.memory_max,
             jobs: HashMap::new(),
             prepared: HashMap::new(),
             reaper,
@@ -264,11 +286,16 @@ impl Actuator {
             },
             None => self
                 .tree
-                .create_job(job, &cores, req.spec.memory.map(|m| m.get()))
+                .create_job(job, &cores, self.job_memory(req.spec))
                 .map_err(|e| ActuationError::cgroup(job, e))?,
         };
-        let request =
-            launch::shim_request(req, &self.state, group.paths().clone(), self.idle_priority);
+        let request = launch::shim_request(
+            req,
+            &self.state,
+            group.paths().clone(),
+            self.idle_priority,
+            &self.limits,
+        );
         match launch::start_waiter(
             &self.shim,
             self.null.as_fd(),
@@ -313,10 +340,15 @@ impl Actuator {
         let cores = self.tree.root_cores().map_err(ActuationError::Tree)?;
         let group = self
             .tree
-            .create_job(job, &cores, spec.memory.map(|m| m.get()))
+            .create_job(job, &cores, self.job_memory(spec))
             .map_err(|e| ActuationError::cgroup(job, e))?;
         self.prepared.insert(job, group);
         Ok(())
+    }
+
+    /// The job's memory limit: its own, else the configured default.
+    fn job_memory(&self, spec: &JobSpec) -> Option<u64> {
+        spec.memory.map(|m| m.get()).or(self.memory_max)
     }
 
     fn group(&mut self, job: JobId) -> Result<(&mut Job, Duration), ActuationError> {

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::knob::{Knob, parse_pids, read_path, write_path};
 use super::{
-    CPUSET_CPUS, CPUSET_MEMS, CgroupError, EVENTS, FREEZE, FREEZER_STATE, KILL, MEMORY_MAX, PROCS,
-    ensure_dir, remove_dir,
+    CPUSET_CPUS, CPUSET_MEMS, CgroupError, EVENTS, FREEZE, FREEZER_STATE, KILL, MEMORY_MAX,
+    PIDS_MAX, PROCS, ensure_dir, remove_dir,
 };
 use crate::model::cpuset::CpuSet;
 
@@ -72,12 +72,14 @@ pub struct JobGroup {
 
 impl JobGroup {
     /// Creates the groups (an existing, empty group is reused) and sets cores, and on v1 the
-    /// memory nodes `mems`; on pure v2 also `memory.max`. On failure nothing is left behind.
+    /// memory nodes `mems`; on pure v2 also `memory.max` and `pids.max` when given. On failure
+    /// nothing is left behind.
     pub fn create(
         paths: JobPaths,
         cores: &CpuSet,
         mems: Option<&str>,
         memory: Option<u64>,
+        pids: Option<u64>,
     ) -> Result<Self, CgroupError> {
         if cores.is_empty() {
             return Err(CgroupError::NoCores {
@@ -100,6 +102,9 @@ impl JobGroup {
             group.set_cores(cores)?;
             if let (Mode::Unified, Some(bytes)) = (paths.mode, memory) {
                 write_path(&paths.cpuset.join(MEMORY_MAX), &bytes.to_string())?;
+            }
+            if let (Mode::Unified, Some(n)) = (paths.mode, pids) {
+                write_path(&paths.cpuset.join(PIDS_MAX), &n.to_string())?;
             }
             Ok(group)
         })();

@@ -28,6 +28,7 @@ pub const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
 pub const CPUSET_CPUS: &str = "cpuset.cpus";
 pub const CPUSET_MEMS: &str = "cpuset.mems";
 pub const MEMORY_MAX: &str = "memory.max";
+pub const PIDS_MAX: &str = "pids.max";
 pub const CPU_IDLE: &str = "cpu.idle";
 pub const FREEZER_STATE: &str = "freezer.state";
 

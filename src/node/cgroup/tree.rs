@@ -59,6 +59,8 @@ pub struct Tree {
     mems: Option<String>,
     /// Controllers enabled for job groups (unified mode).
     controllers: Vec<String>,
+    /// `pids.max` every job group gets where the pids controller is on.
+    job_pids_max: Option<u64>,
 }
 
 /// Where lowsched's root group sits in one hierarchy (`mount`, the one carrying `controller`,
@@ -124,6 +126,7 @@ impl Tree {
                 layout: layout.clone(),
                 mems: None,
                 controllers: Vec::new(),
+                job_pids_max: None,
             },
             Layout::Hybrid {
                 unified, cpuset, ..
@@ -135,6 +138,7 @@ impl Tree {
                 layout: layout.clone(),
                 mems: None,
                 controllers: Vec::new(),
+                job_pids_max: None,
             },
             Layout::Legacy { cpuset, freezer } => Self {
                 mode: Mode::Legacy,
@@ -144,6 +148,7 @@ impl Tree {
                 layout: layout.clone(),
                 mems: None,
                 controllers: Vec::new(),
+                job_pids_max: None,
             },
         };
         let named = matches!(cfg.root, RootName::Named(_));
@@ -220,6 +225,17 @@ impl Tree {
     /// Whether job memory limits are enforced (pure v2 with the memory controller only).
     pub fn memory_enforced(&self) -> bool {
         self.mode == Mode::Unified && self.controllers.iter().any(|c| c == "memory")
+    }
+
+    /// Whether job process counts are capped (pure v2 with the pids controller only: hybrid
+    /// hosts have pids only in v1, which lowsched does not manage).
+    pub fn pids_enforced(&self) -> bool {
+        self.mode == Mode::Unified && self.controllers.iter().any(|c| c == "pids")
+    }
+
+    /// The `pids.max` every job group created from now on gets (`None`: the kernel's "max").
+    pub fn set_job_pids_max(&mut self, max: Option<u64>) {
+        self.job_pids_max = max;
     }
 
     /// Makes `batch/` an idle CPU group (`cpu.idle`, kernel 5.15+), or a normal one again.
@@ -312,7 +328,14 @@ impl Tree {
         memory: Option<u64>,
     ) -> Result<JobGroup, CgroupError> {
         let memory = memory.filter(|_| self.memory_enforced());
-        JobGroup::create(self.job_paths(id), cores, self.mems.as_deref(), memory)
+        let pids = self.job_pids_max.filter(|_| self.pids_enforced());
+        JobGroup::create(
+            self.job_paths(id),
+            cores,
+            self.mems.as_deref(),
+            memory,
+            pids,
+        )
     }
 
     /// Opens an existing job's groups.

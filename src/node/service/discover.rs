@@ -1,5 +1,9 @@
 //! Finding the protected service's processes: by pid file, by process name, or by an existing
 //! cgroup, and telling a live process from a recycled pid.
+//!
+//! A process name proves nothing (any user can start a program called `memcached`), so a
+//! process found by name is taken only if it runs as one of the configured users and holds
+//! the listening socket of the service's address: it is the process that answers there.
 
 use std::fs;
 use std::io;
@@ -11,6 +15,11 @@ const PROC_STAT: &str = "stat";
 const PROC_COMM: &str = "comm";
 const PROC_TASK: &str = "task";
 const CGROUP_PROCS: &str = "cgroup.procs";
+const PROC_STATUS: &str = "status";
+const PROC_FD: &str = "fd";
+const NET_TCP: [&str; 2] = ["net/tcp", "net/tcp6"];
+/// `st` of a listening socket in /proc/net/tcp.
+const TCP_LISTEN: &str = "0A";
 
 /// A process of the service, identified by pid and start time (field 22 of /proc/PID/stat), so
 /// a pid reused by another process after a restart is not mistaken for the service.
@@ -107,6 +116,78 @@ pub fn by_name(proc_root: &Path, name: &str) -> Result<Vec<ProcessId>, ServiceEr
     Ok(out)
 }
 
+/// The real and effective uid of a process (`Uid:` of /proc/PID/status).
+pub fn uids(proc_root: &Path, pid: u32) -> Option<(u32, u32)> {
+    let status = fs::read_to_string(proc_root.join(pid.to_string()).join(PROC_STATUS)).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut f = line.split_ascii_whitespace().map(|v| v.parse::<u32>().ok());
+    Some((f.next()??, f.next()??))
+}
+
+/// Socket inodes listening on TCP `port` (any local address), from /proc/net/tcp and tcp6.
+pub fn listening_inodes(proc_root: &Path, port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for table in NET_TCP {
+        let Ok(text) = fs::read_to_string(proc_root.join(table)) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_ascii_whitespace().collect();
+            let (Some(local), Some(st), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let p = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if p == Some(port) && *st == TCP_LISTEN {
+                out.extend(inode.parse::<u64>().ok().filter(|&i| i != 0));
+            }
+        }
+    }
+    out
+}
+
+/// Whether process `pid` holds one of the socket `inodes` (a `socket:[N]` link in its fd/).
+pub fn holds_socket(proc_root: &Path, pid: u32, inodes: &[u64]) -> bool {
+    let dir = proc_root.join(pid.to_string()).join(PROC_FD);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        fs::read_link(e.path()).ok().is_some_and(|l| {
+            l.to_str()
+                .and_then(|s| s.strip_prefix("socket:["))
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| inodes.contains(&n))
+        })
+    })
+}
+
+/// The port of an address like `127.0.0.1:11211` or `[::1]:11211`.
+fn port_of(address: &str) -> Option<u16> {
+    address.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Of processes found by name, those that may be the service: running as one of `uids` (real
+/// and effective) and holding the listening socket of `address`.
+pub fn trusted(
+    proc_root: &Path,
+    procs: Vec<ProcessId>,
+    uids_allowed: &[u32],
+    address: &str,
+) -> Vec<ProcessId> {
+    let inodes = port_of(address).map_or_else(Vec::new, |p| listening_inodes(proc_root, p));
+    procs
+        .into_iter()
+        .filter(|p| {
+            uids(proc_root, p.pid)
+                .is_some_and(|(r, e)| uids_allowed.contains(&r) && uids_allowed.contains(&e))
+        })
+        .filter(|p| holds_socket(proc_root, p.pid, &inodes))
+        .collect()
+}
+
 /// Processes in a cgroup directory (its `cgroup.procs`).
 pub fn in_cgroup(proc_root: &Path, dir: &Path) -> Result<Vec<ProcessId>, ServiceError> {
     let path = dir.join(CGROUP_PROCS);
@@ -151,6 +232,7 @@ pub fn find(
     }
     if let Some(name) = cfg.process_name() {
         let procs = by_name(proc_root, name)?;
+        let procs = trusted(proc_root, procs, &cfg.process_uids(), &cfg.address);
         if !procs.is_empty() {
             return Ok(Some(Found {
                 processes: procs,
@@ -177,12 +259,27 @@ pub fn pid_file_moved(proc_root: &Path, found: &Found) -> bool {
 mod tests {
     use super::*;
 
-    /// A fake /proc with the given (pid, comm, start time, threads).
+    /// A fake /proc with the given (pid, comm, start time, threads): every process runs as root
+    /// and holds socket inode 1000+pid, listening on port 11211 (the default address).
     fn fake_proc(procs: &[(u32, &str, u64, &[u32])]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("net")).unwrap();
+        let mut tcp = String::from(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+        );
+        for &(pid, ..) in procs {
+            tcp.push_str(&format!(
+                "   0: 0100007F:2BCB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {} 1 0\n",
+                1000 + pid
+            ));
+        }
+        fs::write(dir.path().join("net/tcp"), tcp).unwrap();
         for &(pid, comm, start, tids) in procs {
             let p = dir.path().join(pid.to_string());
             fs::create_dir_all(p.join("task")).unwrap();
+            fs::create_dir_all(p.join("fd")).unwrap();
+            std::os::unix::fs::symlink(format!("socket:[{}]", 1000 + pid), p.join("fd/3")).unwrap();
+            fs::write(p.join("status"), "Name:\tx\nUid:\t0\t0\t0\t0\n").unwrap();
             fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
             let stat = format!(
                 "{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 {} 0 {start} 1000 200",
@@ -227,6 +324,45 @@ mod tests {
         )
         .unwrap();
         assert!(!alive(d.path(), found[0]));
+    }
+
+    #[test]
+    fn by_name_takes_only_the_configured_users_process_that_holds_the_port() {
+        let d = fake_proc(&[(10, "memcached", 500, &[10]), (20, "memcached", 600, &[20])]);
+        // pid 20 is another user's spoof.
+        fs::write(d.path().join("20/status"), "Uid:\t1001\t1001\t1001\t1001\n").unwrap();
+        let cfg = ServiceConfig::default();
+        let f = find(&cfg, d.path(), d.path()).unwrap().unwrap();
+        assert_eq!(f.processes.iter().map(|p| p.pid).collect::<Vec<_>>(), [10]);
+        // A root process named memcached that does not hold the listening socket is not it.
+        fs::remove_file(d.path().join("10/fd/3")).unwrap();
+        assert_eq!(find(&cfg, d.path(), d.path()).unwrap(), None);
+        std::os::unix::fs::symlink("socket:[1010]", d.path().join("10/fd/3")).unwrap();
+        // Another port configured: nobody holds it.
+        let other = ServiceConfig {
+            address: "127.0.0.1:11311".into(),
+            ..ServiceConfig::default()
+        };
+        assert_eq!(find(&other, d.path(), d.path()).unwrap(), None);
+        // The spoofing user is trusted only if configured.
+        let lax = ServiceConfig {
+            process_users: vec!["root".into(), "nobody".into()],
+            ..ServiceConfig::default()
+        };
+        fs::write(
+            d.path().join("20/status"),
+            "Uid:\t65534\t65534\t65534\t65534\n",
+        )
+        .unwrap();
+        assert_eq!(
+            find(&lax, d.path(), d.path())
+                .unwrap()
+                .unwrap()
+                .processes
+                .len(),
+            2
+        );
+        assert_eq!(uids(d.path(), 20), Some((65534, 65534)));
     }
 
     #[test]

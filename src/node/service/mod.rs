@@ -50,6 +50,10 @@ pub struct ServiceConfig {
     /// when neither `pid_file` nor `cgroup` is set (a configured pid file or cgroup must not
     /// fall back to some other process of that name).
     pub process_name: Option<String>,
+    /// Users whose processes discovery by `process_name` accepts (names; missing users are
+    /// ignored). Any local user can name a process `memcached`: without this, theirs would
+    /// get the service's cores and its protection.
+    pub process_users: Vec<String>,
     /// An existing cgroup holding the service, relative to the unified mount, e.g.
     /// `/system.slice/memcached.service`.
     pub cgroup: Option<PathBuf>,
@@ -69,6 +73,15 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
+    /// The uids of `process_users` that exist on this host.
+    pub fn process_uids(&self) -> Vec<u32> {
+        self.process_users
+            .iter()
+            .filter_map(|n| crate::model::credentials::Credentials::by_name(n).ok())
+            .map(|c| c.uid)
+            .collect()
+    }
+
     /// The command name to look for, if any (see `process_name`).
     pub fn process_name(&self) -> Option<&str> {
         match (&self.process_name, &self.pid_file, &self.cgroup) {
@@ -86,6 +99,7 @@ impl Default for ServiceConfig {
             name: "memcached".into(),
             pid_file: None,
             process_name: None,
+            process_users: vec!["root".into(), "memcache".into(), "memcached".into()],
             cgroup: None,
             address: "127.0.0.1:11211".into(),
             min_cores: 1,

@@ -28,7 +28,9 @@ pub use request::{DEFAULT_PATH, REQUEST_FD, ShimRequest};
 
 use crate::model::exit::ExitStatus;
 use crate::node::cgroup::{DEFAULT_TIMEOUT, JobGroup, Knob, Mode, PROCS};
-use crate::sys::{self, ChildPlan, ChildStage, OpenSpec, RawCreds, SpawnError, SpawnMode};
+use crate::sys::{
+    self, ChildPlan, ChildStage, OpenSpec, RawCreds, RawRlimit, SpawnError, SpawnMode,
+};
 
 /// Exit codes of the waiter itself (the job's status is in the record, not here).
 pub const EXIT_RECORDED: i32 = 0;
@@ -93,15 +95,28 @@ fn read_request() -> Result<ShimRequest, String> {
     serde_json::from_str(&text).map_err(|e| format!("bad request: {e}"))
 }
 
-/// The exit record, created empty now ("started"): root only, never through a symlink.
+/// Bytes reserved for the exit record: its lines are short (a reason is one line of text).
+const RECORD_RESERVE: i64 = 16 * 1024;
+
+/// The exit record, created empty now ("started"): root only, never through a symlink. Its
+/// blocks are reserved now (fallocate, size unchanged), so that a job which fills the state
+/// dir's filesystem cannot stop the waiter from recording how the job ended. Best effort: a
+/// filesystem without fallocate records as before.
 fn open_record(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+        .open(path)?;
+    let _ = nix::fcntl::fallocate(
+        &file,
+        nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        0,
+        RECORD_RESERVE,
+    );
+    Ok(file)
 }
 
 fn write_record(file: &mut File, status: &ExitStatus) -> std::io::Result<()> {
@@ -137,6 +152,21 @@ fn prepare_output_dir(req: &ShimRequest) -> Result<(), String> {
     }
 }
 
+fn raw_limits(
+    limits: &std::collections::BTreeMap<String, crate::model::limits::Rlimit>,
+) -> Result<Vec<RawRlimit>, String> {
+    limits
+        .iter()
+        .map(|(name, l)| {
+            Ok(RawRlimit {
+                resource: crate::model::limits::rlimit_resource(name).map_err(|e| e.to_string())?,
+                soft: l.soft,
+                hard: l.hard,
+            })
+        })
+        .collect()
+}
+
 fn cstring(what: &str, s: impl AsRef<[u8]>) -> Result<CString, String> {
     CString::new(s.as_ref()).map_err(|_| format!("{what} contains a NUL byte"))
 }
@@ -162,6 +192,12 @@ fn start(req: &ShimRequest) -> Result<Pid, String> {
             groups: req.user.groups.clone(),
         }),
         cwd: Some(cstring("cwd", req.cwd.as_os_str().as_bytes())?),
+        limits: raw_limits(&req.limits.rlimits)?,
+        user_limits: raw_limits(&req.user_rlimits)?,
+        umask: Some(req.limits.umask & 0o777),
+        no_new_privs: req.limits.no_new_privs,
+        // The job gets stdin, stdout and stderr, nothing else of the waiter's.
+        close_from: Some(3),
         ..ChildPlan::default()
     };
     let out_flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
@@ -245,6 +281,11 @@ fn describe(req: &ShimRequest, opens: &[(&Path, i32, i32)], e: &SpawnError) -> S
         ChildStage::SetUid => format!("become uid {}: {err}", req.user.uid),
         ChildStage::SetGid => format!("become gid {}: {err}", req.user.gid),
         ChildStage::JoinCgroup => format!("join {}: {err}", req.group.task.display()),
+        ChildStage::Limits => {
+            let all = req.limits.rlimits.iter().chain(req.user_rlimits.iter());
+            let name = all.clone().nth(i).map_or("?", |(n, _)| n.as_str());
+            format!("set resource limit {name}: {err}")
+        }
         other => format!("{other}: {err}"),
     }
 }

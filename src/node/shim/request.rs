@@ -1,12 +1,14 @@
 //! What the daemon tells a job's waiter: the job's command, user, directory, files and groups.
 //! Passed as JSON on the waiter's fd 3 (a memfd, so its size is not limited by a pipe).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::credentials::Credentials;
 use crate::model::job::JobId;
+use crate::model::limits::{JobLimits, Rlimit};
 use crate::node::cgroup::JobPaths;
 
 /// The descriptor the waiter reads its request from.
@@ -37,6 +39,12 @@ pub struct ShimRequest {
     /// Run the job at idle CPU priority (`SCHED_IDLE`, inherited by all its processes).
     #[serde(default)]
     pub idle: bool,
+    /// The daemon's limits for every job, its umask already the job's own when it named one.
+    #[serde(default)]
+    pub limits: JobLimits,
+    /// Limits the job asked for, set after it became its user.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_rlimits: BTreeMap<String, Rlimit>,
 }
 
 impl ShimRequest {

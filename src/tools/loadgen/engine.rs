@@ -480,7 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn answers_are_counted_and_intervals_cover_the_run() {
+    fn the_whole_schedule_is_sent_and_answered_and_intervals_cover_the_run() {
         let r = run(
             &LoadgenConfig {
                 set_ratio: 0.3,
@@ -492,16 +492,22 @@ mod tests {
         .unwrap();
         assert_eq!(r.latency.errors, 0, "{r:?}");
         assert_eq!(r.sent, r.answered);
-        assert!((r.qps - 2000.0).abs() < 100.0, "{r:?}");
+        // Open loop: 2000/s for 1.5 s is 3000 requests, however late the sender runs.
+        assert!(r.sent.abs_diff(3000) <= 1, "{r:?}");
         assert_eq!(r.intervals.len(), 3);
-        assert!(r.intervals.iter().all(|i| i.hist.is_some()));
+        for i in &r.intervals {
+            let sent = i.target_qps * i.duration_s;
+            assert!((sent - 1000.0).abs() <= 1.0, "{i:?}");
+            assert!(i.hist.is_some(), "{i:?}");
+        }
     }
 
     #[test]
     fn a_dropped_connection_counts_failures_and_reconnects() {
         let r = run(&cfg(fake_server(500)), None).unwrap();
         assert!(r.latency.errors > 0, "{r:?}");
-        assert!(r.answered > 1000, "reconnected and kept going: {r:?}");
+        // The first connection answered 500: more means a new one answered too.
+        assert!(r.answered > 500, "reconnected and kept going: {r:?}");
         assert_eq!(r.sent, r.answered + r.latency.errors);
     }
 
