@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    lowsched::cli::run(argh::from_env())
+    lowsched::cli::main()
 }

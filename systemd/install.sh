@@ -12,6 +12,7 @@
 #   SYSUSERSDIR  $LIBDIR/sysusers.d               TMPFILESDIR  $LIBDIR/tmpfiles.d
 #   SYSCONFDIR   /etc (config in $SYSCONFDIR/lowsched/lowsched.toml, never overwritten)
 #   DOCDIR       $PREFIX/share/doc/lowsched (README.md, cgroups/ examples, the example config)
+#   DATADIR      $PREFIX/share (man page in man/man1, bash, zsh and fish completions)
 #   PROFILE      release (which cargo build to install: target/$PROFILE)
 #   CARGO_TARGET_DIR  target
 # With an empty DESTDIR on a systemd host, install also applies the sysusers.d and tmpfiles.d
@@ -33,7 +34,7 @@ for arg in "$@"; do
         --build) build=1 ;;
         --force) force=1 ;;
         -h|--help) usage ;;
-        DESTDIR=*|PREFIX=*|BINDIR=*|LIBDIR=*|UNITDIR=*|SYSUSERSDIR=*|TMPFILESDIR=*|SYSCONFDIR=*|DOCDIR=*|PROFILE=*|CARGO_TARGET_DIR=*)
+        DESTDIR=*|PREFIX=*|BINDIR=*|LIBDIR=*|UNITDIR=*|SYSUSERSDIR=*|TMPFILESDIR=*|SYSCONFDIR=*|DOCDIR=*|DATADIR=*|PROFILE=*|CARGO_TARGET_DIR=*)
             export "${arg?}" ;;
         *) echo "install.sh: unknown argument '$arg'" >&2; usage ;;
     esac
@@ -48,9 +49,10 @@ SYSUSERSDIR=${SYSUSERSDIR:-$LIBDIR/sysusers.d}
 TMPFILESDIR=${TMPFILESDIR:-$LIBDIR/tmpfiles.d}
 SYSCONFDIR=${SYSCONFDIR:-/etc}
 DOCDIR=${DOCDIR:-$PREFIX/share/doc/lowsched}
+DATADIR=${DATADIR:-$PREFIX/share}
 PROFILE=${PROFILE:-release}
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
-for v in PREFIX BINDIR LIBDIR UNITDIR SYSUSERSDIR TMPFILESDIR SYSCONFDIR DOCDIR; do
+for v in PREFIX BINDIR LIBDIR UNITDIR SYSUSERSDIR TMPFILESDIR SYSCONFDIR DOCDIR DATADIR; do
     case ${!v} in
         /*) ;;
         *) echo "install.sh: $v must be an absolute path, not '${!v}'" >&2; exit 2 ;;
@@ -79,6 +81,10 @@ files=(
     "$DOCDIR/cgroups/README.md"
     "$DOCDIR/cgroups/memcached.service.d/lowsched.conf"
     "$DOCDIR/cgroups/lowsched-memcached.toml"
+    "$DATADIR/man/man1/lowsched.1"
+    "$DATADIR/bash-completion/completions/lowsched"
+    "$DATADIR/zsh/site-functions/_lowsched"
+    "$DATADIR/fish/vendor_completions.d/lowsched.fish"
 )
 
 do_install() {
@@ -107,6 +113,13 @@ do_install() {
     install -D -m 0644 "$repo/cgroups/memcached.service.d/lowsched.conf" \
         "$DESTDIR$DOCDIR/cgroups/memcached.service.d/lowsched.conf"
     install -D -m 0644 "$repo/cgroups/lowsched-memcached.toml" "$DESTDIR$DOCDIR/cgroups/lowsched-memcached.toml"
+    # Generated from the argument definitions; a unit test keeps them in step with the parser.
+    install -D -m 0644 "$repo/systemd/lowsched.1" "$DESTDIR$DATADIR/man/man1/lowsched.1"
+    install -D -m 0644 "$repo/systemd/completions/lowsched.bash" \
+        "$DESTDIR$DATADIR/bash-completion/completions/lowsched"
+    install -D -m 0644 "$repo/systemd/completions/_lowsched" "$DESTDIR$DATADIR/zsh/site-functions/_lowsched"
+    install -D -m 0644 "$repo/systemd/completions/lowsched.fish" \
+        "$DESTDIR$DATADIR/fish/vendor_completions.d/lowsched.fish"
     if [ -e "$DESTDIR$config" ]; then
         say "kept the existing $config (the example is $DOCDIR/lowsched.toml)"
     else

@@ -29,7 +29,8 @@ printf '%s\n' "max_cores = 1" "" "[probe]" "rate = 100" >>"$OVERLAY/etc/lowsched
 src=$OVERLAY/root/lowsched-src
 mkdir -p "$src/systemd" "$src/cgroups/memcached.service.d"
 cp systemd/install.sh systemd/lowsched.service.in systemd/lowsched.sysusers systemd/lowsched.tmpfiles \
-    systemd/lowsched.toml "$src/systemd/"
+    systemd/lowsched.toml systemd/lowsched.1 "$src/systemd/"
+cp -r systemd/completions "$src/systemd/"
 cp cgroups/README.md cgroups/lowsched-memcached.toml "$src/cgroups/"
 cp cgroups/memcached.service.d/lowsched.conf "$src/cgroups/memcached.service.d/"
 cp README.md "$src/"

@@ -29,6 +29,12 @@ pub enum ClientError {
         "cannot connect to the lowsched daemon at {path}: {source} (is `lowsched daemon` running? set --socket or {SOCKET_ENV})"
     )]
     Connect { path: PathBuf, source: io::Error },
+    #[error(
+        "permission denied on the lowsched socket {path}: it admits root and the group \
+         '{group}'; ask an administrator to add you (usermod -aG {group} USER), then log in \
+         again"
+    )]
+    Permission { path: PathBuf, group: String },
     #[error("lost the connection to the daemon at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("the daemon at {path} closed the connection without answering")]
@@ -38,6 +44,28 @@ pub enum ClientError {
     /// The daemon answered with an error.
     #[error("{0}")]
     Refused(ProtocolError),
+}
+
+/// A refused connect names the socket's group, which a user must join; other errors as they are.
+fn connect_error(path: &Path, source: io::Error) -> ClientError {
+    use std::os::unix::fs::MetadataExt;
+    if source.kind() == io::ErrorKind::PermissionDenied {
+        if let Ok(meta) = std::fs::metadata(path) {
+            let gid = nix::unistd::Gid::from_raw(meta.gid());
+            let group = nix::unistd::Group::from_gid(gid)
+                .ok()
+                .flatten()
+                .map_or_else(|| gid.to_string(), |g| g.name);
+            return ClientError::Permission {
+                path: path.to_path_buf(),
+                group,
+            };
+        }
+    }
+    ClientError::Connect {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A connection to the daemon. Requests on one connection are answered in order.
@@ -50,10 +78,7 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let stream = UnixStream::connect(path).map_err(|source| connect_error(path, source))?;
         let reader = stream.try_clone().map_err(|source| ClientError::Connect {
             path: path.to_path_buf(),
             source,

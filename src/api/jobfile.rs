@@ -147,6 +147,9 @@ fn invalid_field(e: &JobError, native: bool) -> String {
     let field = match e {
         JobError::EmptyArgv => return if native { "argv" } else { "command" }.into(),
         JobError::Cores { .. } => return if native { "cores" } else { "resources.cpu" }.into(),
+        JobError::MemoryFloor { .. } => {
+            return if native { "memory" } else { "resources.memory" }.into();
+        }
         JobError::Nul { field } => field.as_str(),
         JobError::TooLong { field, .. }
         | JobError::EmptyPath { field }

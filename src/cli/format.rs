@@ -22,47 +22,6 @@ fn exit(j: &JobStatus) -> String {
     }
 }
 
-/// At most `n` characters of `s`, control characters escaped first (names come from users, and
-/// a daemon older than the check, or a journal edited by hand, may still hold one).
-fn clip(s: &str, n: usize) -> String {
-    let s = esc(s);
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('…');
-        t
-    }
-}
-
-/// The `lowsched status` table.
-pub fn job_table(jobs: &[JobStatus]) -> String {
-    let mut out = format!(
-        "{:>6}  {:<16} {:<13} {:<10} {:<9} {:>4} {:>6}  {}\n",
-        "ID", "NAME", "STATE", "USER", "CORES", "PRIO", "EXIT", "REASON"
-    );
-    for j in jobs {
-        let state = if j.held {
-            format!("{} (held)", j.state)
-        } else {
-            j.state.to_string()
-        };
-        let _ = writeln!(
-            out,
-            "{:>6}  {:<16} {:<13} {:<10} {:<9} {:>4} {:>6}  {}",
-            j.origin.display_id(j.id),
-            clip(&j.name, 16),
-            state,
-            clip(&j.user, 10),
-            clip(&cores(&j.cores), 9),
-            j.priority,
-            exit(j),
-            esc(j.reason.as_deref().unwrap_or(""))
-        );
-    }
-    out
-}
-
 /// `lowsched status ID`: one job, one field per line.
 pub fn job_detail(j: &JobStatus) -> String {
     let mut out = String::new();
@@ -160,7 +119,12 @@ mod tests {
     fn escape_codes_never_reach_the_terminal() {
         let j = hostile();
         assert_eq!(j.state, JobState::Pending);
-        for out in [job_table(std::slice::from_ref(&j)), job_detail(&j)] {
+        let table = crate::cli::status::table(
+            std::slice::from_ref(&j),
+            &crate::cli::status::StatusArgs::default(),
+            0,
+        );
+        for out in [table, job_detail(&j)] {
             assert!(
                 !out.chars()
                     .any(|c| c != '\n' && crate::model::job::is_unsafe_char(c)),

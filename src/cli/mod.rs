@@ -1,16 +1,21 @@
 //! The `lowsched` command line: argument definitions (argh) and the client subcommands.
 
+mod args;
+pub mod completions;
 mod format;
+pub mod man;
 pub mod report;
 pub mod simulate;
 pub mod stats;
+pub mod status;
 mod submit;
 pub mod timespec;
+mod units;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use crate::api::client::{Client, ClientError, socket_path};
 use crate::api::protocol::{self, Reply, Request};
@@ -18,6 +23,7 @@ use crate::model::job::JobId;
 use crate::model::jobstate::JobState;
 use crate::sense::probe::report::StatsReport;
 
+pub use status::{Filter, StatusArgs};
 pub use submit::SubmitArgs;
 
 /// Exit codes of `lowsched wait` beyond the job's own (0–255, or 128+N when killed by signal N).
@@ -33,7 +39,8 @@ pub mod exit {
 }
 
 /// lowsched: keeps a latency-critical service inside its SLO while batch jobs use the spare cores.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(help_triggers("-h", "--help", "help"))]
 pub struct Cli {
     /// the daemon's socket (default: $LOWSCHED_SOCKET, else /run/lowsched/lowsched.sock)
     #[argh(option)]
@@ -42,7 +49,7 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 #[allow(clippy::large_enum_variant)] // built once per process; boxing would only add noise
 pub enum Cmd {
@@ -62,8 +69,8 @@ pub enum Cmd {
 }
 
 /// Run the scheduler daemon (as root).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "daemon")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "daemon", help_triggers("-h", "--help"))]
 pub struct DaemonArgs {
     /// TOML config file (default: /etc/lowsched/lowsched.toml if it exists)
     #[argh(option)]
@@ -81,55 +88,115 @@ pub struct DaemonArgs {
     /// again while jobs run (for ExecStopPost= on systemd before 254; see cgroups/README.md)
     #[argh(switch)]
     pub relax: bool,
-}
-
-/// Show one job, or a table of all jobs.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "status")]
-pub struct StatusArgs {
-    /// print JSON
+    /// do not run: check the config (FILE, else --config, else the default) and exit 0 if it
+    /// is valid, 1 with the reason if not
     #[argh(switch)]
-    pub json: bool,
+    pub check_config: bool,
+    /// with --check-config: the config file to check
     #[argh(positional)]
-    pub id: Option<JobId>,
+    pub file: Option<PathBuf>,
 }
 
-/// Cancel a job (kills it if it runs).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "cancel")]
+/// Cancel jobs (kills those that run): by id, or every job the filters select.
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "cancel", help_triggers("-h", "--help"))]
 pub struct CancelArgs {
+    /// only jobs in these states, comma-separated (see status --help)
+    #[argh(option, from_str_fn(status::states))]
+    pub state: Option<Vec<JobState>>,
+    /// only this user's jobs
+    #[argh(option)]
+    pub user: Option<String>,
+    /// only jobs with this name
+    #[argh(option)]
+    pub name: Option<String>,
+    /// the jobs to cancel (with filters: only those of them the filters select)
     #[argh(positional)]
-    pub id: JobId,
+    pub ids: Vec<JobId>,
 }
 
-/// Pause (freeze) a job until it is resumed.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "pause")]
+impl CancelArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            ids: self.ids.clone(),
+            states: self.state.clone(),
+            user: self.user.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Pause (freeze) jobs until they are resumed: by id, or every job the filters select.
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "pause", help_triggers("-h", "--help"))]
 pub struct PauseArgs {
+    /// only jobs in these states, comma-separated (see status --help)
+    #[argh(option, from_str_fn(status::states))]
+    pub state: Option<Vec<JobState>>,
+    /// only this user's jobs
+    #[argh(option)]
+    pub user: Option<String>,
+    /// only jobs with this name
+    #[argh(option)]
+    pub name: Option<String>,
+    /// the jobs to pause (with filters: only those of them the filters select)
     #[argh(positional)]
-    pub id: JobId,
+    pub ids: Vec<JobId>,
 }
 
-/// Resume a job paused with `lowsched pause`.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "resume")]
+impl PauseArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            ids: self.ids.clone(),
+            states: self.state.clone(),
+            user: self.user.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Resume jobs paused with `lowsched pause`: by id, or every job the filters select.
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "resume", help_triggers("-h", "--help"))]
 pub struct ResumeArgs {
+    /// only jobs in these states, comma-separated (see status --help)
+    #[argh(option, from_str_fn(status::states))]
+    pub state: Option<Vec<JobState>>,
+    /// only this user's jobs
+    #[argh(option)]
+    pub user: Option<String>,
+    /// only jobs with this name
+    #[argh(option)]
+    pub name: Option<String>,
+    /// the jobs to resume (with filters: only those of them the filters select)
     #[argh(positional)]
-    pub id: JobId,
+    pub ids: Vec<JobId>,
+}
+
+impl ResumeArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            ids: self.ids.clone(),
+            states: self.state.clone(),
+            user: self.user.clone(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// Wait for a job to end; exit with its exit code (128+N if killed by signal N, 124 if it became
 /// unschedulable, 125 if cancelled, 126 if it failed without an exit status, 1 on errors).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "wait")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "wait", help_triggers("-h", "--help"))]
 pub struct WaitArgs {
+    /// the job to wait for
     #[argh(positional)]
     pub id: JobId,
 }
 
 /// Show the protected service's latency statistics.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "stats")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "stats", help_triggers("-h", "--help"))]
 pub struct StatsArgs {
     /// print JSON
     #[argh(switch)]
@@ -150,13 +217,13 @@ pub struct StatsArgs {
 }
 
 /// Print the daemon's Prometheus metrics (the text its /metrics endpoint serves).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "metrics")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "metrics", help_triggers("-h", "--help"))]
 pub struct MetricsArgs {}
 
 /// Show the event log; --follow keeps printing new events.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "events")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "events", help_triggers("-h", "--help"))]
 pub struct EventsArgs {
     /// keep waiting for new events
     #[argh(switch)]
@@ -166,6 +233,40 @@ pub struct EventsArgs {
     pub json: bool,
 }
 
+/// Runs the command line of this process: the pre-parse ([`args`]), then argh, then the command.
+pub fn main() -> ExitCode {
+    let mut raw = std::env::args();
+    let program = raw.next().unwrap_or_else(|| "lowsched".into());
+    let name = std::path::Path::new(&program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("lowsched")
+        .to_string();
+    let args = match args::preparse(raw.collect()) {
+        args::Preparsed::Version => {
+            println!("{}", args::version_line());
+            return ExitCode::SUCCESS;
+        }
+        args::Preparsed::Args(a) => a,
+    };
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    match Cli::from_args(&[&name], &strs) {
+        Ok(cli) => run(cli),
+        Err(early) if early.status.is_ok() => {
+            println!("{}", early.output.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(early) => {
+            let sub = args::subcommand(&args)
+                .map(|s| format!(" {s}"))
+                .unwrap_or_default();
+            eprintln!("{}", early.output.trim_end());
+            eprintln!("Run {name}{sub} --help for more information.");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     let socket = socket_path(cli.socket.as_deref());
@@ -173,21 +274,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Cmd::Daemon(args) => return run_daemon(cli.socket, args),
         Cmd::Submit(args) => submit::run(&socket, args),
         Cmd::Status(args) => status(&socket, args),
-        Cmd::Cancel(a) => act(
-            &socket,
-            Request::Cancel(protocol::Target { id: a.id }),
-            "cancelled",
-        ),
-        Cmd::Pause(a) => act(
-            &socket,
-            Request::Pause(protocol::Target { id: a.id }),
-            "paused",
-        ),
-        Cmd::Resume(a) => act(
-            &socket,
-            Request::Resume(protocol::Target { id: a.id }),
-            "resumed",
-        ),
+        Cmd::Cancel(a) => act(&socket, &a.filter(), Request::Cancel, "cancelled"),
+        Cmd::Pause(a) => act(&socket, &a.filter(), Request::Pause, "paused"),
+        Cmd::Resume(a) => act(&socket, &a.filter(), Request::Resume, "resumed"),
         Cmd::Wait(args) => wait(&socket, args.id),
         Cmd::Stats(args) => stats(&socket, args),
         Cmd::Events(args) => events(&socket, args),
@@ -240,12 +329,33 @@ fn run_daemon(global_socket: Option<PathBuf>, args: DaemonArgs) -> ExitCode {
             }
         };
     }
+    if args.file.is_some() && !args.check_config {
+        eprintln!("lowsched daemon: a FILE argument is only for --check-config; use --config FILE");
+        return ExitCode::from(exit::ERROR);
+    }
+    let check = args.check_config;
     let overrides = crate::daemon::config::Overrides {
-        config: args.config,
+        config: args.file.or(args.config),
         socket: args.socket.or(global_socket),
         state_dir: args.state_dir,
         cgroup_root: args.cgroup_root,
     };
+    if check {
+        return match crate::daemon::check_config(&overrides) {
+            Ok(Some(path)) => {
+                println!("{}: valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                println!("no config file; the built-in defaults are valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lowsched daemon: {e}");
+                ExitCode::from(exit::ERROR)
+            }
+        };
+    }
     match crate::daemon::run(&overrides) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -262,33 +372,83 @@ fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
 fn unexpected(reply: Reply) -> ClientError {
     ClientError::Garbled {
         why: "unexpected answer".into(),
-        line: format!("{reply:?}"),
+        line: serde_json::to_string(&reply).unwrap_or_default(),
     }
 }
 
 fn status(socket: &Path, args: StatusArgs) -> Result<ExitCode, ClientError> {
-    match call(socket, &Request::Status(protocol::Status { id: args.id }))? {
+    let id = args.ids.first().copied().filter(|_| args.wants_detail());
+    match call(socket, &Request::Status(protocol::Status { id }))? {
         Reply::Job { job } if args.json => println!("{}", to_json(&job)),
-        Reply::Jobs { jobs } if args.json => println!("{}", to_json(&jobs)),
         Reply::Job { job } => print!("{}", format::job_detail(&job)),
-        Reply::Jobs { jobs } => print!("{}", format::job_table(&jobs)),
+        Reply::Jobs { mut jobs } if args.json => {
+            let filter = args.filter();
+            jobs.retain(|j| filter.matches(j));
+            println!("{}", to_json(&jobs));
+        }
+        Reply::Jobs { jobs } => print!("{}", status::table(&jobs, &args, now_ms())),
         other => return Err(unexpected(other)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-fn act(socket: &Path, req: Request, done: &str) -> Result<ExitCode, ClientError> {
-    match call(socket, &req)? {
-        Reply::Job { job } => {
-            eprintln!("job {} {done} (now {})", job.id, job.state);
-            Ok(ExitCode::SUCCESS)
-        }
-        other => Err(unexpected(other)),
+/// Applies `req` to each job `filter` selects: the ids as given, or with filters the daemon's
+/// jobs that match. Goes on past a refusal (each is reported); exits 1 if any was refused.
+fn act(
+    socket: &Path,
+    filter: &Filter,
+    req: fn(protocol::Target) -> Request,
+    done: &str,
+) -> Result<ExitCode, ClientError> {
+    let ids: Vec<JobId> = if filter.has_filters() {
+        let Reply::Jobs { jobs } = call(socket, &Request::Status(protocol::Status { id: None }))?
+        else {
+            return Err(ClientError::Garbled {
+                why: "expected the job list".into(),
+                line: String::new(),
+            });
+        };
+        jobs.iter()
+            .filter(|j| filter.matches(j))
+            .map(|j| j.id)
+            .collect()
+    } else if filter.ids.is_empty() {
+        eprintln!(
+            "lowsched: name at least one job id, or select jobs with --state, --user or --name"
+        );
+        return Ok(ExitCode::from(exit::ERROR));
+    } else {
+        filter.ids.clone()
+    };
+    if ids.is_empty() {
+        eprintln!("lowsched: no job matched; nothing {done}");
     }
+    let mut failed = false;
+    for id in ids {
+        match call(socket, &req(protocol::Target { id })) {
+            Ok(Reply::Job { job }) => eprintln!("job {} {done} (now {})", job.id, job.state),
+            Ok(other) => return Err(unexpected(other)),
+            Err(e) => {
+                eprintln!("lowsched: job {id}: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(exit::ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn wait(socket: &Path, id: JobId) -> Result<ExitCode, ClientError> {

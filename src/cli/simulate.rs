@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use crate::tools::simulate::{self, SimConfig, SimError, replay};
 
 /// Model a node: run a load trace and batch jobs under lowsched and every static partition,
 /// or replay the controller turns a daemon recorded (controller.record_turns) with new
 /// thresholds.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "simulate")]
 pub struct SimulateArgs {
     /// replay this events.jsonl instead of simulating

@@ -4,46 +4,49 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use crate::api::client::ClientError;
 use crate::api::protocol::{Reply, Request, Submit, SubmitMany};
 use crate::model::job::{JobId, JobSpec};
 use crate::model::resources::{Bytes, CoreRange, GpuRequest};
 
-/// Submit a job and print its id: lowsched submit [options] -- CMD [ARGS...]
-#[derive(FromArgs, Debug, Default)]
-#[argh(subcommand, name = "submit")]
+use super::units;
+
+/// Submit a job and print its id: lowsched submit [options] [--] CMD [ARGS...]
+#[derive(FromArgs, ArgsInfo, Debug, Default)]
+#[argh(subcommand, name = "submit", help_triggers("-h", "--help"))]
 pub struct SubmitArgs {
     /// job name (default: the command's file name)
-    #[argh(option)]
+    #[argh(option, short = 'J')]
     pub name: Option<String>,
-    /// priority; higher runs first (default 0)
-    #[argh(option, default = "0")]
+    /// priority, a whole number; higher runs first (default 0)
+    #[argh(option, default = "0", from_str_fn(units::priority))]
     pub priority: i32,
     /// cores: N, or MIN:MAX to start on MIN and widen up to MAX (default 1)
-    #[argh(option)]
+    #[argh(option, short = 'c', from_str_fn(units::cores))]
     pub cpus: Option<CoreRange>,
-    /// memory, e.g. 512m, 8G, 1.5G, or bytes
-    #[argh(option)]
+    /// memory limit with a unit, e.g. 512M, 8G, 1.5G (at least 1M; a bare number is refused)
+    #[argh(option, from_str_fn(units::memory))]
     pub memory: Option<Bytes>,
     /// GPUs: N, VARIANT or VARIANT:N (e.g. 2, A100, A100:2)
-    #[argh(option)]
+    #[argh(option, from_str_fn(units::gpus))]
     pub gpus: Option<GpuRequest>,
-    /// expected run time in seconds (used by sjf, ljf and backfill)
-    #[argh(option)]
-    pub estimate: Option<f64>,
-    /// finish within this many seconds of submission (used by edf)
-    #[argh(option)]
-    pub deadline: Option<f64>,
-    /// give up if not started within this many seconds (the job becomes unschedulable)
-    #[argh(option)]
-    pub timeout: Option<f64>,
+    /// expected run time (used by sjf, ljf and backfill): seconds, 30m, or [D-]HH:MM:SS
+    #[argh(option, from_str_fn(units::duration))]
+    pub estimate: Option<Duration>,
+    /// finish within this long of submission (used by edf): seconds, 30m, or [D-]HH:MM:SS
+    #[argh(option, from_str_fn(units::duration))]
+    pub deadline: Option<Duration>,
+    /// give up if not started within this long (the job becomes unschedulable): seconds, 30m,
+    /// or [D-]HH:MM:SS
+    #[argh(option, from_str_fn(units::duration))]
+    pub timeout: Option<Duration>,
     /// file for the job's stdout (default: in the daemon's state dir)
-    #[argh(option)]
+    #[argh(option, short = 'o')]
     pub stdout: Option<PathBuf>,
     /// file for the job's stderr (default: in the daemon's state dir)
-    #[argh(option)]
+    #[argh(option, short = 'e')]
     pub stderr: Option<PathBuf>,
     /// working directory (default: the current directory)
     #[argh(option)]
@@ -69,7 +72,8 @@ pub struct SubmitArgs {
     /// print the answer as JSON
     #[argh(switch)]
     pub json: bool,
-    /// the command and its arguments (after --)
+    /// the command to run and its arguments; options after it are the command's own (write
+    /// -- before it if it starts with -)
     #[argh(positional, greedy)]
     pub command: Vec<String>,
 }
@@ -80,17 +84,13 @@ pub enum SubmitError {
     NoCommand,
     #[error("give either --file or a command, not both")]
     FileAndCommand,
-    #[error("bad --env {0:?}: expected NAME=VALUE")]
+    #[error("bad --env '{0}': expected NAME=VALUE with a non-empty NAME")]
     Env(String),
-    #[error("bad --{flag} {value}: expected a number of seconds >= 0")]
-    Seconds { flag: &'static str, value: f64 },
     #[error(transparent)]
     JobFile(#[from] crate::api::jobfile::JobFileError),
     #[error("cannot determine the current directory: {0}")]
     Cwd(std::io::Error),
-    #[error(
-        "job {index} ({name:?}) of the list is {bytes} bytes as a request; the limit is {limit}"
-    )]
+    #[error("job {index} ({name}) of the list is {bytes} bytes as a request; the limit is {limit}")]
     JobTooLarge {
         index: usize,
         name: String,
@@ -148,11 +148,6 @@ pub fn chunks(
     Ok(out)
 }
 
-fn secs(flag: &'static str, v: Option<f64>) -> Result<Option<Duration>, SubmitError> {
-    v.map(|x| Duration::try_from_secs_f64(x).map_err(|_| SubmitError::Seconds { flag, value: x }))
-        .transpose()
-}
-
 /// Makes `p` absolute against `base` (the daemon does not know the client's directory).
 fn absolute(base: &Path, p: Option<PathBuf>) -> Option<PathBuf> {
     p.map(|p| if p.is_absolute() { p } else { base.join(p) })
@@ -171,9 +166,9 @@ pub fn spec_from_args(args: &SubmitArgs, here: &Path) -> Result<JobSpec, SubmitE
     spec.cores = args.cpus.unwrap_or_default();
     spec.memory = args.memory;
     spec.gpus = args.gpus.clone().unwrap_or_default();
-    spec.estimate = secs("estimate", args.estimate)?;
-    spec.deadline = secs("deadline", args.deadline)?;
-    spec.timeout = secs("timeout", args.timeout)?;
+    spec.estimate = args.estimate;
+    spec.deadline = args.deadline;
+    spec.timeout = args.timeout;
     spec.stdout = absolute(here, args.stdout.clone());
     spec.stderr = absolute(here, args.stderr.clone());
     spec.cwd = absolute(here, args.cwd.clone()).or_else(|| Some(here.to_path_buf()));
@@ -345,6 +340,46 @@ mod tests {
     }
 
     #[test]
+    fn memory_without_a_unit_never_becomes_bytes() {
+        // `--memory 8 GB -- true` used to run `GB -- true` with an 8-byte limit.
+        let e = parse(&["--memory", "8", "GB", "--", "true"]).unwrap_err();
+        assert!(e.contains("'--memory' with value '8'"), "{e}");
+        assert!(e.contains("did you mean 8M?"), "{e}");
+        let e = parse(&["--memory", "4096", "--", "true"]).unwrap_err();
+        assert!(e.contains("did you mean 4096M?"), "{e}");
+        let e = parse(&["--memory", "100k", "--", "true"]).unwrap_err();
+        assert!(e.contains("floor of 1M"), "{e}");
+    }
+
+    #[test]
+    fn slurm_letters_and_time_forms_fill_the_spec() {
+        let args = parse(&[
+            "-J",
+            "sim",
+            "-c",
+            "2",
+            "-o",
+            "o.log",
+            "-e",
+            "/e.log",
+            "--timeout",
+            "1:30",
+            "--estimate",
+            "2h",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let spec = spec_from_args(&args, Path::new("/w")).unwrap();
+        assert_eq!(spec.name, "sim");
+        assert_eq!(spec.cores, CoreRange::exactly(2));
+        assert_eq!(spec.stdout.as_deref(), Some(Path::new("/w/o.log")));
+        assert_eq!(spec.stderr.as_deref(), Some(Path::new("/e.log")));
+        assert_eq!(spec.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(spec.estimate, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
     fn job_files_take_both_forms_and_absolute_paths() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.json");
@@ -382,14 +417,20 @@ mod tests {
     #[test]
     fn bad_flags_say_what_was_wrong() {
         let e = parse(&["--memory", "lots", "--", "x"]).unwrap_err();
-        assert!(e.contains("lots"), "{e}");
+        assert!(
+            e.contains("'--memory'") && e.contains("'lots'") && e.contains("8G"),
+            "{e}"
+        );
         let e = parse(&["--cpus", "3:1", "--", "x"]).unwrap_err();
         assert!(e.contains("3:1"), "{e}");
         let args = parse(&["--env", "NOEQUALS", "--", "x"]).unwrap();
         let e = spec_from_args(&args, Path::new("/")).unwrap_err();
         assert!(e.to_string().contains("NOEQUALS"));
-        let args = parse(&["--timeout", "-1", "--", "x"]).unwrap();
-        assert!(spec_from_args(&args, Path::new("/")).is_err());
+        let e = parse(&["--timeout", "-1", "--", "x"]).unwrap_err();
+        assert!(
+            e.contains("'--timeout'") && e.contains("'-1'") && e.contains("HH:MM:SS"),
+            "{e}"
+        );
         let args = parse(&[]).unwrap();
         assert!(matches!(
             spec_from_args(&args, Path::new("/")),

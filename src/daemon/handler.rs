@@ -91,10 +91,7 @@ impl RequestHandler {
                 c
             }
         };
-        let capacity = self
-            .shared
-            .batch_capacity
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let claim = self.shared.service_claim;
         for (i, spec) in specs.iter().enumerate() {
             let which = if specs.len() > 1 {
                 format!("job {i} ({}): ", spec.name)
@@ -103,7 +100,7 @@ impl RequestHandler {
             };
             spec.validate()
                 .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
-            fit::check(spec, &self.shared.node, capacity)
+            fit::check(spec, &self.shared.node, claim)
                 .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
         }
         // Queue caps (issue 15): refused whole, before anything is journaled.

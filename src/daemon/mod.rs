@@ -26,7 +26,7 @@ pub mod slurm;
 mod startup;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -122,6 +122,14 @@ fn signal_thread(
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
+/// Validates the configuration `o` names as `run` would read it (file, overrides, policy
+/// settings), without starting anything; returns which file was read.
+pub fn check_config(o: &Overrides) -> Result<Option<PathBuf>, DaemonError> {
+    let (cfg, used) = Config::load(o)?;
+    startup::policy(&cfg)?;
+    Ok(used)
+}
+
 pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let (cfg, used) = Config::load(o)?;
     let notifier = prepare_process(&cfg, used.as_deref())?;
@@ -144,7 +152,7 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         jobs,
         policy,
         node: node.clone(),
-        batch_capacity: AtomicUsize::new(startup::batch_capacity(&cfg, &node)),
+        service_claim: startup::service_claim(&cfg),
         next_id: AtomicU64::new(replay.next_id.max(1)),
         ops: ops_tx,
         probe: Arc::new(Mutex::new(None)),

@@ -1,6 +1,6 @@
 //! State shared between the socket threads and the control loop, and the messages between them.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,6 +8,7 @@ use crossbeam_channel::Sender;
 
 use crate::api::protocol::{JobStatus, ProtocolError};
 use crate::decide::policy::Policy;
+use crate::decide::policy::fit::ServiceClaim;
 use crate::model::inventory::Inventory;
 use crate::model::job::{JobId, Timestamp};
 use crate::sense::probe::ProbeHandle;
@@ -45,9 +46,9 @@ pub struct Shared {
     pub jobs: Jobs,
     pub policy: Box<dyn Policy>,
     pub node: Inventory,
-    /// Most cores batch could ever get (managed cores minus the service's minimum): a job
-    /// needing more is refused at submit.
-    pub batch_capacity: AtomicUsize,
+    /// How the configured service may claim cores: a job wider than batch can ever be is
+    /// refused at submit (see [`crate::decide::policy::fit`]).
+    pub service_claim: ServiceClaim,
     pub next_id: AtomicU64,
     pub ops: Sender<Op>,
     /// The latency probe, once the protected service is found (for `lowsched stats`).

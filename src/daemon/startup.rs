@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::decide::policy::Policy;
+use crate::decide::policy::fit::ServiceClaim;
 use crate::model::cpuset::CpuSet;
 use crate::model::inventory::Inventory;
 use crate::model::jobstate::JobState;
@@ -272,15 +273,16 @@ pub fn policy(cfg: &Config) -> Result<Box<dyn Policy>, DaemonError> {
         .map_err(|e| DaemonError::Policy(e.to_string()))
 }
 
-/// Most cores batch could ever get (managed cores minus the service's minimum).
-pub fn batch_capacity(cfg: &Config, node: &Inventory) -> usize {
-    let n = node.cores.len();
-    let cap = if service_on(cfg) {
-        n.saturating_sub(cfg.service.min_cores)
-    } else {
-        n
-    };
-    cap.max(1)
+/// How the configured service may claim cores, for the submit-time fit check (see
+/// [`crate::decide::policy::fit`] for what "can never fit" means with each setting).
+pub fn service_claim(cfg: &Config) -> ServiceClaim {
+    match cfg.service.enabled {
+        Enabled::No => ServiceClaim::None,
+        Enabled::Auto => ServiceClaim::Optional,
+        Enabled::Yes => ServiceClaim::Always {
+            min_cores: cfg.service.min_cores,
+        },
+    }
 }
 
 /// The sensors: per-core samplers, and with a protected service its SLO loop (probe,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::limits::{self, LimitError, Rlimit};
-use crate::model::resources::{Bytes, CoreRange, GpuRequest};
+use crate::model::resources::{Bytes, CoreRange, GpuRequest, MIN_MEMORY};
 
 /// Longest job name, class name or colocation entry accepted.
 pub const MAX_NAME_LEN: usize = 128;
@@ -210,6 +210,11 @@ pub enum JobError {
     Cores { min: u32, max: u32 },
     #[error("{field} must be a relative or absolute path, not empty")]
     EmptyPath { field: &'static str },
+    #[error(
+        "memory limit {bytes} bytes is below the floor of {floor}: no job runs in that; \
+         give a size with a unit, e.g. 512M or 8G"
+    )]
+    MemoryFloor { bytes: u64, floor: Bytes },
     #[error("{field} {text:?} contains a control character (shown escaped); use printable text")]
     Control { field: &'static str, text: String },
     #[error(transparent)]
@@ -280,6 +285,14 @@ impl JobSpec {
                 min: self.cores.min,
                 max: self.cores.max,
             });
+        }
+        if let Some(m) = self.memory {
+            if m < MIN_MEMORY {
+                return Err(JobError::MemoryFloor {
+                    bytes: m.get(),
+                    floor: MIN_MEMORY,
+                });
+            }
         }
         for (field, path) in [
             ("cwd", &self.cwd),

@@ -21,6 +21,10 @@ pub enum ResourceError {
     Gpus { text: String },
 }
 
+/// The smallest memory limit a job may ask for: below it no program starts, so a smaller
+/// number is a mistake (a unit left out), never a real limit.
+pub const MIN_MEMORY: Bytes = Bytes(1 << 20);
+
 /// A memory size in bytes. Text units are binary (`1k` = 1024), as Slurm, Docker and the kernel's
 /// `memory.max` use them; `b`/`ib` suffixes and any letter case are accepted.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

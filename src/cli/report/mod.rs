@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 pub use load::{LoadError, RunData, Sources, load};
 
@@ -18,8 +18,8 @@ use crate::store::eventlog::EVENTS_JSONL;
 use crate::store::history::HISTORY_DIR;
 
 /// Draw the run: SVG and PNG plots on one time axis, and a text summary.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "report")]
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand, name = "report", help_triggers("-h", "--help"))]
 pub struct ReportArgs {
     /// the daemon's state directory (default: /var/lib/lowsched)
     #[argh(option)]

@@ -427,7 +427,23 @@ impl Controller {
             return change(Move::Grow, to, why);
         }
 
-        // Step down only when everything is comfortably low, after the hold-down.
+        self.decide_step_down(inp)
+    }
+
+    /// Steps down only when everything is comfortably low, after the hold-down; onto a shared
+    /// rung through a share, else a plain shrink.
+    fn decide_step_down(&self, inp: &Inputs) -> Option<Change> {
+        let slo = self.slo_p95_us;
+        let since = |t: Option<Duration>| t.map(|t| inp.now.saturating_sub(t));
+        let change = |kind, to, reason: String| {
+            Some(Change {
+                kind,
+                from: self.level,
+                to,
+                reason,
+                triggered_by_sample_at: inp.sampled_at,
+            })
+        };
         if self.level == 0 {
             return None;
         }

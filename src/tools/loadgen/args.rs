@@ -4,12 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use super::{LoadgenConfig, LoadgenError, Schedule, render_table, run_loadgen, write_hlog};
 
-#[derive(FromArgs, Debug, Clone, PartialEq)]
-#[argh(subcommand, name = "loadgen")]
+#[derive(FromArgs, ArgsInfo, Debug, Clone, PartialEq)]
+#[argh(subcommand, name = "loadgen", help_triggers("-h", "--help"))]
 /// Open-loop memcached load generator: sends gets (and sets) on a schedule whatever the answers
 /// do, and times each from its intended send time. For benchmarks pin it and give it real-time
 /// priority (--cpu N --realtime), or run it under `taskset -c N chrt -f 50`.

@@ -1,0 +1,357 @@
+//! `lowsched status` as squeue users expect it: filters (ids, --state, --user, --name), named
+//! columns (--format), --noheader, --parsable, an elapsed column; and the job selection that
+//! `cancel`, `pause` and `resume` share with it. Names, users and reasons come from users: their
+//! control characters are shown escaped, never sent to the terminal.
+
+use std::fmt::Write as _;
+
+use argh::{ArgsInfo, FromArgs};
+
+use crate::api::protocol::JobStatus;
+use crate::model::cpuset::CpuSet;
+use crate::model::job::{JobId, escape_controls as esc};
+use crate::model::jobstate::JobState;
+
+/// Show jobs as a table (filtered, formatted), or one job field by field.
+#[derive(FromArgs, ArgsInfo, Debug, Default)]
+#[argh(subcommand, name = "status", help_triggers("-h", "--help"))]
+pub struct StatusArgs {
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
+    /// only jobs in these states, comma-separated (pending, running, paused, succeeded,
+    /// failed, cancelled, unschedulable; active = pending,running,paused)
+    #[argh(option, from_str_fn(states))]
+    pub state: Option<Vec<JobState>>,
+    /// only this user's jobs
+    #[argh(option)]
+    pub user: Option<String>,
+    /// only jobs with this name
+    #[argh(option)]
+    pub name: Option<String>,
+    /// columns, comma-separated: id, name, state, user, cores, prio, exit, elapsed,
+    /// submitted, reason (default id,name,state,user,cores,prio,elapsed,exit,reason)
+    #[argh(option, from_str_fn(columns))]
+    pub format: Option<Vec<Column>>,
+    /// no header line
+    #[argh(switch)]
+    pub noheader: bool,
+    /// fields separated by |, not padded (for scripts)
+    #[argh(switch)]
+    pub parsable: bool,
+    /// the jobs to show; one id alone shows that job field by field
+    #[argh(positional)]
+    pub ids: Vec<JobId>,
+}
+
+/// Which jobs a command applies to: ids (any, if none given) and the filters, all of which
+/// must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub ids: Vec<JobId>,
+    pub states: Option<Vec<JobState>>,
+    pub user: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, j: &JobStatus) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&j.id))
+            && self.states.as_ref().is_none_or(|s| s.contains(&j.state))
+            && self.user.as_ref().is_none_or(|u| *u == j.user)
+            && self.name.as_ref().is_none_or(|n| *n == j.name)
+    }
+
+    /// Whether anything beyond ids narrows the selection.
+    pub fn has_filters(&self) -> bool {
+        self.states.is_some() || self.user.is_some() || self.name.is_some()
+    }
+}
+
+impl StatusArgs {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            ids: self.ids.clone(),
+            states: self.state.clone(),
+            user: self.user.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// One job field by field: exactly one id and no table options.
+    pub fn wants_detail(&self) -> bool {
+        self.ids.len() == 1
+            && !self.filter().has_filters()
+            && self.format.is_none()
+            && !self.noheader
+            && !self.parsable
+    }
+}
+
+/// A `--state` list.
+pub fn states(text: &str) -> Result<Vec<JobState>, String> {
+    let mut out = Vec::new();
+    for word in text.split(',').map(str::trim) {
+        if word.eq_ignore_ascii_case("active") {
+            out.extend([JobState::Pending, JobState::Running, JobState::Paused]);
+            continue;
+        }
+        let s = word.to_ascii_lowercase().parse().map_err(|_| {
+            format!(
+                "unknown state '{word}'; accepted, comma-separated: {}, active",
+                JobState::ALL.map(JobState::as_str).join(", ")
+            )
+        })?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// A column of the status table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Id,
+    Name,
+    State,
+    User,
+    Cores,
+    Prio,
+    Exit,
+    Elapsed,
+    Submitted,
+    Reason,
+}
+
+impl Column {
+    const ALL: [(Column, &'static str, usize); 10] = [
+        (Column::Id, "id", 6),
+        (Column::Name, "name", 16),
+        (Column::State, "state", 13),
+        (Column::User, "user", 10),
+        (Column::Cores, "cores", 9),
+        (Column::Prio, "prio", 5),
+        (Column::Exit, "exit", 6),
+        (Column::Elapsed, "elapsed", 11),
+        (Column::Submitted, "submitted", 24),
+        (Column::Reason, "reason", 0),
+    ];
+    const DEFAULT: [Column; 9] = [
+        Column::Id,
+        Column::Name,
+        Column::State,
+        Column::User,
+        Column::Cores,
+        Column::Prio,
+        Column::Elapsed,
+        Column::Exit,
+        Column::Reason,
+    ];
+
+    fn name(self) -> &'static str {
+        Self::ALL.iter().find(|c| c.0 == self).map_or("", |c| c.1)
+    }
+
+    fn width(self) -> usize {
+        Self::ALL.iter().find(|c| c.0 == self).map_or(0, |c| c.2)
+    }
+}
+
+/// A `--format` list.
+pub fn columns(text: &str) -> Result<Vec<Column>, String> {
+    text.split(',')
+        .map(|w| {
+            let w = w.trim().to_ascii_lowercase();
+            Column::ALL
+                .iter()
+                .find(|c| c.1 == w)
+                .map(|c| c.0)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = Column::ALL.iter().map(|c| c.1).collect();
+                    format!(
+                        "unknown column '{w}'; accepted, comma-separated: {}",
+                        names.join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `D-HH:MM:SS` (days only when there are any), as Slurm prints times.
+pub fn elapsed(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}-{h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
+    }
+}
+
+/// How long the job has run (until now, or until it ended); `-` if it never started.
+fn run_time(j: &JobStatus, now_ms: u64) -> String {
+    match j.started_ms {
+        Some(start) => elapsed(j.ended_ms.unwrap_or(now_ms).saturating_sub(start)),
+        None => "-".into(),
+    }
+}
+
+fn cell(j: &JobStatus, c: Column, now_ms: u64) -> String {
+    match c {
+        Column::Id => j.origin.display_id(j.id),
+        Column::Name => esc(&j.name).into_owned(),
+        Column::State if j.held => format!("{} (held)", j.state),
+        Column::State => j.state.to_string(),
+        Column::User => esc(&j.user).into_owned(),
+        Column::Cores if j.cores.is_empty() => "-".into(),
+        Column::Cores => j.cores.iter().copied().collect::<CpuSet>().to_string(),
+        Column::Prio => j.priority.to_string(),
+        Column::Exit => match (j.exit_code, j.signal) {
+            (_, Some(sig)) => format!("sig {sig}"),
+            (Some(code), None) => code.to_string(),
+            (None, None) => "-".into(),
+        },
+        Column::Elapsed => run_time(j, now_ms),
+        Column::Submitted => crate::store::eventlog::iso8601(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(j.submitted_ms),
+        ),
+        Column::Reason => esc(j.reason.as_deref().unwrap_or("")).into_owned(),
+    }
+}
+
+/// The table `args` ask for, of the jobs the filter selects, at `now_ms` (Unix ms).
+pub fn table(jobs: &[JobStatus], args: &StatusArgs, now_ms: u64) -> String {
+    let cols: &[Column] = args.format.as_deref().unwrap_or(&Column::DEFAULT);
+    let filter = args.filter();
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .filter(|j| filter.matches(j))
+        .map(|j| cols.iter().map(|&c| cell(j, c, now_ms)).collect())
+        .collect();
+    let header: Vec<String> = cols.iter().map(|c| c.name().to_uppercase()).collect();
+    let mut out = String::new();
+    let lines = (!args.noheader)
+        .then_some(&header)
+        .into_iter()
+        .chain(rows.iter());
+    for row in lines {
+        if args.parsable {
+            let _ = writeln!(out, "{}", row.join("|"));
+            continue;
+        }
+        let mut line = String::new();
+        for (i, (c, v)) in cols.iter().zip(row).enumerate() {
+            let last = i + 1 == cols.len();
+            let w = c.width();
+            let v = if last || w == 0 {
+                v.clone()
+            } else {
+                clip(v, w)
+            };
+            let pad = if last { 0 } else { w.max(v.chars().count()) };
+            let _ = write!(line, "{v:<pad$} ");
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, name: &str, user: &str, state: JobState) -> JobStatus {
+        JobStatus {
+            id: JobId(id),
+            name: name.into(),
+            state,
+            user: user.into(),
+            uid: 1000,
+            cores: vec![0, 1],
+            pids: vec![],
+            exit_code: None,
+            signal: None,
+            reason: None,
+            priority: 0,
+            argv: vec!["true".into()],
+            env: None,
+            submitted_ms: 1_000,
+            started_ms: Some(2_000),
+            ended_ms: None,
+            held: false,
+            origin: crate::model::job::Origin::Lowsched,
+        }
+    }
+
+    fn args(a: &[&str]) -> StatusArgs {
+        StatusArgs::from_args(&["status"], a).unwrap()
+    }
+
+    fn jobs() -> Vec<JobStatus> {
+        vec![
+            job(1, "a", "alice", JobState::Running),
+            job(2, "b", "bob", JobState::Pending),
+            job(3, "a", "bob", JobState::Failed),
+        ]
+    }
+
+    #[test]
+    fn filters_all_hold_together() {
+        let t = table(
+            &jobs(),
+            &args(&["--user", "bob", "--format", "id", "--noheader"]),
+            0,
+        );
+        assert_eq!(t, "2\n3\n");
+        let t = table(
+            &jobs(),
+            &args(&["--state", "active", "--name", "a", "--format", "id"]),
+            0,
+        );
+        assert_eq!(t, "ID\n1\n");
+        let t = table(
+            &jobs(),
+            &args(&["--format", "id", "--noheader", "3", "1"]),
+            0,
+        );
+        assert_eq!(t, "1\n3\n");
+    }
+
+    #[test]
+    fn parsable_output_has_no_padding_and_an_elapsed_column() {
+        let a = args(&["--parsable", "--format", "id,user,elapsed,state"]);
+        let t = table(&jobs(), &a, 3_723_000 + 2_000);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "ID|USER|ELAPSED|STATE");
+        assert_eq!(lines[1], "1|alice|01:02:03|running");
+        assert_eq!(elapsed(90_061_000), "1-01:01:01");
+    }
+
+    #[test]
+    fn bad_states_and_columns_say_what_is_accepted() {
+        let e = StatusArgs::from_args(&["status"], &["--state", "done"])
+            .unwrap_err()
+            .output;
+        assert!(e.contains("'done'") && e.contains("succeeded"), "{e}");
+        let e = StatusArgs::from_args(&["status"], &["--format", "id,when"])
+            .unwrap_err()
+            .output;
+        assert!(e.contains("'when'") && e.contains("elapsed"), "{e}");
+    }
+
+    #[test]
+    fn one_id_alone_is_the_detail_view() {
+        assert!(args(&["7"]).wants_detail());
+        assert!(!args(&["7", "8"]).wants_detail());
+        assert!(!args(&["7", "--noheader"]).wants_detail());
+        assert!(!args(&[]).wants_detail());
+    }
+}
