@@ -186,6 +186,9 @@ fn keep_timing(v: &mut Vec<u64>, started: std::time::Instant) {
     }
 }
 
+/// How long a kill waits for a job's waiter to start it before killing what is there.
+const START_WAIT: Duration = Duration::from_secs(20);
+
 impl Actuator {
     /// Opens the cgroup tree and the state dir and starts the exit watcher. Running jobs are
     /// not touched: call [`Actuator::adopt`] to take them over.
@@ -415,7 +418,7 @@ impl Actuator {
     /// none is left. Its exit event (signaled 9) follows from the waiter.
     ///
     /// Right after `run` the waiter may not have started the job yet (task/ still empty):
-    /// killing then would miss the job, so this first waits (up to the timeout) until the
+    /// killing then would miss the job, so this first waits (up to [`START_WAIT`]) until the
     /// waiter's record shows the job started or ended.
     pub fn kill(&mut self, job: JobId) -> Result<(), ActuationError> {
         let record = self.state.exit_record(job);
@@ -431,9 +434,13 @@ impl Actuator {
                 let _ = group.thaw(timeout);
                 j.paused = false;
             }
+            // A kill that found `task/` still empty would miss the job, which then starts and
+            // runs to its end; on an overloaded host (a TCG guest, say) a waiter can take
+            // seconds to start it, so wait for its start longer than for a cgroup write.
             let start = std::time::Instant::now();
+            let deadline = timeout.max(START_WAIT);
             let mut pause = Duration::from_micros(50);
-            while start.elapsed() < timeout && !started() {
+            while start.elapsed() < deadline && !started() {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
