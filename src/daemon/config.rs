@@ -446,7 +446,6 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    #[allow(clippy::too_many_lines)] // TODO(lead): split
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -493,43 +492,7 @@ impl Config {
         if self.slo.p95_us == 0 || self.slo.window_ms == 0 {
             return Err(bad("slo.p95_us and slo.window_ms must be positive".into()));
         }
-        let c = &self.controller;
-        if c.period_ms == 0 || !(c.grow_p95_frac > c.shrink_p95_frac && c.grow_util > c.shrink_util)
-        {
-            return Err(bad(
-                "controller: period_ms must be positive and the grow thresholds above the shrink ones"
-                    .into(),
-            ));
-        }
-        if !(0.0 < c.share_quota_min && c.share_quota_min <= c.share_quota && c.share_quota <= 1.0)
-        {
-            return Err(bad(format!(
-                "controller: need 0 < share_quota_min ({}) <= share_quota ({}) <= 1",
-                c.share_quota_min, c.share_quota
-            )));
-        }
-        if self.sampler.batch_period_ms < self.sampler.period_ms {
-            return Err(bad(format!(
-                "sampler.batch_period_ms ({}) must be at least sampler.period_ms ({})",
-                self.sampler.batch_period_ms, self.sampler.period_ms
-            )));
-        }
-        if self.sampler.period_ms == 0 || self.probe.rate == 0 {
-            return Err(bad(
-                "sampler.period_ms and probe.rate must be positive".into()
-            ));
-        }
-        if !(1..=self.probe.rate).contains(&self.probe.calm_rate)
-            || !(0.0..1.0).contains(&self.probe.calm_p95_frac)
-        {
-            return Err(bad(format!(
-                "probe.calm_rate must be 1..=probe.rate ({}) and probe.calm_p95_frac in [0, 1)",
-                self.probe.rate
-            )));
-        }
-        if !(0..=99).contains(&self.probe.realtime_priority) {
-            return Err(bad("probe.realtime_priority must be 0 (off) or 1-99".into()));
-        }
+        self.check_control().map_err(bad)?;
         self.slurm.check().map_err(bad)?;
         if self.server.max_connections == 0 || self.server.max_connections_per_user == 0 {
             return Err(bad(
@@ -544,81 +507,47 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The controller's thresholds, the samplers' periods and the probe's rates.
+    fn check_control(&self) -> Result<(), String> {
+        let c = &self.controller;
+        if c.period_ms == 0 || !(c.grow_p95_frac > c.shrink_p95_frac && c.grow_util > c.shrink_util)
+        {
+            return Err(
+                "controller: period_ms must be positive and the grow thresholds above the shrink ones"
+                    .into(),
+            );
+        }
+        if !(0.0 < c.share_quota_min && c.share_quota_min <= c.share_quota && c.share_quota <= 1.0)
+        {
+            return Err(format!(
+                "controller: need 0 < share_quota_min ({}) <= share_quota ({}) <= 1",
+                c.share_quota_min, c.share_quota
+            ));
+        }
+        if self.sampler.batch_period_ms < self.sampler.period_ms {
+            return Err(format!(
+                "sampler.batch_period_ms ({}) must be at least sampler.period_ms ({})",
+                self.sampler.batch_period_ms, self.sampler.period_ms
+            ));
+        }
+        if self.sampler.period_ms == 0 || self.probe.rate == 0 {
+            return Err("sampler.period_ms and probe.rate must be positive".into());
+        }
+        if !(1..=self.probe.rate).contains(&self.probe.calm_rate)
+            || !(0.0..1.0).contains(&self.probe.calm_p95_frac)
+        {
+            return Err(format!(
+                "probe.calm_rate must be 1..=probe.rate ({}) and probe.calm_p95_frac in [0, 1)",
+                self.probe.rate
+            ));
+        }
+        if !(0..=99).contains(&self.probe.realtime_priority) {
+            return Err("probe.realtime_priority must be 0 (off) or 1-99".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_file_is_the_defaults() {
-        assert_eq!(
-            Config::parse("", Path::new("x")).unwrap(),
-            Config::default()
-        );
-    }
-
-    #[test]
-    fn the_shipped_example_lists_every_key_with_its_default() {
-        let text = include_str!("../../systemd/lowsched.toml");
-        // Uncommenting every `# key = value` line gives a config equal to the defaults.
-        let uncommented: String = text
-            .lines()
-            .map(|l| {
-                l.strip_prefix("# ")
-                    .filter(|r| r.contains(" = ") || r.starts_with('['))
-                    .unwrap_or(l)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let cfg = Config::parse(&uncommented, Path::new("lowsched.toml")).unwrap();
-        let mut want = Config::default();
-        // The example names an existing-cgroup and a pid file for the service, as illustrations.
-        want.service.cgroup = cfg.service.cgroup.clone();
-        want.service.pid_file = cfg.service.pid_file.clone();
-        want.node = cfg.node.clone();
-        assert_eq!(cfg, want);
-        assert!(cfg.service.cgroup.is_some() && cfg.node.cores.is_some());
-        // And every key of the defaults appears in the example.
-        let defaults = toml::to_string(&Config::default()).unwrap();
-        for line in defaults.lines().filter(|l| l.contains(" = ")) {
-            let key = line.split(" = ").next().unwrap();
-            assert!(
-                uncommented.contains(&format!("{key} = ")),
-                "example lacks {key}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_slurm_node_section_users_copy_parses() {
-        let text = include_str!("../../cgroups/slurm/lowsched-slurm.toml");
-        let cfg = Config::parse(text, Path::new("lowsched-slurm.toml")).unwrap();
-        assert_eq!(cfg.slurm.enabled, crate::node::service::Enabled::Auto);
-        assert!(Config::parse("[slurm]\ndrain_hold_s = -3", Path::new("x")).is_err());
-    }
-
-    #[test]
-    fn errors_name_the_file_and_the_key() {
-        let e = Config::parse("polcy = 1", Path::new("/etc/x.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/etc/x.toml") && e.contains("polcy"), "{e}");
-        let e = Config::parse("[policy]\nname = \"lifo\"", Path::new("x"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("lifo") && e.contains("fifo"), "{e}");
-        let e = Config::parse("[slo]\np95_us = \"fast\"", Path::new("x"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("p95_us"), "{e}");
-        let e = Config::parse("[service]\nmin_cores = 0", Path::new("x"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("min_cores"), "{e}");
-        let e = Config::parse("[node]\ncores = \"0-x\"", Path::new("x"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("node.cores"), "{e}");
-    }
-}
+mod tests;
