@@ -242,7 +242,8 @@ pub fn table(jobs: &[JobStatus], args: &StatusArgs, now_ms: u64) -> String {
         for (i, (c, v)) in cols.iter().zip(row).enumerate() {
             let last = i + 1 == cols.len();
             let w = c.width();
-            let v = if last || w == 0 {
+            // An id is never clipped: it is what users copy into the next command.
+            let v = if last || w == 0 || *c == Column::Id {
                 v.clone()
             } else {
                 clip(v, w)
