@@ -117,12 +117,7 @@ pub struct CancelArgs {
 
 impl CancelArgs {
     fn filter(&self) -> Filter {
-        Filter {
-            ids: self.ids.clone(),
-            states: self.state.clone(),
-            user: self.user.clone(),
-            name: self.name.clone(),
-        }
+        Filter::of(&self.ids, &self.state, &self.user, &self.name)
     }
 }
 
@@ -146,12 +141,7 @@ pub struct PauseArgs {
 
 impl PauseArgs {
     fn filter(&self) -> Filter {
-        Filter {
-            ids: self.ids.clone(),
-            states: self.state.clone(),
-            user: self.user.clone(),
-            name: self.name.clone(),
-        }
+        Filter::of(&self.ids, &self.state, &self.user, &self.name)
     }
 }
 
@@ -175,12 +165,7 @@ pub struct ResumeArgs {
 
 impl ResumeArgs {
     fn filter(&self) -> Filter {
-        Filter {
-            ids: self.ids.clone(),
-            states: self.state.clone(),
-            user: self.user.clone(),
-            name: self.name.clone(),
-        }
+        Filter::of(&self.ids, &self.state, &self.user, &self.name)
     }
 }
 

@@ -55,6 +55,22 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The filter of a command's `ids`, `--state`, `--user` and `--name` (status, cancel, pause,
+    /// resume each take the same four).
+    pub fn of(
+        ids: &[JobId],
+        states: &Option<Vec<JobState>>,
+        user: &Option<String>,
+        name: &Option<String>,
+    ) -> Self {
+        Self {
+            ids: ids.to_vec(),
+            states: states.clone(),
+            user: user.clone(),
+            name: name.clone(),
+        }
+    }
+
     pub fn matches(&self, j: &JobStatus) -> bool {
         (self.ids.is_empty() || self.ids.contains(&j.id))
             && self.states.as_ref().is_none_or(|s| s.contains(&j.state))
@@ -70,12 +86,7 @@ impl Filter {
 
 impl StatusArgs {
     pub fn filter(&self) -> Filter {
-        Filter {
-            ids: self.ids.clone(),
-            states: self.state.clone(),
-            user: self.user.clone(),
-            name: self.name.clone(),
-        }
+        Filter::of(&self.ids, &self.state, &self.user, &self.name)
     }
 
     /// One job field by field: exactly one id and no table options.
