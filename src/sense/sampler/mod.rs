@@ -1,6 +1,8 @@
 //! Per-core samplers: one pinned thread per core, each with its own io_uring, reads `/proc/stat`
 //! once a period and publishes its core's utilization through a seqlock; the thread on the
-//! service core also reads the protected service's CPU counter.
+//! service core also reads the protected service's CPU counter. Cores the controller does not
+//! watch are read by one sweeper thread instead, once per unwatched period for all of them,
+//! while their own threads sleep (see `sweep.rs` for why).
 //!
 //! Threading: [`SamplerSet::start`] spawns the threads; they run until the set is stopped or
 //! dropped. Readers ([`SamplerHandle`], cheap to clone, `Send + Sync`) never block a sampler and
@@ -15,12 +17,14 @@
 //! few hundred milliseconds.
 
 mod percpu;
+mod reading;
 pub mod service;
+mod sweep;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -53,7 +57,8 @@ pub struct SamplerConfig {
     pub cores: Option<CpuSet>,
     pub period: Duration,
     /// Period of the cores not watched (see [`SamplerHandle::watch`]): their figures are shown,
-    /// not acted on, so on a large node they need not cost a wake-up every `period`.
+    /// not acted on, so on a large node they need not cost a wake-up every `period`; one
+    /// sweeper thread reads them all at this period.
     pub unwatched_period: Duration,
     /// EWMA time constant of the `smoothed` figures.
     pub smoothing: Duration,
@@ -259,6 +264,19 @@ struct Shared {
     service: SeqCell<8>,
     stop: AtomicBool,
     service_tx: crossbeam_channel::Sender<ServiceSource>,
+    /// The per-core threads, to wake one whose core becomes watched (and all at the stop).
+    threads: OnceLock<Vec<Thread>>,
+    /// The sweeper's CPU time so far.
+    sweep_cpu_ns: AtomicU64,
+    sweeps: AtomicU64,
+}
+
+impl Shared {
+    fn wake_all(&self) {
+        for t in self.threads.get().into_iter().flatten() {
+            t.unpark();
+        }
+    }
 }
 
 /// What the controller holds: lock-free reads of every core and of the service.
@@ -303,14 +321,16 @@ impl SamplerHandle {
         self.shared.service.load()
     }
 
-    /// Samples `cores` every period and the others every unwatched period. The core that reads
-    /// the service's CPU counter always keeps the full period. A core newly watched switches
-    /// at the end of its current (possibly longer) period.
+    /// Samples `cores` every period, each on its own thread, and the others every unwatched
+    /// period, all from one sweeper read. The core that reads the service's CPU counter is
+    /// always watched. A core newly watched gets its thread back at once; its first reading
+    /// after that sets a baseline, so its utilization is fresh one period later.
     pub fn watch(&self, cores: &CpuSet) {
         for s in &self.shared.slots {
             let on = cores.contains(s.cpu) || s.cpu == self.shared.service_cpu;
-            s.watched.store(on, Ordering::Relaxed);
+            s.watched.store(on, Ordering::Release);
         }
+        self.shared.wake_all();
     }
 
     /// Points the service sampler at a new source (service restarted or moved). Takes effect at
@@ -334,6 +354,14 @@ impl SamplerHandle {
             })
             .collect()
     }
+
+    /// The sweeper's own CPU time so far, and its sweeps (reads of `/proc/stat`).
+    pub fn sweeper_cost(&self) -> (u64, u64) {
+        (
+            self.shared.sweep_cpu_ns.load(Ordering::Relaxed),
+            self.shared.sweeps.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// The running samplers. Dropping the set stops and joins its threads.
@@ -344,7 +372,7 @@ pub struct SamplerSet {
 }
 
 impl SamplerSet {
-    /// Starts one thread per core.
+    /// Starts one thread per core and the sweeper.
     pub fn start(cfg: SamplerConfig) -> Result<Self, SamplerError> {
         if cfg.period < Duration::from_millis(1) || cfg.period > Duration::from_secs(60) {
             return Err(SamplerError::Config("period must be between 1 ms and 60 s"));
@@ -400,6 +428,9 @@ impl SamplerSet {
             service: SeqCell::new(),
             stop: AtomicBool::new(false),
             service_tx: tx,
+            threads: OnceLock::new(),
+            sweep_cpu_ns: AtomicU64::new(0),
+            sweeps: AtomicU64::new(0),
         });
         let mut set = Self {
             handle: SamplerHandle {
@@ -421,6 +452,17 @@ impl SamplerSet {
                 .map_err(SamplerError::Spawn)?;
             set.threads.push(t);
         }
+        let _ = shared
+            .threads
+            .set(set.threads.iter().map(|t| t.thread().clone()).collect());
+        let sweeper = {
+            let (shared, cfg) = (shared.clone(), cfg.clone());
+            std::thread::Builder::new()
+                .name("sampler-sweep".into())
+                .spawn(move || sweep::run(shared, cfg))
+                .map_err(SamplerError::Spawn)?
+        };
+        set.threads.push(sweeper);
         Ok(set)
     }
 
@@ -434,7 +476,8 @@ impl SamplerSet {
     }
 
     fn shutdown(&mut self) {
-        self.handle.shared.stop.store(true, Ordering::Relaxed);
+        self.handle.shared.stop.store(true, Ordering::Release);
+        self.handle.shared.wake_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -1,5 +1,6 @@
 //! One sampler thread: pinned to its core, one io_uring submission per period (absolute timeout
-//! hard-linked to the reads), parse its own `cpuN` line, publish.
+//! hard-linked to the reads), parse its own `cpuN` line, publish; parked while its core is not
+//! watched (the sweeper reads it then).
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -7,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::service::{CgroupCounter, PidCounter, ServiceError, ServiceKind, ServiceSource};
+use super::reading::{self, Reading};
 use super::{CoreUtil, PID_RESCAN_PERIODS, SamplerConfig, ServiceCpu, Shared, ewma};
-use crate::sense::procstat::{self, CpuLineFinder, CpuTimes};
+use crate::sense::procstat::{self, CpuLineFinder};
 use crate::sys::clock::{monotonic_ns, thread_cpu_ns};
 use crate::sys::uring::DeadlineReads;
 
@@ -188,43 +190,37 @@ impl ServiceState {
 /// The core's own reading: `/proc/stat` (kept open), its `cpuN` line, and what was published.
 struct CoreState {
     finder: CpuLineFinder,
-    user_hz: u64,
     pin: bool,
     stat_path: std::path::PathBuf,
     stat: Option<File>,
     last_open_try: u64,
-    prev: Option<(CpuTimes, u64)>,
-    out: CoreUtil,
+    reading: Reading,
 }
 
 impl CoreState {
     fn new(cpu: usize, cfg: &SamplerConfig) -> Self {
-        let user_hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .filter(|&v| v > 0)
-            .map_or(100, |v| v as u64);
         let mut core = Self {
             finder: CpuLineFinder::new(cpu),
-            user_hz,
             pin: cfg.pin,
             stat_path: cfg.proc_root.join(procstat::PROC_STAT),
             stat: None,
             last_open_try: 0,
-            prev: None,
-            out: CoreUtil {
-                cpu,
-                ..CoreUtil::default()
-            },
+            reading: Reading::new(cpu, reading::user_hz()),
         };
         core.pin();
         core
     }
 
+    fn out(&mut self) -> &mut CoreUtil {
+        &mut self.reading.out
+    }
+
     fn pin(&mut self) {
         if self.pin {
-            let id = core_affinity::CoreId { id: self.out.cpu };
-            self.out.pinned = core_affinity::set_for_current(id);
+            let id = core_affinity::CoreId {
+                id: self.reading.out.cpu,
+            };
+            self.reading.out.pinned = core_affinity::set_for_current(id);
         }
     }
 
@@ -238,8 +234,8 @@ impl CoreState {
         self.last_open_try = now.max(1);
         self.stat = File::open(&self.stat_path).ok();
         if self.stat.is_none() {
-            self.out.errors += 1;
-            self.out.online = false;
+            self.out().errors += 1;
+            self.out().online = false;
         }
         self.stat.is_some()
     }
@@ -256,41 +252,21 @@ impl CoreState {
         let buf = match read {
             Ok(buf) => buf,
             Err(_) => {
-                self.out.errors += 1;
+                self.out().errors += 1;
                 self.stat = None;
                 return None;
             }
         };
         match self.finder.find(buf, buf.len() >= cap) {
-            Ok(Some(times)) => {
-                if !self.out.online {
+            Ok(times) => {
+                if self.reading.observe(times, now, smoothing) {
                     self.pin(); // back from offline: the kernel may have moved us
                 }
-                self.out.online = true;
-                if let Some((p, t0)) = self.prev {
-                    let dt = now.saturating_sub(t0);
-                    let d = procstat::delta(&p, &times, procstat::max_ticks(dt, self.user_hz));
-                    self.out.anomalies += d.anomalies;
-                    self.out.utilization = d.utilization();
-                    if let Some(u) = self.out.utilization {
-                        self.out.smoothed = Some(ewma(self.out.smoothed, u, dt, smoothing));
-                        self.out.period_ns = dt;
-                    }
-                }
-                self.prev = Some((times, now));
-                self.out.at_ns = now;
-            }
-            Ok(None) => {
-                self.out.online = false;
-                self.out.utilization = None;
-                self.out.smoothed = None;
-                self.out.at_ns = now;
-                self.prev = None;
             }
             Err(procstat::ProcStatError::Truncated { .. }) => {
                 return Some((cap * 2).min(MAX_STAT_BUF));
             }
-            Err(_) => self.out.anomalies += 1,
+            Err(_) => self.out().anomalies += 1,
         }
         None
     }
@@ -308,8 +284,8 @@ fn open_ring(
         match DeadlineReads::new(2, 4096 + 160 * (cpu + 2)) {
             Ok(r) => return Some(r),
             Err(_) => {
-                core.out.errors += 1;
-                slot.cell.publish(&core.out);
+                core.out().errors += 1;
+                slot.cell.publish(&core.reading.out);
                 if shared.stop.load(Ordering::Relaxed) {
                     return None;
                 }
@@ -321,7 +297,7 @@ fn open_ring(
 
 /// The deadline after `next`: one period on, or, when the thread fell behind (suspended,
 /// starved), the first one after `now` on the same grid.
-fn next_deadline(next: u64, now: u64, period_ns: u64) -> u64 {
+pub(super) fn next_deadline(next: u64, now: u64, period_ns: u64) -> u64 {
     let next = next + period_ns;
     if next <= now {
         next + (now - next) / period_ns * period_ns + period_ns
@@ -340,7 +316,6 @@ pub(super) fn run(ctx: Ctx) {
     } = ctx;
     let slot = &shared.slots[index];
     let watched_ns = cfg.period.as_nanos() as u64;
-    let unwatched_ns = cfg.unwatched_period.as_nanos() as u64;
     let mut core = CoreState::new(cpu, &cfg);
     let mut service = service_rx.as_ref().map(|_| ServiceState::new());
     let Some(mut ring) = open_ring(cpu, &mut core, slot, &shared) else {
@@ -349,7 +324,7 @@ pub(super) fn run(ctx: Ctx) {
     let mut next = monotonic_ns();
     while !shared.stop.load(Ordering::Relaxed) {
         if !core.reopen(next) {
-            slot.cell.publish(&core.out);
+            slot.cell.publish(&core.reading.out);
         }
         if let (Some(rx), Some(svc)) = (&service_rx, service.as_mut()) {
             svc.follow(rx, &cfg, next, &shared);
@@ -372,14 +347,14 @@ pub(super) fn run(ctx: Ctx) {
         drop(fds);
         let now = monotonic_ns();
         if !ring_ok {
-            core.out.errors += 1;
+            core.out().errors += 1;
         }
         if let (true, Some(s)) = (ring_ok, stat_slot) {
             let cap = ring.capacity(s);
             if let Some(bigger) = core.take(ring.result(s), cap, now, cfg.smoothing) {
                 ring.set_capacity(s, bigger);
             }
-            slot.cell.publish(&core.out);
+            slot.cell.publish(&core.reading.out);
         }
         if let Some(svc) = service.as_mut() {
             let read = svc.read(&ring, cg_slot.filter(|_| ring_ok));
@@ -387,11 +362,22 @@ pub(super) fn run(ctx: Ctx) {
         }
         slot.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
         slot.periods.fetch_add(1, Ordering::Relaxed);
-        let period_ns = if slot.watched.load(Ordering::Relaxed) {
-            watched_ns
-        } else {
-            unwatched_ns
-        };
-        next = next_deadline(next, now, period_ns);
+        if service.is_none() && !slot.watched.load(Ordering::Relaxed) {
+            // The sweeper reads this core while it is unwatched; this thread costs nothing
+            // until the core is watched again.
+            park_until_watched(slot, &shared);
+            core.reading.resume(slot.cell.load());
+            next = monotonic_ns();
+            continue;
+        }
+        next = next_deadline(next, now, watched_ns);
+    }
+}
+
+/// Sleeps until the core is watched again or the samplers stop ([`super::SamplerHandle::watch`]
+/// and the stop unpark every thread).
+fn park_until_watched(slot: &super::Slot, shared: &Shared) {
+    while !slot.watched.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
+        std::thread::park();
     }
 }

@@ -295,21 +295,17 @@ fn ewma_moves_toward_the_sample_by_the_time_constant() {
 }
 
 #[test]
-fn unwatched_cores_are_sampled_at_their_longer_period() {
+fn unwatched_cores_are_read_by_the_sweeper_while_their_threads_sleep() {
     let root = tempfile::tempdir().unwrap();
     write_stat(
         root.path(),
         &[(0, 1000, 1000), (1, 500, 500), (2, 500, 500)],
     );
     let set = SamplerSet::start(SamplerConfig {
-        unwatched_period: Duration::from_millis(400),
+        unwatched_period: Duration::from_millis(100),
         ..fake_cfg(root.path(), 10)
     })
     .unwrap();
-    // The service's core is 1; core 0 reads the service's counter and stays on the short
-    // period; core 2 is batch.
-    set.handle().watch(&"1".parse().unwrap());
-    std::thread::sleep(Duration::from_millis(450)); // every thread on its new period
     let periods = |cpu| {
         set.handle()
             .costs()
@@ -318,16 +314,28 @@ fn unwatched_cores_are_sampled_at_their_longer_period() {
             .unwrap()
             .periods
     };
-    let before: Vec<u64> = (0..3).map(periods).collect();
-    std::thread::sleep(Duration::from_millis(600));
-    let done: Vec<u64> = (0..3).map(|c| periods(c) - before[c]).collect();
-    // 60 periods of 10 ms for 0 and 1 (fewer on a loaded machine), at most 2 of 400 ms for 2.
-    assert!(
-        done[2] <= 2,
-        "batch core sampled {} times in 600 ms",
-        done[2]
-    );
-    assert!(done[0] > 5 && done[1] > 5, "watched cores: {done:?}");
+    // The service's core is 1; core 0 reads the service's counter and stays watched; core 2
+    // is batch: its thread parks and the sweeper takes it over.
+    set.handle().watch(&"1".parse().unwrap());
+    // Two sweeps: the sweeper has taken core 2 over and read its baseline.
+    let s0 = set.handle().sweeper_cost().1;
+    wait_for("two sweeps", || {
+        (set.handle().sweeper_cost().1 >= s0 + 2).then_some(())
+    });
+    let parked = periods(2);
+    // Within what 100 ms of ticks allow (the sweeper drops larger jumps as anomalies).
+    write_stat(root.path(), &[(0, 1000, 1000), (1, 500, 500), (2, 509, 503)]);
+    let u = wait_for("core 2's utilization from the sweeper", || {
+        set.handle().core(2)?.utilization.filter(|&u| u > 0.7)
+    });
+    assert!((u - 0.75).abs() < 1e-9, "core 2: {u}");
+    assert_eq!(periods(2), parked, "core 2's own thread woke while unwatched");
+    assert!(set.handle().sweeper_cost().1 > 0, "the sweeper never read");
+    assert!(periods(0) > 5 && periods(1) > 5, "watched cores stopped");
+
+    // Watched again: its own thread is back at the short period.
+    set.handle().watch(&"1-2".parse().unwrap());
+    wait_for("core 2's thread back", || (periods(2) > parked + 5).then_some(()));
     assert!(
         SamplerSet::start(SamplerConfig {
             unwatched_period: Duration::from_millis(5),
