@@ -11,6 +11,12 @@
 //! Otherwise a share starts at the quota that last held there (retry what worked), or at
 //! `share_quota` for a key never tried; among the running batch jobs the one with the best
 //! record goes first (least interfering). Load levels are half-octaves of QPS.
+//!
+//! A key never tried is judged by wider records before it costs a trial: the level's record
+//! summed over every job, and when the level was never tried either, the node's record summed
+//! over everything, whose give-up bar is twice as high. Where sharing fails whatever the job
+//! or the load (a host whose wake-up of a busy core is slow), each new job and level then
+//! stops costing its own undone share.
 
 use std::time::Duration;
 
@@ -36,9 +42,39 @@ pub struct ShareMemory {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
     /// Try a share at this quota.
-    Try { quota: f64, held: f64, undone: f64 },
+    Try {
+        quota: f64,
+        held: f64,
+        undone: f64,
+        scope: Scope,
+    },
     /// Do not share: it keeps being undone here.
-    Skip { held: f64, undone: f64 },
+    Skip {
+        held: f64,
+        undone: f64,
+        scope: Scope,
+    },
+}
+
+/// Whose record a verdict comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// This job at this load level.
+    Job,
+    /// Every job at this load level (this job was never tried here).
+    Level,
+    /// Every job at every level (nothing was tried at this level).
+    Node,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Job => "record",
+            Scope::Level => "this level's record over all jobs",
+            Scope::Node => "the node's record over all levels",
+        })
+    }
 }
 
 /// Settings, from the controller's config.
@@ -78,16 +114,39 @@ impl ShareMemory {
         })
     }
 
+    /// Held and undone counts over every record `keep` selects, decayed to `now`.
+    fn sum(&self, lim: &Limits, now: Duration, keep: impl Fn(&Record) -> bool) -> (f64, f64) {
+        self.records
+            .iter()
+            .filter(|r| keep(r))
+            .fold((0.0, 0.0), |(h, u), r| {
+                let k = Self::decay(lim, r, now);
+                (h + r.held * k, u + r.undone * k)
+            })
+    }
+
     pub fn verdict(&self, lim: &Limits, level: i32, job: &str, now: Duration) -> Verdict {
-        let (held, undone) = self.counts(lim, level, job, now);
-        if undone >= lim.give_up && undone > held {
-            return Verdict::Skip { held, undone };
+        let (scope, (held, undone), bar) = if self.find(level, job).is_some() {
+            (Scope::Job, self.counts(lim, level, job, now), lim.give_up)
+        } else if self.records.iter().any(|r| r.level == level) {
+            let counts = self.sum(lim, now, |r| r.level == level);
+            (Scope::Level, counts, lim.give_up)
+        } else {
+            (Scope::Node, self.sum(lim, now, |_| true), 2.0 * lim.give_up)
+        };
+        if undone >= bar && undone > held {
+            return Verdict::Skip {
+                held,
+                undone,
+                scope,
+            };
         }
         let quota = self.find(level, job).map_or(lim.first_quota, |r| r.quota);
         Verdict::Try {
             quota,
             held,
             undone,
+            scope,
         }
     }
 
@@ -208,6 +267,63 @@ mod tests {
         m.record(&l, 7, "c", t + Duration::from_secs(1), true, 1.0);
         assert_eq!(m.len(), 2);
         assert_eq!(m.counts(&l, 7, "c", t + Duration::from_secs(1)), (1.0, 0.0));
+    }
+
+    #[test]
+    fn an_untried_job_or_level_is_judged_by_the_wider_record() {
+        let l = Limits {
+            capacity: 16,
+            ..lim()
+        };
+        let mut m = ShareMemory::default();
+        let t = Duration::from_secs(10);
+        m.record(&l, 5, "a", t, false, 0.25);
+        m.record(&l, 5, "b", t, false, 0.25);
+        // A new job at level 5: the level's two undone shares (at give_up 2) stop it.
+        assert!(matches!(
+            m.verdict(&l, 5, "c", t),
+            Verdict::Skip {
+                scope: Scope::Level,
+                ..
+            }
+        ));
+        // A new level: the node's two undone shares are under twice give_up: tried.
+        assert!(matches!(
+            m.verdict(&l, 6, "c", t),
+            Verdict::Try {
+                scope: Scope::Node,
+                ..
+            }
+        ));
+        // A level where one share held and one was undone lets a new job try.
+        m.record(&l, 9, "a", t, true, 0.25);
+        m.record(&l, 9, "b", t, false, 0.25);
+        assert!(matches!(
+            m.verdict(&l, 9, "c", t),
+            Verdict::Try {
+                scope: Scope::Level,
+                ..
+            }
+        ));
+        // Five shares undone on the node against one held: no new level is tried...
+        m.record(&l, 7, "a", t, false, 0.25);
+        m.record(&l, 8, "b", t, false, 0.25);
+        assert!(matches!(
+            m.verdict(&l, 6, "c", t),
+            Verdict::Skip {
+                scope: Scope::Node,
+                ..
+            }
+        ));
+        // ...until they decay under the bar (two half-lives on, five count 1.2).
+        let later = t + Duration::from_secs(121);
+        assert!(matches!(
+            m.verdict(&l, 6, "c", later),
+            Verdict::Try {
+                scope: Scope::Node,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -28,6 +28,7 @@ impl Controller {
             quota,
             held,
             undone,
+            scope,
         } = verdict
         else {
             return None;
@@ -39,7 +40,7 @@ impl Controller {
             to: self.level - 1,
             reason: format!(
                 "{calm}; sharing {:.0}% of the service's cores with {with} at load level \
-                 {level} (record: {held:.1} held, {undone:.1} undone)",
+                 {level} ({scope}: {held:.1} held, {undone:.1} undone)",
                 quota * 100.0
             ),
             triggered_by_sample_at: inp.sampled_at,
@@ -49,14 +50,22 @@ impl Controller {
     /// Why a calm step down to the shared rung is not taken, if the memory refuses it.
     pub(super) fn share_refusal(&self, inp: &Inputs) -> Option<String> {
         let (level, job, verdict) = self.share_plan(inp);
-        let Verdict::Skip { held, undone } = verdict else {
+        let Verdict::Skip {
+            held,
+            undone,
+            scope,
+        } = verdict
+        else {
             return None;
         };
         let with = if job.is_empty() { "batch" } else { &job };
+        let bar = match scope {
+            share::Scope::Node => 2.0 * self.cfg.share_give_up,
+            _ => self.cfg.share_give_up,
+        };
         Some(format!(
-            "not sharing with {with} at load level {level}: {undone:.1} undone against {held:.1} \
-             held (tried again once undone decays under {})",
-            self.cfg.share_give_up
+            "not sharing with {with} at load level {level}: {scope}: {undone:.1} undone against \
+             {held:.1} held (tried again once undone decays under {bar})"
         ))
     }
 
