@@ -24,7 +24,8 @@
 # under a core: see the loadgen rows of the README's performance table).
 #
 # Per mode: the fraction of 1 s windows whose p95 (as the load generator saw it) exceeds 800 us,
-# overall p95 and p99, the batch makespan (first start to last end; n/a for 0); then the ratios.
+# overall p95 and p99, the batch makespan (first start to last end; n/a for 0), the hypervisor's
+# steal time over the mode (from /proc/stat: the host's noise); then the ratios.
 # For c also the reaction time (from the reading that crossed a grow threshold to the new
 # allocation in force, from the daemon's events.jsonl) and the daemon's own CPU use over the run.
 # Results: target/e2e/results.json and Markdown tables on stdout: each run, then the median
@@ -135,6 +136,8 @@ run_mode() {
     sleep 2 # mode c: the controller settles on the bottom rung under no load
     local cpu0=0; [ "$mode" = 0 ] || cpu0=$(awk '{print $14 + $15}' /proc/$daemon/stat)
     local t0; t0=$(date +%s.%N)
+    # The hypervisor's steal time over the mode (the host's noise, which p and c share or not).
+    head -1 /proc/stat >"$dir/procstat0"
     "$bin" loadgen --server 127.0.0.1:$port --trace "$trace" --duration "$duration" --cpu "$last" \
         --realtime --preload --json >"$dir/loadgen.json" 2>"$dir/loadgen.err" &
     local lg=$!
@@ -147,6 +150,7 @@ run_mode() {
     wait "$lg" || true
     loadgen_pid=
     local t1; t1=$(date +%s.%N)
+    head -1 /proc/stat >"$dir/procstat1"
     if [ "$mode" != 0 ]; then
         local cpu1; cpu1=$(awk '{print $14 + $15}' /proc/$daemon/stat)
         "$bin" status --json >"$dir/status.json"
@@ -186,6 +190,10 @@ def load(out, m):
          "jobs_ok": sum(j["state"] == "succeeded" for j in jobs), "jobs": len(jobs)}
     if m == "0":
         r["jobs_ok"] = r["jobs"] = None
+    if os.path.exists(f"{d}/procstat1"):
+        a, b = ([int(x) for x in open(f"{d}/procstat{i}").read().split()[1:9]] for i in (0, 1))
+        total = sum(b) - sum(a)
+        r["steal_pct"] = 100 * (b[7] - a[7]) / total if total > 0 else None
     if m == "c":
         reactions = []
         for line in open(f"{d}/state/events.jsonl"):
@@ -214,8 +222,8 @@ for r in range(1, runs + 1):
 json.dump(res, open(f"{base}/results.json", "w"), indent=2)
 names = {"0": "memcached alone", "a": "uncontrolled", "b": "static partition",
          "p": "partition, polling core", "c": "lowsched"}
-print("| run | mode | 1 s windows p95 > 800 us | p95 | p99 | batch makespan | jobs ok |")
-print("|---|---|---|---|---|---|---|")
+print("| run | mode | 1 s windows p95 > 800 us | p95 | p99 | batch makespan | jobs ok | steal |")
+print("|---|---|---|---|---|---|---|---|")
 for run, got in res.items():
     for m in ALL:
         if m not in got:
@@ -223,13 +231,14 @@ for run, got in res.items():
         r = got[m]
         makespan = f"{r['makespan_s']:.1f} s" if r["makespan_s"] is not None else "n/a"
         jobs_ok = f"{r['jobs_ok']}/{r['jobs']}" if r["jobs"] is not None else "n/a"
-        print(f"| {run} | {names[m]} | {r['windows_over']}/{r['windows']} ({100*r['frac_over']:.1f} %) | {r['p95_us']} us | {r['p99_us']} us | {makespan} | {jobs_ok} |")
+        steal = f"{r['steal_pct']:.1f} %" if r.get("steal_pct") is not None else "n/a"
+        print(f"| {run} | {names[m]} | {r['windows_over']}/{r['windows']} ({100*r['frac_over']:.1f} %) | {r['p95_us']} us | {r['p99_us']} us | {makespan} | {jobs_ok} | {steal} |")
         if m == "c":
             extra = []
             if "reaction_us_p99" in r:
                 extra.append(f"reaction p50 {r['reaction_us_p50']/1000:.2f} ms, p99 {r['reaction_us_p99']/1000:.2f} ms over {r['reactions']} grows")
             extra.append(f"daemon CPU {r['daemon_cpu_pct']:.2f} % of a core")
-            print(f"|  | (c) | {'; '.join(extra)} | | | | |")
+            print(f"|  | (c) | {'; '.join(extra)} | | | | | |")
 
 # Median and worst over runs: windows over (worst = most), makespan (worst = longest), ratios.
 print("\n| mode | runs | windows over: median / worst | makespan: median / worst |")
