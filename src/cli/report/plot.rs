@@ -141,6 +141,63 @@ where
     .map_err(err)
 }
 
+type LinearChart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A panel on the shared time axis with a linear y axis from 0 to `top`, its mesh drawn.
+fn linear_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    span: std::ops::Range<f64>,
+    top: f64,
+    y_labels: usize,
+    desc: &str,
+) -> Result<LinearChart<'a, DB>, String>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(area)
+        .margin(8)
+        .x_label_area_size(24)
+        .y_label_area_size(Y_LABELS)
+        .build_cartesian_2d(span, 0.0..top)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .label_style((FAMILY, 12))
+        .y_labels(y_labels)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc(desc)
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
+/// The panel's legend box, top right.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FAMILY, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
+/// A legend entry's short line in a series' style.
+fn line_key((x, y): (i32, i32), style: ShapeStyle) -> PathElement<(i32, i32)> {
+    PathElement::new(vec![(x, y), (x + 18, y)], style)
+}
+
 fn latency_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     d: &RunData,
@@ -203,8 +260,7 @@ where
                 .draw_series(LineSeries::new(run, style))
                 .map_err(err)?;
             if i == 0 {
-                s.label(name)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                s.label(name).legend(move |(x, y)| line_key((x, y), style));
             }
         }
     }
@@ -217,16 +273,9 @@ where
         ))
         .map_err(err)?
         .label(format!("SLO {} us", d.slo_us))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], SLO.stroke_width(2)));
+        .legend(|(x, y)| line_key((x, y), SLO.stroke_width(2)));
     decision_markers(&mut chart, d, top)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FAMILY, 12))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)
+    legend(&mut chart)
 }
 
 type LogChart<'a, DB> = ChartContext<
@@ -281,21 +330,7 @@ where
 {
     let pts = runs(d, |w| w.qps);
     let top = pts.iter().flatten().map(|p| p.1).fold(10.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(area)
-        .margin(8)
-        .x_label_area_size(24)
-        .y_label_area_size(Y_LABELS)
-        .build_cartesian_2d(span, 0.0..top)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .label_style((FAMILY, 12))
-        .y_labels(4)
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .y_desc("QPS")
-        .draw()
-        .map_err(err)?;
+    let mut chart = linear_chart(area, span, top, 4, "QPS")?;
     if pts.is_empty() {
         return note(area, "no QPS in this span (no service monitored)");
     }
@@ -305,17 +340,10 @@ where
             .map_err(err)?;
         if i == 0 {
             s.label("service QPS")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], QPS.stroke_width(2)));
+                .legend(|(x, y)| line_key((x, y), QPS.stroke_width(2)));
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FAMILY, 12))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)
+    legend(&mut chart)
 }
 
 fn cores_panel<DB: DrawingBackend>(
@@ -334,21 +362,7 @@ where
         .unwrap_or(1)
         .max(2) as f64
         + 0.5;
-    let mut chart = ChartBuilder::on(area)
-        .margin(8)
-        .x_label_area_size(24)
-        .y_label_area_size(Y_LABELS)
-        .build_cartesian_2d(span.clone(), 0.0..top)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .label_style((FAMILY, 12))
-        .y_labels(top as usize + 1)
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .y_desc("service cores")
-        .draw()
-        .map_err(err)?;
+    let mut chart = linear_chart(area, span.clone(), top, top as usize + 1, "service cores")?;
     if d.service_cores.is_empty() {
         return note(area, "no service cores in this span (no service protected)");
     }
@@ -368,15 +382,8 @@ where
         .draw_series(LineSeries::new(steps, CORES.stroke_width(2)))
         .map_err(err)?
         .label("service cores")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], CORES.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FAMILY, 12))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)
+        .legend(|(x, y)| line_key((x, y), CORES.stroke_width(2)));
+    legend(&mut chart)
 }
 
 fn gantt_panel<DB: DrawingBackend>(
