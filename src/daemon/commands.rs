@@ -53,6 +53,17 @@ fn change_of(cmd: &Command) -> Change {
     }
 }
 
+/// How long the node took to carry out a launch or a freeze, for the change's event: the
+/// daemon's own record of its actuation latency (`launch_us`: the request to the job running
+/// in its groups; `freeze_us`: the freeze written to the kernel's report of it frozen).
+pub(super) fn timing(cmd: &Command, took_us: u64) -> Option<serde_json::Value> {
+    match cmd {
+        Command::Run { .. } => Some(serde_json::json!({ "launch_us": took_us })),
+        Command::Pause { .. } => Some(serde_json::json!({ "freeze_us": took_us })),
+        _ => None,
+    }
+}
+
 impl Control {
     pub(super) fn record_event(&self, ev: Event) {
         self.shared.jobs.record_event(ev);
@@ -60,8 +71,18 @@ impl Control {
 
     /// Carries a job change through the door; one the lifecycle refuses is logged.
     pub(super) fn change(&mut self, id: JobId, change: Change) -> bool {
+        self.change_with(id, change, None)
+    }
+
+    /// [`Control::change`] with inputs for the change's event (see [`super::jobs::Jobs::apply_with`]).
+    pub(super) fn change_with(
+        &mut self,
+        id: JobId,
+        change: Change,
+        inputs: Option<serde_json::Value>,
+    ) -> bool {
         let finished = matches!(change, Change::Finished { .. });
-        match self.shared.jobs.apply(id, change, now()) {
+        match self.shared.jobs.apply_with(id, change, now(), inputs) {
             Ok(()) => {
                 if finished {
                     self.dirty = true;
@@ -211,14 +232,16 @@ impl Control {
             }),
             _ => None,
         };
+        let started = std::time::Instant::now();
         let done = self.actuator.apply(&cmd, launch.as_ref());
+        let took_us = started.elapsed().as_micros() as u64;
         match (done, &cmd) {
             (Ok(()), Command::MarkUnschedulable { reason, .. }) => {
                 self.finish(id, JobState::Unschedulable, None, Some(reason.clone()));
                 self.release_prepared(id);
             }
             (Ok(()), _) => {
-                self.change(id, change_of(&cmd));
+                self.change_with(id, change_of(&cmd), timing(&cmd, took_us));
             }
             (Err(e), Command::Run { .. }) => {
                 let _ = self.actuator.release(id);

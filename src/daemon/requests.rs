@@ -99,11 +99,15 @@ impl Control {
             if hold { "paused" } else { "released" },
             caller.uid
         );
+        let mut inputs = None;
         let change = match (state, hold) {
             (JobState::Running, true) => {
+                let started = std::time::Instant::now();
                 self.actuator.pause(id).map_err(|e| {
                     refuse(ErrorCode::Internal, format!("cannot pause job {id}: {e}"))
                 })?;
+                let us = started.elapsed().as_micros() as u64;
+                inputs = Some(serde_json::json!({ "freeze_us": us }));
                 Change::Paused {
                     reason: by,
                     held: true,
@@ -121,7 +125,7 @@ impl Control {
         };
         self.shared
             .jobs
-            .apply(id, change, now())
+            .apply_with(id, change, now(), inputs)
             .map_err(|e| refuse(ErrorCode::Conflict, e.to_string()))?;
         self.dirty = true;
         Ok(())

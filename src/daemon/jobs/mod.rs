@@ -292,6 +292,18 @@ impl Jobs {
 
     /// Carries out `change` of job `id` at `at`, in the door's order.
     pub fn apply(&self, id: JobId, change: Change, at: Timestamp) -> Result<(), JobsError> {
+        self.apply_with(id, change, at, None)
+    }
+
+    /// [`Jobs::apply`], with `inputs` (e.g. how long the node took to carry the change out)
+    /// attached to the change's event, where `events.jsonl` keeps them.
+    pub fn apply_with(
+        &self,
+        id: JobId,
+        change: Change,
+        at: Timestamp,
+        mut inputs: Option<serde_json::Value>,
+    ) -> Result<(), JobsError> {
         let event = {
             let mut table = lock(&self.table);
             let rec = table.get(id).ok_or(TableError::NotFound(id))?;
@@ -322,7 +334,10 @@ impl Jobs {
             self.queue.remove(id);
         }
         for ev in event {
-            self.events.record(ev);
+            self.events.record(match inputs.take() {
+                Some(v) => ev.with_inputs(v),
+                None => ev,
+            });
         }
         self.changed.notify_all();
         Ok(())

@@ -229,3 +229,23 @@ fn a_job_another_scheduler_started_is_journaled_running_and_never_queued() {
         "durable with its origin, so recovery leaves it to the Slurm side"
     );
 }
+
+#[test]
+fn a_change_carries_its_timing_into_events_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(dir.path()).unwrap();
+    let jobs = Jobs::new(journal, EventLog::open(dir.path()).unwrap());
+    submit(&jobs, 1);
+    let timing = serde_json::json!({ "launch_us": 187 });
+    jobs.apply_with(JobId(1), started(), Timestamp(2), Some(timing.clone()))
+        .unwrap();
+    jobs.events().close();
+    let text =
+        std::fs::read_to_string(dir.path().join(crate::store::eventlog::EVENTS_JSONL)).unwrap();
+    let start = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "start" && v["id"] == 1)
+        .expect("the job's start event");
+    assert_eq!(start["inputs"], timing);
+}
