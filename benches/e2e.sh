@@ -27,7 +27,8 @@
 # overall p95 and p99, the batch makespan (first start to last end; n/a for 0), the hypervisor's
 # steal time over the mode (from /proc/stat: the host's noise); then the ratios.
 # For c also the reaction time (from the reading that crossed a grow threshold to the new
-# allocation in force, from the daemon's events.jsonl) and the daemon's own CPU use over the run.
+# allocation in force, from the daemon's events.jsonl), its launch and freeze times (same
+# source; a few per run: benches/actuation.sh measures many) and its own CPU use over the run.
 # Results: target/e2e/results.json and Markdown tables on stdout: each run, then the median
 # and the worst over runs (E2E_RUNS, default 1; run N's files are in target/e2e/runN/). E2E_TRACE and E2E_JOBS
 # replace the trace and the job file (e.g. short ones to try the script); E2E_C_TOML adds
@@ -195,12 +196,20 @@ def load(out, m):
         total = sum(b) - sum(a)
         r["steal_pct"] = 100 * (b[7] - a[7]) / total if total > 0 else None
     if m == "c":
-        reactions = []
+        reactions, acts = [], {"launch_us": [], "freeze_us": []}
         for line in open(f"{d}/state/events.jsonl"):
             e = json.loads(line)
-            us = (e.get("inputs") or {}).get("reaction_us")
+            inputs = e.get("inputs") or {}
+            us = inputs.get("reaction_us")
             if us is not None:
                 reactions.append(us)
+            for k, v in acts.items():
+                if k in inputs:
+                    v.append(inputs[k])
+        for k, v in acts.items():
+            v.sort()
+            if v:
+                r[k] = v
         reactions.sort()
         if reactions:
             r["reaction_us_p50"] = reactions[len(reactions) // 2]
@@ -237,6 +246,10 @@ for run, got in res.items():
             extra = []
             if "reaction_us_p99" in r:
                 extra.append(f"reaction p50 {r['reaction_us_p50']/1000:.2f} ms, p99 {r['reaction_us_p99']/1000:.2f} ms over {r['reactions']} grows")
+            for k, what in (("launch_us", "launch"), ("freeze_us", "freeze")):
+                if k in r:
+                    v = r[k]
+                    extra.append(f"{what} p50 {v[len(v) // 2] / 1000:.2f} ms, max {v[-1] / 1000:.2f} ms over {len(v)}")
             extra.append(f"daemon CPU {r['daemon_cpu_pct']:.2f} % of a core")
             print(f"|  | (c) | {'; '.join(extra)} | | | | | |")
 

@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::service::{CgroupCounter, PidCounter, ServiceError, ServiceKind, ServiceSource};
 use super::reading::{self, Reading};
+use super::service::{CgroupCounter, PidCounter, ServiceError, ServiceKind, ServiceSource};
 use super::{CoreUtil, PID_RESCAN_PERIODS, SamplerConfig, ServiceCpu, Shared, ewma};
 use crate::sense::procstat::{self, CpuLineFinder};
 use crate::sys::clock::{monotonic_ns, thread_cpu_ns};

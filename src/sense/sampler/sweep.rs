@@ -80,7 +80,9 @@ pub(super) fn run(shared: Arc<Shared>, cfg: SamplerConfig) {
         } else {
             mark_watched(&shared, &mut cores);
         }
-        shared.sweep_cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
+        shared
+            .sweep_cpu_ns
+            .store(thread_cpu_ns(), Ordering::Relaxed);
         shared.sweeps.fetch_add(u64::from(read), Ordering::Relaxed);
         next = next_deadline(next, now, period_ns);
     }

@@ -324,18 +324,27 @@ fn unwatched_cores_are_read_by_the_sweeper_while_their_threads_sleep() {
     });
     let parked = periods(2);
     // Within what 100 ms of ticks allow (the sweeper drops larger jumps as anomalies).
-    write_stat(root.path(), &[(0, 1000, 1000), (1, 500, 500), (2, 509, 503)]);
+    write_stat(
+        root.path(),
+        &[(0, 1000, 1000), (1, 500, 500), (2, 509, 503)],
+    );
     let u = wait_for("core 2's utilization from the sweeper", || {
         set.handle().core(2)?.utilization.filter(|&u| u > 0.7)
     });
     assert!((u - 0.75).abs() < 1e-9, "core 2: {u}");
-    assert_eq!(periods(2), parked, "core 2's own thread woke while unwatched");
+    assert_eq!(
+        periods(2),
+        parked,
+        "core 2's own thread woke while unwatched"
+    );
     assert!(set.handle().sweeper_cost().1 > 0, "the sweeper never read");
     assert!(periods(0) > 5 && periods(1) > 5, "watched cores stopped");
 
     // Watched again: its own thread is back at the short period.
     set.handle().watch(&"1-2".parse().unwrap());
-    wait_for("core 2's thread back", || (periods(2) > parked + 5).then_some(()));
+    wait_for("core 2's thread back", || {
+        (periods(2) > parked + 5).then_some(())
+    });
     assert!(
         SamplerSet::start(SamplerConfig {
             unwatched_period: Duration::from_millis(5),
