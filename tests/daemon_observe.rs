@@ -10,22 +10,11 @@ mod daemon;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{have, is_root, skip_unless};
-use daemon::{LONG, TestDaemon, text};
+use daemon::{LONG, Memcached, TestDaemon, text};
 use lowsched::store::history::{HISTORY_DIR, hlog_files, read_intervals, read_service};
-
-/// Our memcached, killed on drop.
-struct Memcached(Child);
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn http(port: u16, request: &str) -> String {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -58,30 +47,15 @@ fn history_and_metrics_follow_the_probe_across_a_restart() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("memcached.pid");
-    let port = common::free_port();
-    let _mc = Memcached(
-        Command::new("memcached")
-            .args(["-u", "root", "-l", "127.0.0.1", "-t", "1", "-m", "64"])
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-P")
-            .arg(&pid_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    daemon::wait_file(&pid_file);
+    let mc = Memcached::start(dir.path());
     let mport = common::free_port();
     let textfile = dir.path().join("lowsched.prom");
     let mut d = TestDaemon::start(
         "observe",
         &format!(
-            "[service]\nenabled = \"yes\"\npid_file = {pid_file:?}\n\
-             process_name = \"lowsched-test-none\"\naddress = \"127.0.0.1:{port}\"\n\
-             [metrics]\nlisten = \"127.0.0.1:{mport}\"\ntextfile = {textfile:?}\n\
-             textfile_interval_ms = 500\n"
+            "{}[metrics]\nlisten = \"127.0.0.1:{mport}\"\ntextfile = {textfile:?}\n\
+             textfile_interval_ms = 500\n",
+            mc.service_toml()
         ),
     );
     let hdir = d.state.join(HISTORY_DIR);

@@ -7,26 +7,15 @@ mod common;
 #[path = "common/daemon.rs"]
 mod daemon;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{have, is_root, skip_unless};
-use daemon::{LONG, TestDaemon, text};
+use daemon::{LONG, Memcached, TestDaemon, text};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use lowsched::sense::probe::report::StatsReport;
-
-/// Our memcached, killed on drop.
-struct Memcached(Child);
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn stats_show_the_protected_services_latency_as_table_json_and_hlog() {
@@ -36,28 +25,9 @@ fn stats_show_the_protected_services_latency_as_table_json_and_hlog() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("memcached.pid");
-    let port = common::free_port();
-    let _mc = Memcached(
-        Command::new("memcached")
-            .args(["-u", "root", "-l", "127.0.0.1", "-t", "1", "-m", "64"])
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-P")
-            .arg(&pid_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    daemon::wait_file(&pid_file);
-    let d = TestDaemon::start(
-        "stats",
-        &format!(
-            "[service]\nenabled = \"yes\"\npid_file = {pid_file:?}\n\
-             process_name = \"lowsched-test-none\"\naddress = \"127.0.0.1:{port}\"\n"
-        ),
-    );
+    let mc = Memcached::start(dir.path());
+    let port = mc.port;
+    let d = TestDaemon::start("stats", &mc.service_toml());
 
     let report = measured_report(&d);
     assert_eq!(report.server, format!("127.0.0.1:{port}"));

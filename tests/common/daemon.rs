@@ -432,3 +432,52 @@ pub fn lines(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Our own memcached on a free local port, with a pid file the daemon can find it by; killed
+/// on drop.
+pub struct Memcached {
+    child: Child,
+    pub port: u16,
+    pub pid_file: PathBuf,
+}
+
+impl Memcached {
+    /// Starts one worker thread with 64 MB in `dir` and waits for its pid file.
+    pub fn start(dir: &Path) -> Memcached {
+        let pid_file = dir.join("memcached.pid");
+        let port = crate::common::free_port();
+        let child = Command::new("memcached")
+            .args(["-u", "root", "-l", "127.0.0.1", "-t", "1", "-m", "64"])
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-P")
+            .arg(&pid_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_file(&pid_file);
+        Memcached {
+            child,
+            port,
+            pid_file,
+        }
+    }
+
+    /// A daemon config's `[service]` table that protects this memcached (found by its pid
+    /// file only).
+    pub fn service_toml(&self) -> String {
+        format!(
+            "[service]\nenabled = \"yes\"\npid_file = {:?}\n\
+             process_name = \"lowsched-test-none\"\naddress = \"127.0.0.1:{}\"\n",
+            self.pid_file, self.port
+        )
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

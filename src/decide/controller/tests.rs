@@ -2,28 +2,26 @@
 
 use super::*;
 
-const SLO: f64 = 800.0;
-const PERIOD: Duration = Duration::from_millis(10);
+pub(super) const SLO: f64 = 800.0;
+pub(super) const PERIOD: Duration = Duration::from_millis(10);
+
+/// A controller of cores 0-1 (one to two for the service) with `cfg`.
+pub(super) fn controller_with(cfg: ControllerConfig) -> Controller {
+    Controller::new(cfg, SLO, "0-1".parse().unwrap(), 1, 2).unwrap()
+}
 
 /// All-or-nothing shares (the ladder as it was before partial shares; `tests_share` covers
 /// those).
 fn controller() -> Controller {
-    Controller::new(
-        ControllerConfig {
-            share_quota: 1.0,
-            share_quota_min: 1.0,
-            ..ControllerConfig::default()
-        },
-        SLO,
-        "0-1".parse().unwrap(),
-        1,
-        2,
-    )
-    .unwrap()
+    controller_with(ControllerConfig {
+        share_quota: 1.0,
+        share_quota_min: 1.0,
+        ..ControllerConfig::default()
+    })
 }
 
 /// Readings of a lightly loaded service.
-fn calm(now: Duration) -> Inputs {
+pub(super) fn calm(now: Duration) -> Inputs {
     Inputs {
         now,
         sampled_at: now,

@@ -1,33 +1,18 @@
 //! Learned sharing on input series like the daemon records them (`controller_turn` lines):
 //! partial shares, narrowing before undoing, and the memory of what held and what did not.
 
+use super::tests::{PERIOD, SLO, controller_with};
 use super::*;
 
-const SLO: f64 = 800.0;
-const PERIOD: Duration = Duration::from_millis(10);
-
 fn controller() -> Controller {
-    Controller::new(
-        ControllerConfig::default(),
-        SLO,
-        "0-1".parse().unwrap(),
-        1,
-        2,
-    )
-    .unwrap()
+    controller_with(ControllerConfig::default())
 }
 
 /// A quiet service at 5 k QPS beside two batch jobs.
 fn calm(now: Duration) -> Inputs {
     Inputs {
-        now,
-        sampled_at: now,
-        p95_recent_us: Some(80.0),
-        p95_window_us: Some(80.0),
-        service_cpu: Some(0.1),
-        service_core_util: Some(0.1),
-        qps: Some(5_000.0),
         batch_jobs: vec!["canneal".into(), "dedup".into()],
+        ..super::tests::calm(now)
     }
 }
 
