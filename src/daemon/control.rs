@@ -73,6 +73,9 @@ pub struct Control {
     journal: JournalConfig,
     /// Jobs being cancelled: their exit is recorded as Cancelled.
     pub(super) cancelling: HashSet<JobId>,
+    /// Exits whose end could not be recorded yet (their exit records kept), tried again later.
+    pub(super) unrecorded: Vec<ExitEvent>,
+    pub(super) last_retry: Instant,
     pub(super) dirty: bool,
 }
 
@@ -111,6 +114,8 @@ impl Control {
             watchdog: s.watchdog,
             journal: s.journal,
             cancelling: HashSet::new(),
+            unrecorded: Vec::new(),
+            last_retry: Instant::now(),
             dirty: true,
         }
     }
@@ -165,6 +170,7 @@ impl Control {
             while let Ok(op) = self.ops.try_recv() {
                 self.op(op, &mut replies);
             }
+            self.retry_exits();
             self.control_step();
             self.publish_metrics();
             self.slurm_turn(false);

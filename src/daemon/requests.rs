@@ -6,7 +6,7 @@ use crate::model::job::{JobId, Origin};
 use crate::model::jobstate::JobState;
 
 use super::control::{Control, Reply, refuse};
-use super::jobs::Change;
+use super::jobs::{Change, JobsError};
 use super::server::Caller;
 use super::shared::{Op, now};
 
@@ -65,7 +65,8 @@ impl Control {
                 format!("job {id} already ended ({s})"),
             )),
             JobState::Pending => {
-                self.finish(id, JobState::Cancelled, None, Some(by));
+                self.finish(id, JobState::Cancelled, None, Some(by))
+                    .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
                 self.release_prepared(id);
                 Ok(())
             }
@@ -74,8 +75,8 @@ impl Control {
                 match self.actuator.kill(id) {
                     Ok(()) => {
                         // Its processes are gone; the waiter's exit event follows and is
-                        // recorded as this cancel.
-                        self.finish(id, JobState::Cancelled, None, Some(by));
+                        // recorded as this cancel (tried again there if this record fails).
+                        let _ = self.finish(id, JobState::Cancelled, None, Some(by));
                         Ok(())
                     }
                     Err(e) => {
@@ -119,11 +120,31 @@ impl Control {
                 ));
             }
         };
-        self.shared
-            .jobs
-            .apply(id, change, now())
-            .map_err(|e| refuse(ErrorCode::Conflict, e.to_string()))?;
-        self.dirty = true;
-        Ok(())
+        // The hold is durable before the owner is answered; one that cannot be recorded is
+        // refused with the journal's error, and a freeze made for it undone.
+        let froze = matches!(change, Change::Paused { .. });
+        match self.shared.jobs.apply(id, change, now()) {
+            Ok(()) => {
+                self.dirty = true;
+                Ok(())
+            }
+            Err(e @ JobsError::NotRecorded { .. }) => {
+                if froze {
+                    self.thaw(id);
+                }
+                Err(refuse(ErrorCode::Internal, e.to_string()))
+            }
+            Err(e) => Err(refuse(ErrorCode::Conflict, e.to_string())),
+        }
+    }
+
+    /// Thaws a job frozen for a hold that could not be recorded, on the cores it had.
+    fn thaw(&mut self, id: JobId) {
+        let cores = self.actuator.cores(id).unwrap_or_default();
+        if let Err(e) = self.actuator.resume(id, cores) {
+            crate::log::error(&format!(
+                "job {id}: cannot thaw it after a refused hold: {e}"
+            ));
+        }
     }
 }

@@ -243,12 +243,12 @@ pub fn recover(
         }
     }
     crate::log::info(&format!(
-        "recovered {} jobs: {} pending, {} adopted, {} ended while down, {} lost, {} unknown killed",
+        "recovered {} jobs: {} pending, {} adopted, {} ended while down, {} never launched (pending again), {} unknown killed",
         jobs.table().len(),
         recovered.pending.len(),
         recovered.adopted,
         recovered.ended_while_down.len(),
-        recovered.lost,
+        recovered.unlaunched,
         recovered.unknown_killed
     ));
     Ok(recovered)
