@@ -139,15 +139,12 @@ impl Control {
     pub fn exit(&mut self, ev: ExitEvent) {
         let id = ev.job;
         let known = self.shared.table().get(id).map(|r| r.state);
-        let recorded = match known {
-            Some(s) if !s.is_terminal() && self.cancelling.contains(&id) => self.end(
-                id,
-                JobState::Cancelled,
-                Some(&ev.status),
-                Some("cancelled".into()),
-                true,
-            ),
-            Some(s) if !s.is_terminal() => {
+        let killed = self.cancelling.get(&id).cloned();
+        let recorded = match (known, killed) {
+            (Some(s), Some(why)) if !s.is_terminal() => {
+                self.end(id, JobState::Cancelled, Some(&ev.status), Some(why), true)
+            }
+            (Some(s), None) if !s.is_terminal() => {
                 let (state, reason) = ending_of(&ev.status);
                 self.end(id, state, Some(&ev.status), reason, true)
             }
@@ -237,8 +234,8 @@ impl Control {
             self.launch(&cmd, &spec, *gpus);
             return;
         }
-        if let Command::Kill { .. } = cmd {
-            self.cancelling.insert(id);
+        if let Command::Kill { reason, .. } = &cmd {
+            self.cancelling.insert(id, reason.clone());
         }
         match (self.actuator.apply(&cmd, None), &cmd) {
             (Ok(()), Command::MarkUnschedulable { reason, .. }) => {
@@ -247,6 +244,8 @@ impl Control {
                     Err(_) => self.requeue(id),
                 }
             }
+            // Only started: the job's exit event records it as cancelled.
+            (Ok(()), Command::Kill { .. }) => {}
             (Ok(()), _) => {
                 self.change(id, change_of(&cmd));
             }

@@ -3,7 +3,7 @@
 //! policy for commands and carries them out through the actuator, recording every change in
 //! the job table, the journal and the event log.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,8 +71,10 @@ pub struct Control {
     notifier: Notifier,
     watchdog: Option<Duration>,
     journal: JournalConfig,
-    /// Jobs being cancelled: their exit is recorded as Cancelled.
-    pub(super) cancelling: HashSet<JobId>,
+    /// Jobs being killed, and why: their exit is recorded as Cancelled.
+    pub(super) cancelling: HashMap<JobId, String>,
+    /// Users' cancels whose kill is under way: answered once the job's end is recorded.
+    pub(super) awaiting: Vec<(JobId, Reply, Caller, Instant)>,
     /// Exits whose end could not be recorded yet (their exit records kept), tried again later.
     pub(super) unrecorded: Vec<ExitEvent>,
     pub(super) last_retry: Instant,
@@ -113,7 +115,8 @@ impl Control {
             notifier: s.notifier,
             watchdog: s.watchdog,
             journal: s.journal,
-            cancelling: HashSet::new(),
+            cancelling: HashMap::new(),
+            awaiting: Vec::new(),
             unrecorded: Vec::new(),
             last_retry: Instant::now(),
             dirty: true,
@@ -171,6 +174,7 @@ impl Control {
                 self.op(op, &mut replies);
             }
             self.retry_exits();
+            self.settle_awaiting(&mut replies);
             self.control_step();
             self.publish_metrics();
             self.slurm_turn(false);

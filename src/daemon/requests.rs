@@ -1,5 +1,9 @@
 //! User requests to the control loop: cancel, pause (hold) and resume of a job, each checked
 //! against the caller (only the job's owner or root) and answered with the job's new status.
+//! A cancel of a running job only starts its kill: the control loop never waits on it, and the
+//! answer goes out on the turn that records the job's end.
+
+use std::time::{Duration, Instant};
 
 use crate::api::protocol::{ErrorCode, ProtocolError};
 use crate::model::job::{JobId, Origin};
@@ -9,6 +13,9 @@ use super::control::{Control, Reply, refuse};
 use super::jobs::{Change, JobsError};
 use super::server::Caller;
 use super::shared::{Op, now};
+
+/// Longest a cancel's answer is kept for a job whose end does not come.
+const AWAIT_END: Duration = Duration::from_secs(120);
 
 impl Control {
     fn authorize(&self, id: JobId, caller: &Caller) -> Result<JobState, ProtocolError> {
@@ -41,10 +48,11 @@ impl Control {
     ) {
         match op {
             Op::Wake => self.dirty = true,
-            Op::Cancel { id, caller, reply } => {
-                let r = self.cancel(id, &caller);
-                replies.push((reply, r.map(|()| id), caller));
-            }
+            Op::Cancel { id, caller, reply } => match self.cancel(id, &caller) {
+                // Answered once the job's end is recorded ([`Control::settle_awaiting`]).
+                Ok(true) => self.awaiting.push((id, reply, caller, Instant::now())),
+                r => replies.push((reply, r.map(|_| id), caller)),
+            },
             Op::Pause { id, caller, reply } => {
                 let r = self.hold(id, &caller, true);
                 replies.push((reply, r.map(|()| id), caller));
@@ -56,7 +64,9 @@ impl Control {
         }
     }
 
-    fn cancel(&mut self, id: JobId, caller: &Caller) -> Result<(), ProtocolError> {
+    /// Cancels a job: a pending one ends here; a running or paused one is killed without
+    /// waiting (`Ok(true)`), and its exit event records it as cancelled on a later turn.
+    fn cancel(&mut self, id: JobId, caller: &Caller) -> Result<bool, ProtocolError> {
         let state = self.authorize(id, caller)?;
         let by = format!("cancelled by uid {}", caller.uid);
         match state {
@@ -68,26 +78,40 @@ impl Control {
                 self.finish(id, JobState::Cancelled, None, Some(by))
                     .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
                 self.release_prepared(id);
-                Ok(())
+                Ok(false)
             }
-            _ => {
-                self.cancelling.insert(id);
-                match self.actuator.kill(id) {
-                    Ok(()) => {
-                        // Its processes are gone; the waiter's exit event follows and is
-                        // recorded as this cancel (tried again there if this record fails).
-                        let _ = self.finish(id, JobState::Cancelled, None, Some(by));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.cancelling.remove(&id);
-                        Err(refuse(
-                            ErrorCode::Internal,
-                            format!("cannot kill job {id}: {e}"),
-                        ))
-                    }
+            _ => match self.actuator.kill_now(id) {
+                Ok(()) => {
+                    self.cancelling.insert(id, by);
+                    Ok(true)
                 }
-            }
+                Err(e) => Err(refuse(
+                    ErrorCode::Internal,
+                    format!("cannot kill job {id}: {e}"),
+                )),
+            },
+        }
+    }
+
+    /// Answers the cancels whose job's end is now recorded; one whose job has not ended after
+    /// [`AWAIT_END`] is dropped (its socket thread stopped waiting long before).
+    pub(super) fn settle_awaiting(
+        &mut self,
+        replies: &mut Vec<(Reply, Result<JobId, ProtocolError>, Caller)>,
+    ) {
+        if self.awaiting.is_empty() {
+            return;
+        }
+        let table = self.shared.table();
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|(id, _, _, since)| {
+                table.get(*id).is_none_or(|r| r.state.is_terminal()) || since.elapsed() > AWAIT_END
+            });
+        drop(table);
+        self.awaiting = waiting;
+        for (id, reply, caller, _) in done {
+            replies.push((reply, Ok(id), caller));
         }
     }
 

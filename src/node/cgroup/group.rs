@@ -264,6 +264,17 @@ impl JobGroup {
         }
     }
 
+    /// Writes `cgroup.kill` and returns without waiting for the processes to be gone: of the
+    /// job's processes (`task/`), or with `waiter` of the whole job group, its waiter too.
+    /// Unified and hybrid modes (legacy has no `cgroup.kill`: use [`JobGroup::kill`]).
+    pub fn kill_now(&self, waiter: bool) -> Result<(), CgroupError> {
+        let dir = match (&self.paths.unified, waiter) {
+            (Some(group), true) => group,
+            _ => &self.paths.task,
+        };
+        write_path(&dir.join(KILL), "1")
+    }
+
     /// A directory descriptor on the job's unified group, for clone3(CLONE_INTO_CGROUP).
     pub fn unified_dir(&self) -> Result<Option<OwnedFd>, CgroupError> {
         self.paths
