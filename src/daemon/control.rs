@@ -241,6 +241,11 @@ impl Control {
     }
 
     fn maybe_compact(&self) {
+        // Finished jobs left the table: give their memory back (a trim walks the heap, so at
+        // most every STATUS_EVERY, and only then).
+        if self.shared.jobs.take_pruned() > 0 {
+            crate::sys::heap::trim();
+        }
         let journal = self.shared.jobs.journal();
         if journal.records_since_compaction() >= self.journal.compact_after {
             if let Err(e) = journal.compact(self.journal.keep_finished) {

@@ -263,7 +263,9 @@ pub fn open_store(cfg: &Config) -> Result<(Jobs, Replay), DaemonError> {
         ));
     }
     let events = EventLog::open_with_group(&cfg.state_dir, super::server::socket_gid())?;
-    Ok((Jobs::new(journal, events), replay))
+    let jobs = Jobs::new(journal, events);
+    jobs.keep_finished(cfg.journal.keep_finished);
+    Ok((jobs, replay))
 }
 
 /// The configured scheduling policy.

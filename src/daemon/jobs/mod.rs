@@ -175,6 +175,17 @@ impl Jobs {
         }
     }
 
+    /// Keeps only the `keep` most recently finished jobs in the table (`[journal]
+    /// keep_finished`, as a compaction does in the journal), so memory stays bounded.
+    pub fn keep_finished(&self, keep: usize) {
+        lock(&self.table).set_keep_finished(keep);
+    }
+
+    /// How many finished jobs left the table since the last call.
+    pub fn take_pruned(&self) -> usize {
+        lock(&self.table).take_pruned()
+    }
+
     pub fn table(&self) -> TableRead<'_> {
         TableRead(lock(&self.table))
     }
@@ -329,13 +340,12 @@ impl Jobs {
         node().map_err(|why| JobsError::Node { id, why })?;
         let event = {
             let mut table = lock(&self.table);
-            let name = table
-                .get(id)
-                .ok_or(TableError::NotFound(id))?
-                .spec
-                .name
-                .clone();
+            let rec = table.get(id).ok_or(TableError::NotFound(id))?;
+            let name = rec.spec.name.clone();
             update(&mut table, id, &change, target, at)?;
+            if let Change::Finished { .. } = change {
+                table.prune_finished();
+            }
             events(name, id, &change, target)
         };
         if let Change::Finished { .. } = change {
