@@ -38,8 +38,6 @@ fn a_thousand_large_jobs_submitted_and_cancelled_leave_the_daemons_memory() {
     let d = TestDaemon::start("memory", "[journal]\nkeep_finished = 10\n");
     let pid = d.pid().as_raw();
     let base = rss_kb(pid);
-    let mut c = Client::connect(&d.socket).unwrap();
-    c.set_timeout(Some(LONG)).unwrap();
     // `sh -c 'sleep 1000' <60 KB>`: the big argument is the shell's $0. Two run, the rest wait.
     let spec = JobSpec::new(vec![
         "sh".into(),
@@ -47,25 +45,46 @@ fn a_thousand_large_jobs_submitted_and_cancelled_leave_the_daemons_memory() {
         "sleep 1000".into(),
         "x".repeat(ARG),
     ]);
-    let mut ids = Vec::new();
-    for _ in 0..JOBS {
-        let req = Request::Submit(Box::new(Submit {
-            job: spec.clone(),
-            user: None,
-        }));
-        match c.call(&req).unwrap() {
-            Reply::Submitted { id } => ids.push(id),
-            other => panic!("submit: {other:?}"),
-        }
-    }
+    let t0 = Instant::now();
+    // Four clients, so that their submits share the journal's syncs.
+    let submitters: Vec<_> = (0..4)
+        .map(|_| {
+            let (socket, spec) = (d.socket.clone(), spec.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket).unwrap();
+                c.set_timeout(Some(LONG)).unwrap();
+                let mut ids = Vec::new();
+                for _ in 0..JOBS / 4 {
+                    let req = Request::Submit(Box::new(Submit {
+                        job: spec.clone(),
+                        user: None,
+                    }));
+                    match c.call(&req).unwrap() {
+                        Reply::Submitted { id } => ids.push(id),
+                        other => panic!("submit: {other:?}"),
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    let ids: Vec<_> = submitters
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(ids.len(), JOBS);
+    eprintln!("1000 submits done after {:?}", t0.elapsed());
     let peak = rss_kb(pid);
     assert!(
         peak > base + 40 * 1024,
         "1000 jobs of 60 KB did not show in the daemon's memory ({base} -> {peak} kB)"
     );
+    let mut c = Client::connect(&d.socket).unwrap();
+    c.set_timeout(Some(LONG)).unwrap();
     for id in &ids {
         c.call(&Request::Cancel(Target { id: *id })).unwrap();
     }
+    eprintln!("1000 cancels done after {:?}", t0.elapsed());
     assert!(
         d.all().len() <= 10,
         "finished jobs beyond keep_finished stayed in the table"
@@ -77,6 +96,7 @@ fn a_thousand_large_jobs_submitted_and_cancelled_leave_the_daemons_memory() {
         std::thread::sleep(Duration::from_millis(200));
         now = rss_kb(pid);
     }
+    eprintln!("memory back after {:?}", t0.elapsed());
     assert!(
         now <= base + SLACK_KB,
         "the daemon kept its memory: {base} kB at start, {peak} kB with the jobs, {now} kB after"
