@@ -577,3 +577,23 @@ fn kill_now_of_a_job_not_started_yet_waits_for_nothing_and_the_job_never_runs() 
     }
     panic!("the waiter started every job before it could be stopped");
 }
+
+/// The freeze the control loop uses (`freeze_now`) returns at once; `frozen` confirms it later.
+#[test]
+fn freeze_now_is_confirmed_by_frozen() {
+    let Some(mut env) = Env::new("freezenow", false) else {
+        return;
+    };
+    let (core, _) = env.cores();
+    let job = env.run(90, &["/bin/sleep", "30"], &core);
+    env.pids(job, 1);
+    env.act().freeze_now(job).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.act().frozen(job).unwrap() {
+        assert!(Instant::now() < deadline, "never frozen");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    env.act().kill(job).unwrap();
+    assert_eq!(env.exit().status, ExitStatus::Signaled(9));
+    env.act().release(job).unwrap();
+}

@@ -30,6 +30,8 @@ use super::slurm::SlurmSide;
 const PIDS_EVERY: Duration = Duration::from_millis(500);
 /// How often systemd's STATUS= line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How soon the loop looks again at a freeze it started.
+const FREEZE_POLL: Duration = Duration::from_millis(1);
 /// Most pending jobs whose groups are made ahead.
 const PREPARE_AHEAD: usize = 8;
 
@@ -75,6 +77,8 @@ pub struct Control {
     pub(super) cancelling: HashMap<JobId, String>,
     /// Users' cancels whose kill is under way: answered once the job's end is recorded.
     pub(super) awaiting: Vec<(JobId, Reply, Caller, Instant)>,
+    /// Users' pauses whose freeze is under way: answered once the kernel has the job frozen.
+    pub(super) freezing: Vec<super::requests::Freezing>,
     /// Exits whose end could not be recorded yet (their exit records kept), tried again later.
     pub(super) unrecorded: Vec<ExitEvent>,
     pub(super) last_retry: Instant,
@@ -117,6 +121,7 @@ impl Control {
             journal: s.journal,
             cancelling: HashMap::new(),
             awaiting: Vec::new(),
+            freezing: Vec::new(),
             unrecorded: Vec::new(),
             last_retry: Instant::now(),
             dirty: true,
@@ -160,6 +165,10 @@ impl Control {
             if self.dirty {
                 period = period.min(gap);
             }
+            // A freeze is confirmed in µs: look again soon rather than at the next tick.
+            if !self.freezing.is_empty() {
+                period = period.min(FREEZE_POLL);
+            }
             select! {
                 recv(self.ops) -> op => if let Ok(op) = op { self.op(op, &mut replies) },
                 recv(self.exits) -> ev => if let Ok(ev) = ev { self.exit(ev) },
@@ -175,6 +184,7 @@ impl Control {
             }
             self.retry_exits();
             self.settle_awaiting(&mut replies);
+            self.settle_freezing(&mut replies);
             self.control_step();
             self.publish_metrics();
             self.slurm_turn(false);

@@ -384,6 +384,27 @@ impl Actuator {
         Ok(())
     }
 
+    /// Starts freezing the job and returns at once, so the control loop never waits on it;
+    /// [`Actuator::frozen`] says when the kernel has it frozen.
+    pub fn freeze_now(&mut self, job: JobId) -> Result<(), ActuationError> {
+        let (j, _) = self.group(job)?;
+        let group = j.group.as_mut().ok_or(ActuationError::UnknownJob(job))?;
+        group
+            .freeze_now()
+            .map_err(|e| ActuationError::cgroup(job, e))?;
+        j.paused = true;
+        Ok(())
+    }
+
+    /// Whether the kernel reports the job frozen.
+    pub fn frozen(&mut self, job: JobId) -> Result<bool, ActuationError> {
+        let (j, _) = self.group(job)?;
+        let group = j.group.as_mut().ok_or(ActuationError::UnknownJob(job))?;
+        group
+            .is_frozen()
+            .map_err(|e| ActuationError::cgroup(job, e))
+    }
+
     /// Sets the job's cores, then thaws it. If the cores cannot be set it stays paused.
     pub fn resume(&mut self, job: JobId, cores: CpuSet) -> Result<(), ActuationError> {
         let (j, timeout) = self.group(job)?;

@@ -188,6 +188,16 @@ impl JobGroup {
         self.set_frozen(true, timeout)
     }
 
+    /// Asks the kernel to freeze the job's processes and returns at once (see `is_frozen`).
+    pub fn freeze_now(&mut self) -> Result<(), CgroupError> {
+        let value = if self.paths.mode == Mode::Legacy {
+            "FROZEN"
+        } else {
+            "1"
+        };
+        self.freeze_knob()?.write(value)
+    }
+
     /// Thaws the job's processes and waits until the kernel reports them thawed.
     pub fn thaw(&mut self, timeout: Duration) -> Result<(), CgroupError> {
         self.set_frozen(false, timeout)
