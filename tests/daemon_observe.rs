@@ -47,7 +47,7 @@ fn history_and_metrics_follow_the_probe_across_a_restart() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mc = Memcached::start(dir.path());
+    let mc = Memcached::start(dir.path(), common::free_port());
     let mport = common::free_port();
     let textfile = dir.path().join("lowsched.prom");
     let mut d = TestDaemon::start(

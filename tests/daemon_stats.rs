@@ -25,7 +25,7 @@ fn stats_show_the_protected_services_latency_as_table_json_and_hlog() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mc = Memcached::start(dir.path());
+    let mc = Memcached::start(dir.path(), common::free_port());
     let port = mc.port;
     let d = TestDaemon::start("stats", &mc.service_toml());
 

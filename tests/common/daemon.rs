@@ -433,7 +433,7 @@ pub fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Our own memcached on a free local port, with a pid file the daemon can find it by; killed
+/// Our own memcached on a local port, with a pid file the daemon can find it by; killed
 /// on drop.
 pub struct Memcached {
     child: Child,
@@ -442,10 +442,10 @@ pub struct Memcached {
 }
 
 impl Memcached {
-    /// Starts one worker thread with 64 MB in `dir` and waits for its pid file.
-    pub fn start(dir: &Path) -> Memcached {
+    /// Starts one worker thread with 64 MB on `port`, its pid file in `dir`, and waits for
+    /// the pid file.
+    pub fn start(dir: &Path, port: u16) -> Memcached {
         let pid_file = dir.join("memcached.pid");
-        let port = crate::common::free_port();
         let child = Command::new("memcached")
             .args(["-u", "root", "-l", "127.0.0.1", "-t", "1", "-m", "64"])
             .arg("-p")

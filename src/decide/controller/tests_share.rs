@@ -1,7 +1,7 @@
 //! Learned sharing on input series like the daemon records them (`controller_turn` lines):
 //! partial shares, narrowing before undoing, and the memory of what held and what did not.
 
-use super::tests::{PERIOD, SLO, controller_with};
+use super::tests::{PERIOD, controller_with};
 use super::*;
 
 fn controller() -> Controller {

@@ -383,25 +383,7 @@ impl SamplerSet {
             ));
         }
 
-        let possible = std::fs::read_to_string(cfg.sys_root.join(CPU_POSSIBLE))
-            .ok()
-            .and_then(|t| t.trim().parse::<CpuSet>().ok());
-        let cpus: Vec<usize> = match (&cfg.cores, possible) {
-            (Some(set), _) => set.iter().collect(),
-            (None, Some(set)) if !set.is_empty() => set.iter().collect(),
-            (None, _) => {
-                let path = cfg.proc_root.join(crate::sense::procstat::PROC_STAT);
-                let text = std::fs::read(&path).map_err(|source| SamplerError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                crate::sense::procstat::parse_all(&text)?
-                    .cpus
-                    .iter()
-                    .map(|(c, _)| *c)
-                    .collect()
-            }
-        };
+        let cpus = sampled_cpus(&cfg)?;
         let Some(&first) = cpus.first() else {
             return Err(SamplerError::NoCores);
         };
@@ -495,6 +477,31 @@ impl std::ops::Deref for SamplerSet {
     fn deref(&self) -> &SamplerHandle {
         &self.handle
     }
+}
+
+/// The cores to sample: the configured ones, else every possible CPU (sysfs), else the CPUs
+/// `/proc/stat` lists.
+fn sampled_cpus(cfg: &SamplerConfig) -> Result<Vec<usize>, SamplerError> {
+    let possible = std::fs::read_to_string(cfg.sys_root.join(CPU_POSSIBLE))
+        .ok()
+        .and_then(|t| t.trim().parse::<CpuSet>().ok());
+    let cpus: Vec<usize> = match (&cfg.cores, possible) {
+        (Some(set), _) => set.iter().collect(),
+        (None, Some(set)) if !set.is_empty() => set.iter().collect(),
+        (None, _) => {
+            let path = cfg.proc_root.join(crate::sense::procstat::PROC_STAT);
+            let text = std::fs::read(&path).map_err(|source| SamplerError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            crate::sense::procstat::parse_all(&text)?
+                .cpus
+                .iter()
+                .map(|(c, _)| *c)
+                .collect()
+        }
+    };
+    Ok(cpus)
 }
 
 /// EWMA step: the weight of a new sample after `dt` with time constant `tau`.
