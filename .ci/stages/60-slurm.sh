@@ -149,9 +149,11 @@ own=$(ls_ submit --name own-a -- stress-ng --cpu 1 --cpu-method fft --cpu-ops 15
 # soon as it finds it: its own record (events.log) shows the job found on Slurm's whole
 # allocation and narrowed. The job gets that core back only if the controller steps down to
 # the shared rung, which needs the recent and the window p95 under a quarter of the SLO
-# (200 us) for hold_down_ms; beside Slurm's job (normal priority, not SCHED_IDLE like
-# lowsched's own) on this shared, noisy host that was never seen in 40 s (first run
-# 2026-12-07: no rung change in events.log). So: if the job holds its whole allocation for 3 s
+# (200 us) for hold_down_ms. On this shared host that was never seen (runs of 2026-12-07: no
+# rung change in events.log, also with a 5 ms SLO). A daemon with record_turns, memcached
+# idle and no Slurm job at all showed why: the service's core 100% busy with other users'
+# builds (service_core_util 1.0, load 8) and the probe's p95 2-5 ms. So: if the job holds
+# its whole allocation for 3 s
 # within 10 s, the load step must take the service's core from it (a real before/after);
 # otherwise the stage says so and checks the nearest honest thing, that the job never has
 # the service's core while the load runs.
