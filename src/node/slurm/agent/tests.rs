@@ -286,3 +286,33 @@ fn a_job_that_ends_while_paused_is_recorded_with_slurms_end_and_never_resumed() 
     let calls = std::fs::read_to_string(&f.calls).unwrap();
     assert!(!calls.contains("scontrol resume 7"), "{calls}");
 }
+
+#[test]
+fn a_job_slurm_still_calls_running_after_its_group_vanished_is_asked_again() {
+    // slurmstepd removes the job's groups before slurmctld has taken in the end: the first
+    // answer is RUNNING (exit 0:0), which must not be recorded as how the job ended.
+    let f = fake(
+        "case $3 in -o)
+            n=$(cat \"$(dirname \"$0\")/../ends\" 2>/dev/null || echo 0)
+            echo $((n + 1)) >\"$(dirname \"$0\")/../ends\"
+            if [ \"$n\" -lt 2 ]; then echo 'JobId=7 JobState=RUNNING Reason=None ExitCode=0:0'
+            else echo 'JobId=7 JobState=COMPLETED Reason=None ExitCode=0:0'; fi;;
+        esac",
+    );
+    let mut a = agent(&f);
+    a.scan(Timestamp::from_millis(1));
+    std::fs::remove_dir_all(f.root.join("cpuset/slurm_n1/uid_1000/job_7")).unwrap();
+    std::fs::remove_dir_all(f.root.join("freezer/slurm_n1/uid_1000/job_7")).unwrap();
+    let all = scan_until(&mut a, |c| {
+        c.iter().any(|c| matches!(c, SlurmChange::Ended { .. }))
+    });
+    let ends: Vec<&SlurmChange> = all
+        .iter()
+        .filter(|c| matches!(c, SlurmChange::Ended { .. }))
+        .collect();
+    assert!(
+        matches!(ends.as_slice(), [SlurmChange::Ended { id: 7, end: Ok(e) }] if e.state == "COMPLETED"),
+        "{all:?}"
+    );
+    assert_eq!(read(&f.root.join("ends")), "3", "asked three times");
+}
