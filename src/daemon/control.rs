@@ -24,7 +24,7 @@ use super::jobs::Change;
 use super::server::Caller;
 use super::shared::{Op, Shared};
 use super::slo::SloLoop;
-use super::slurm::SlurmSide;
+use super::slurm::SlurmSlot;
 
 /// How often job pids shown by `status` are refreshed.
 const PIDS_EVERY: Duration = Duration::from_millis(500);
@@ -53,8 +53,8 @@ pub struct ControlSetup {
     pub notifier: Notifier,
     pub watchdog: Option<Duration>,
     pub journal: JournalConfig,
-    /// Slurm's jobs on this node, when `[slurm]` is on.
-    pub slurm: Option<SlurmSide>,
+    /// Slurm's jobs on this node, when `[slurm]` is on (or waiting for slurmd, with `auto`).
+    pub slurm: SlurmSlot,
 }
 
 /// The control loop's state, run on its own thread.
@@ -68,7 +68,7 @@ pub struct Control {
     pub(super) batch_cores: CpuSet,
     pub(super) service_cores: CpuSet,
     managed: CpuSet,
-    slurm: Option<SlurmSide>,
+    slurm: SlurmSlot,
     policy_tick: Duration,
     notifier: Notifier,
     watchdog: Option<Duration>,
@@ -301,7 +301,7 @@ impl Control {
     /// (nothing is squeezed before the service is placed); `urgent` on a grow, before the
     /// service takes its new cores.
     fn slurm_turn(&mut self, urgent: bool) {
-        let Some(side) = self.slurm.as_mut() else {
+        let Some(side) = self.slurm.side(&self.shared) else {
             return;
         };
         let placed = self.slo.is_none() || !self.service_cores.is_empty();

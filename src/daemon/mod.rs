@@ -39,7 +39,7 @@ use config::{Config, Overrides};
 use control::{Control, ControlSetup};
 use server::{Limits, Server};
 use shared::Shared;
-use slurm::SlurmSide;
+use slurm::SlurmSlot;
 
 /// Why the daemon could not start (or stop cleanly).
 #[derive(Debug, thiserror::Error)]
@@ -170,9 +170,13 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Observe)?;
     let sensors = startup::sense(&cfg, &node, &actuator, &shared)?;
     let serve = serve(server, shared.clone())?;
-    let slurm = Layout::detect(Path::new("/proc"))
-        .ok()
-        .and_then(|layout| SlurmSide::start(&cfg.slurm, &layout, &shared, &recovered.foreign));
+    let slurm = SlurmSlot::start(
+        &cfg.slurm,
+        Layout::detect(Path::new("/proc")).ok(),
+        &shared,
+        &recovered.foreign,
+        Path::new("/proc"),
+    );
 
     let mut control = Control::new(ControlSetup {
         shared: shared.clone(),

@@ -14,6 +14,7 @@ use crate::model::exit::ExitStatus;
 use crate::model::job::{JobId, JobSpec, Origin};
 use crate::model::jobstate::JobState;
 use crate::node::cgroup::Layout;
+use crate::node::service::Enabled;
 use crate::node::slurm::scontrol::JobEnd;
 use crate::node::slurm::{SlurmAgent, SlurmChange, SlurmConfig};
 use crate::store::eventlog::{Event, Kind};
@@ -42,8 +43,8 @@ impl SlurmSide {
         layout: &Layout,
         shared: &Shared,
         restored: &[JobId],
+        proc_root: &Path,
     ) -> Option<Self> {
-        let proc_root = Path::new("/proc");
         if !cfg.wanted(proc_root) {
             return None;
         }
@@ -287,6 +288,100 @@ fn finished(end: Result<JobEnd, String>) -> Change {
     }
 }
 
+/// How often `enabled = "auto"` looks again for a slurmd that was not running at start.
+const AUTO_RETRY: Duration = Duration::from_secs(5);
+
+/// The Slurm side, or, with `enabled = "auto"` and no slurmd yet, the wait for one: at boot
+/// lowsched may start before slurmd (or slurmd may fail and be started by hand later), and
+/// `auto` must not mean "only if slurmd won the race".
+#[derive(Debug)]
+pub struct SlurmSlot {
+    side: Option<SlurmSide>,
+    waiting: Option<Waiting>,
+}
+
+/// What starting the side later needs.
+#[derive(Debug)]
+struct Waiting {
+    cfg: SlurmConfig,
+    layout: Layout,
+    restored: Vec<JobId>,
+    proc_root: std::path::PathBuf,
+    next_try: Instant,
+}
+
+impl Waiting {
+    /// Whether slurmd runs now; looked at once per `AUTO_RETRY`.
+    fn slurmd_appeared(&mut self, now: Instant) -> bool {
+        if now < self.next_try {
+            return false;
+        }
+        self.next_try = now + AUTO_RETRY;
+        crate::node::slurm::slurmd_running(&self.proc_root)
+    }
+}
+
+impl SlurmSlot {
+    /// The side if `[slurm]` wants it now; with `auto` and no slurmd, a wait for one.
+    pub fn start(
+        cfg: &SlurmConfig,
+        layout: Option<Layout>,
+        shared: &Shared,
+        restored: &[JobId],
+        proc_root: &Path,
+    ) -> Self {
+        if cfg.enabled == Enabled::No && crate::node::slurm::slurmd_running(proc_root) {
+            crate::log::warn(
+                "slurmd runs on this node but [slurm] enabled = \"no\": Slurm's jobs may run \
+                 on the service's cores unchecked; enabled = \"auto\" makes lowsched their node agent",
+            );
+        }
+        let Some(layout) = layout else {
+            return Self::off();
+        };
+        let side = SlurmSide::start(cfg, &layout, shared, restored, proc_root);
+        let waiting = (side.is_none()
+            && cfg.enabled == Enabled::Auto
+            && !crate::node::slurm::slurmd_running(proc_root))
+        .then(|| {
+            crate::log::info("Slurm jobs: no slurmd on this node yet; looking again every 5 s");
+            Waiting {
+                cfg: cfg.clone(),
+                layout,
+                restored: restored.to_vec(),
+                proc_root: proc_root.to_path_buf(),
+                next_try: Instant::now() + AUTO_RETRY,
+            }
+        });
+        Self { side, waiting }
+    }
+
+    pub fn off() -> Self {
+        Self {
+            side: None,
+            waiting: None,
+        }
+    }
+
+    /// The side, started first if slurmd has appeared since.
+    pub fn side(&mut self, shared: &Shared) -> Option<&mut SlurmSide> {
+        if self.side.is_none()
+            && let Some(w) = self.waiting.as_mut()
+            && w.slurmd_appeared(Instant::now())
+        {
+            let w = self.waiting.take()?;
+            crate::log::info("Slurm jobs: slurmd runs now");
+            self.side = SlurmSide::start(&w.cfg, &w.layout, shared, &w.restored, &w.proc_root);
+        }
+        self.side.as_mut()
+    }
+
+    pub fn take(&mut self) -> Option<SlurmSide> {
+        self.waiting = None;
+        self.side.take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +452,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn auto_looks_again_for_a_slurmd_that_starts_later() {
+        let t = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let mut w = Waiting {
+            cfg: SlurmConfig::default(),
+            layout: Layout::Unified {
+                mount: crate::node::cgroup::CgroupMount {
+                    point: t.path().join("cgroup"),
+                    root: "/".into(),
+                    controllers: None,
+                },
+            },
+            restored: Vec::new(),
+            proc_root: t.path().to_path_buf(),
+            next_try: start + AUTO_RETRY,
+        };
+        assert!(!w.slurmd_appeared(start + AUTO_RETRY), "no slurmd yet");
+        std::fs::create_dir_all(t.path().join("77")).unwrap();
+        std::fs::write(t.path().join("77/comm"), "slurmd\n").unwrap();
+        assert!(
+            !w.slurmd_appeared(start + AUTO_RETRY + Duration::from_secs(1)),
+            "not looked at again before AUTO_RETRY"
+        );
+        assert!(w.slurmd_appeared(start + AUTO_RETRY * 2));
     }
 }

@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
-# Runs Slurm (the distribution's slurmd, slurmctld, munge) in QEMU guest B: systemd as PID 1,
-# pure cgroup v2, the cgroup/v2 plugin. Builds a rootfs variant with those packages and D-Bus
-# (the plugin asks systemd over D-Bus for slurmd's step scope), lays slurm.conf and cgroup.conf
-# over it, and runs tests/slurm/check-guest-b.sh there. Exit code: the check's (see
-# tests/vm/README.md for 77, 124, 125).
+# Runs Slurm (the distribution's slurmd, slurmctld, munge) and lowsched side by side in QEMU
+# guest B: systemd as PID 1, pure cgroup v2, Slurm's cgroup/v2 plugin. Builds a rootfs variant
+# with those packages, D-Bus (the plugin asks systemd over D-Bus for slurmd's step scope) and
+# stress-ng; lays over it lowsched installed the way stage 50 does (systemd/install.sh into an
+# install tree, the memcached drop-in and config of cgroups/, plus a [slurm] section), and
+# slurm.conf and cgroup.conf; runs tests/slurm/check-guest-b.sh there. Exit code: the check's
+# (see tests/vm/README.md for 77, 124, 125).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 overlay=target/vm/slurm-b
 rm -rf -- "$overlay"
+# lowsched, as stage 50 installs it (the guest is Debian with glibc like this host, so the
+# host's debug build runs there). Not enabled: the check starts it once Slurm runs.
+systemd/install.sh --build PROFILE=debug DESTDIR="$overlay" >/dev/null
+install -D -m 0644 cgroups/memcached.service.d/lowsched.conf \
+    "$overlay/etc/systemd/system/memcached.service.d/lowsched.conf"
+install -D -m 0644 cgroups/lowsched-memcached.toml "$overlay/etc/lowsched/lowsched.toml"
+# Test-only, appended to its [service] section as in stage 50 (one core for the service, a
+# slow probe under TCG), then the SLO the check lowers for its forced breach, then the
+# [slurm] section users copy, with a short drain hold and a faster squeue poll.
+{
+    printf '%s\n' "max_cores = 1" "" "[probe]" "rate = 100" "" "[slo]" "p95_us = 800" ""
+    cat cgroups/slurm/lowsched-slurm.toml
+    printf '%s\n' "poll_ms = 1000"
+} >>"$overlay/etc/lowsched/lowsched.toml"
+sed -i 's/^drain_hold_s = .*/drain_hold_s = 2.0/' "$overlay/etc/lowsched/lowsched.toml"
 mkdir -p "$overlay/etc/slurm" "$overlay/var/lib/lowsched-slurm/state" "$overlay/var/lib/lowsched-slurm/spool"
 cat >"$overlay/etc/slurm/slurm.conf" <<'CONF'
 ClusterName=lowsched-guest
@@ -36,5 +53,5 @@ ConstrainRAMSpace=no
 ConstrainSwapSpace=no
 ConstrainDevices=no
 CONF
-export VM_B_EXTRA_PACKAGES="slurmd slurmctld slurm-client munge dbus"
-exec tests/vm/guest-b.sh --root-overlay "$overlay" --check tests/slurm/check-guest-b.sh --timeout "${SLURM_GUEST_TIMEOUT:-900}"
+export VM_B_EXTRA_PACKAGES="slurmd slurmctld slurm-client munge dbus stress-ng"
+exec tests/vm/guest-b.sh --root-overlay "$overlay" --check tests/slurm/check-guest-b.sh --timeout "${SLURM_GUEST_TIMEOUT:-600}"

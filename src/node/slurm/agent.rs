@@ -10,7 +10,7 @@
 //! someone else suspended in Slurm is never resumed by lowsched.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::decide::slurm::{SlurmAction, SlurmJobView};
 use crate::model::cpuset::CpuSet;
@@ -111,7 +111,13 @@ pub struct SlurmAgent {
     worker: Worker,
     drainer: Option<Drainer>,
     freeze_timeout: Duration,
+    /// Ended jobs Slurm still called live: when to ask again, and how often it was asked.
+    ends_due: BTreeMap<u64, (Instant, u32)>,
 }
+
+/// How long after Slurm called an ended job live it is asked again, and how often at most.
+const END_RETRY: Duration = Duration::from_millis(500);
+const END_TRIES: u32 = 20;
 
 impl SlurmAgent {
     pub fn start(
@@ -147,6 +153,7 @@ impl SlurmAgent {
             worker,
             drainer: cfg.drain_hold().map(Drainer::new),
             freeze_timeout: DEFAULT_TIMEOUT,
+            ends_due: BTreeMap::new(),
         })
     }
 
@@ -189,10 +196,36 @@ impl SlurmAgent {
                 what: e.to_string(),
             }),
         }
+        let at = Instant::now();
+        for (&id, (due, _)) in &mut self.ends_due {
+            if *due <= at {
+                self.worker.send(Request::End(id));
+                // Not again before this answer: it sets the next time.
+                *due = at + END_RETRY * END_TRIES;
+            }
+        }
         for answer in self.worker.answers() {
             self.absorb(answer, now, &mut changes);
         }
         changes
+    }
+
+    /// Slurm's record of an ended job, or `None` while Slurm still calls it live (asked again
+    /// after `END_RETRY`, up to `END_TRIES` times; then the live state is what is recorded).
+    fn settled_end(
+        &mut self,
+        id: u64,
+        end: Result<JobEnd, String>,
+    ) -> Option<Result<JobEnd, String>> {
+        let live = end.as_ref().is_ok_and(JobEnd::still_live);
+        let tries = self.ends_due.get(&id).map_or(0, |&(_, n)| n);
+        if live && tries < END_TRIES {
+            self.ends_due
+                .insert(id, (Instant::now() + END_RETRY, tries + 1));
+            return None;
+        }
+        self.ends_due.remove(&id);
+        Some(end)
     }
 
     fn merge(&mut self, found: Vec<SlurmJobGroups>, now: Timestamp, out: &mut Vec<SlurmChange>) {
@@ -263,7 +296,9 @@ impl SlurmAgent {
             Answer::End(id, end) => {
                 let end =
                     end.and_then(|e| e.ok_or_else(|| format!("Slurm no longer knows job {id}")));
-                out.push(SlurmChange::Ended { id, end });
+                if let Some(end) = self.settled_end(id, end) {
+                    out.push(SlurmChange::Ended { id, end });
+                }
             }
             Answer::Jobs(Ok(queued)) => {
                 for q in queued {

@@ -197,6 +197,17 @@ pub struct JobEnd {
     pub signal: Option<i32>,
 }
 
+impl JobEnd {
+    /// Whether Slurm still has the job as live: its group can vanish (slurmstepd removes it as
+    /// the job's processes end) before slurmctld has taken in the end.
+    pub fn still_live(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "RUNNING" | "SUSPENDED" | "PENDING" | "CONFIGURING"
+        )
+    }
+}
+
 pub fn parse_job_end(text: &str) -> Option<JobEnd> {
     let field = |key: &str| {
         text.split_whitespace()

@@ -196,3 +196,123 @@ fn a_suspension_lowsched_did_not_ask_for_is_someone_elses_hold() {
         "never resumed by lowsched"
     );
 }
+
+#[test]
+fn a_missing_scontrol_still_freezes_and_reports_the_missing_tool() {
+    let f = fake("exit 0");
+    std::fs::remove_file(f.root.join("bin/scontrol")).unwrap();
+    let mut a = agent(&f);
+    a.scan(Timestamp::from_millis(1));
+    let changes = a.carry_out(&plan(&a.views(), &"0-1".parse().unwrap()));
+    assert_eq!(changes, vec![SlurmChange::Paused { id: 7 }]);
+    let fr = f.root.join("freezer/slurm_n1/uid_1000/job_7/step_batch");
+    assert_eq!(
+        read(&fr.join(FREEZER_STATE)),
+        "FROZEN",
+        "the service is protected first"
+    );
+    let suspend_failed = |c: &SlurmChange| matches!(c, SlurmChange::Failed { id: Some(7), what } if what.starts_with("Suspend"));
+    let all = scan_until(&mut a, |c| c.iter().any(suspend_failed));
+    let failed = all
+        .iter()
+        .find_map(|c| match c {
+            SlurmChange::Failed { what, .. } if suspend_failed(c) => Some(what.clone()),
+            _ => None,
+        })
+        .expect("the failed suspend is reported");
+    assert!(failed.contains("scontrol"), "names the tool: {failed}");
+    assert_eq!(read(&fr.join(FREEZER_STATE)), "FROZEN");
+}
+
+#[test]
+fn a_job_whose_group_vanishes_mid_write_is_ended_not_failed() {
+    let f =
+        fake("case $2 in job) echo 'JobId=7 JobState=COMPLETED Reason=None ExitCode=0:0';; esac");
+    let mut a = agent(&f);
+    a.scan(Timestamp::from_millis(1));
+    let actions = plan(&a.views(), &"0".parse().unwrap());
+    // The job ends between the plan and its cpuset writes.
+    std::fs::remove_dir_all(f.root.join("cpuset/slurm_n1/uid_1000/job_7")).unwrap();
+    std::fs::remove_dir_all(f.root.join("freezer/slurm_n1/uid_1000/job_7")).unwrap();
+    let changes = a.carry_out(&actions);
+    assert!(
+        changes.is_empty(),
+        "a vanished group is no failure: {changes:?}"
+    );
+    assert!(a.views().is_empty(), "the job is gone from the agent");
+    let all = scan_until(&mut a, |c| {
+        c.iter().any(|c| matches!(c, SlurmChange::Ended { .. }))
+    });
+    assert!(
+        all.iter().any(|c| matches!(
+            c,
+            SlurmChange::Ended { id: 7, end: Ok(e) } if e.state == "COMPLETED" && e.exit_code == Some(0)
+        )),
+        "{all:?}"
+    );
+    assert!(
+        !all.iter().any(|c| matches!(c, SlurmChange::Failed { .. })),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn a_job_that_ends_while_paused_is_recorded_with_slurms_end_and_never_resumed() {
+    let f =
+        fake("case $2 in job) echo 'JobId=7 JobState=CANCELLED Reason=None ExitCode=0:15';; esac");
+    let mut a = agent(&f);
+    a.scan(Timestamp::from_millis(1));
+    let changes = a.carry_out(&plan(&a.views(), &"0-1".parse().unwrap()));
+    assert_eq!(changes, vec![SlurmChange::Paused { id: 7 }]);
+    // scancel while frozen: Slurm removes the job's groups.
+    std::fs::remove_dir_all(f.root.join("cpuset/slurm_n1/uid_1000/job_7")).unwrap();
+    std::fs::remove_dir_all(f.root.join("freezer/slurm_n1/uid_1000/job_7")).unwrap();
+    let all = scan_until(&mut a, |c| {
+        c.iter().any(|c| matches!(c, SlurmChange::Ended { .. }))
+    });
+    assert!(
+        all.iter().any(|c| matches!(
+            c,
+            SlurmChange::Ended { id: 7, end: Ok(e) } if e.state == "CANCELLED"
+        )),
+        "{all:?}"
+    );
+    assert!(
+        plan(&a.views(), &CpuSet::new()).is_empty(),
+        "nothing left to resume"
+    );
+    assert!(a.release_all().is_empty(), "nor to give back at stop");
+    drop(a);
+    let calls = std::fs::read_to_string(&f.calls).unwrap();
+    assert!(!calls.contains("scontrol resume 7"), "{calls}");
+}
+
+#[test]
+fn a_job_slurm_still_calls_running_after_its_group_vanished_is_asked_again() {
+    // slurmstepd removes the job's groups before slurmctld has taken in the end: the first
+    // answer is RUNNING (exit 0:0), which must not be recorded as how the job ended.
+    let f = fake(
+        "case $3 in -o)
+            n=$(cat \"$(dirname \"$0\")/../ends\" 2>/dev/null || echo 0)
+            echo $((n + 1)) >\"$(dirname \"$0\")/../ends\"
+            if [ \"$n\" -lt 2 ]; then echo 'JobId=7 JobState=RUNNING Reason=None ExitCode=0:0'
+            else echo 'JobId=7 JobState=COMPLETED Reason=None ExitCode=0:0'; fi;;
+        esac",
+    );
+    let mut a = agent(&f);
+    a.scan(Timestamp::from_millis(1));
+    std::fs::remove_dir_all(f.root.join("cpuset/slurm_n1/uid_1000/job_7")).unwrap();
+    std::fs::remove_dir_all(f.root.join("freezer/slurm_n1/uid_1000/job_7")).unwrap();
+    let all = scan_until(&mut a, |c| {
+        c.iter().any(|c| matches!(c, SlurmChange::Ended { .. }))
+    });
+    let ends: Vec<&SlurmChange> = all
+        .iter()
+        .filter(|c| matches!(c, SlurmChange::Ended { .. }))
+        .collect();
+    assert!(
+        matches!(ends.as_slice(), [SlurmChange::Ended { id: 7, end: Ok(e) }] if e.state == "COMPLETED"),
+        "{all:?}"
+    );
+    assert_eq!(read(&f.root.join("ends")), "3", "asked three times");
+}
