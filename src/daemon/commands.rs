@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::decide::policy::{Command, JobView, Snapshot};
+use crate::decide::policy::{Command, JobView, Snapshot, hold, timelimit};
 use crate::decide::queue::Queued;
 use crate::model::exit::{ExitEvent, ExitStatus};
 use crate::model::job::JobId;
@@ -47,6 +47,11 @@ fn change_of(cmd: &Command) -> Change {
         },
         Command::MarkUnschedulable { reason, .. } => Change::Finished {
             state: JobState::Unschedulable,
+            exit: None,
+            reason: Some(reason.clone()),
+        },
+        Command::TimeOut { reason, .. } => Change::Finished {
+            state: JobState::Timeout,
             exit: None,
             reason: Some(reason.clone()),
         },
@@ -134,6 +139,17 @@ impl Control {
             None => {}
         }
         self.cancelling.remove(&id);
+        // Not journaled: after a restart `history` shows n/a for jobs that ended before it.
+        if let Some(usage) = self.actuator.usage(id) {
+            if self
+                .shared
+                .table()
+                .get(id)
+                .is_some_and(|r| r.state.is_terminal())
+            {
+                self.change(id, Change::Accounted { usage });
+            }
+        }
         if let Err(e) = self.actuator.release(id) {
             crate::log::warn(&format!("job {id}: cleanup after exit: {e}"));
         }
@@ -162,15 +178,32 @@ impl Control {
                 });
                 handles.insert(item.id(), item);
             }
+            // Jobs waiting for others or for room in their array are not offered to the
+            // policy; those whose dependencies can never be met are given up on.
+            let states = |id: JobId| table.states(id);
+            let screened = hold::screen(&queue, &active, &states);
             let snap = Snapshot {
                 now: now(),
                 node: &self.shared.node,
                 batch_cores: self.batch_cores,
                 service_cores: self.service_cores,
                 active: &active,
-                queue: &queue,
+                queue: &screened.ready,
             };
-            (self.shared.policy.decide(&snap), handles)
+            // Jobs past their run-time limit are killed first (within one policy tick of it);
+            // the policy's commands for them are dropped: their cores are free at the next
+            // decision.
+            let mut commands = timelimit::expired(&snap);
+            let expired: Vec<JobId> = commands.iter().map(Command::job).collect();
+            commands.extend(
+                self.shared
+                    .policy
+                    .decide(&snap)
+                    .into_iter()
+                    .filter(|c| !expired.contains(&c.job())),
+            );
+            commands.extend(screened.never);
+            (commands, handles)
         };
         for cmd in commands {
             // A job leaves the queue when the policy starts it or gives up on it.
@@ -199,7 +232,7 @@ impl Control {
             Command::Run { .. } => self.shared.jobs.credentials(id),
             _ => None,
         };
-        if let Command::Kill { .. } = cmd {
+        if let Command::Kill { .. } | Command::TimeOut { .. } = cmd {
             self.cancelling.insert(id);
         }
         let launch = match (&cmd, &creds) {

@@ -66,7 +66,7 @@ pub fn recover(
             continue;
         }
         if let Some(a) = running.get(&j.id) {
-            rec.last_started = Some(at);
+            rec.found_running(at);
             // Restored as pending, out of the queue: adoption moves it on.
             jobs.restore(rec, None);
             let change = Change::Adopted {

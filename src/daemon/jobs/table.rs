@@ -3,13 +3,15 @@
 //! (`super::Jobs`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use crate::api::protocol::JobStatus;
-use crate::decide::policy::{ActiveJob, JobView};
+use crate::api::protocol::{Asked, JobStatus};
+use crate::decide::policy::{ActiveJob, JobView, hold};
 use crate::model::cpuset::CpuSet;
 use crate::model::inventory::GpuSet;
 use crate::model::job::{JobId, JobSpec, Timestamp};
 use crate::model::jobstate::{IllegalTransition, JobState};
+use crate::model::usage::Usage;
 use crate::store::journal::{Ending, Owner};
 
 /// One job as the daemon tracks it.
@@ -28,11 +30,16 @@ pub struct JobRecord {
     pub first_started: Option<Timestamp>,
     /// When it last started or resumed.
     pub last_started: Option<Timestamp>,
+    /// How long it ran before `last_started`, time paused not counted (its run-time limit's
+    /// clock, see `decide::policy::timelimit`).
+    pub ran: Duration,
     pub ended: Option<Timestamp>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub reason: Option<String>,
     pub pids: Vec<u32>,
+    /// What its cgroup reported when it ended.
+    pub usage: Option<Usage>,
 }
 
 impl JobRecord {
@@ -49,11 +56,13 @@ impl JobRecord {
             gpus: GpuSet::default(),
             first_started: None,
             last_started: None,
+            ran: Duration::ZERO,
             ended: None,
             exit_code: None,
             signal: None,
             reason: None,
             pids: Vec::new(),
+            usage: None,
         }
     }
 
@@ -92,7 +101,26 @@ impl JobRecord {
             ended_ms: self.ended.map(Timestamp::as_millis),
             held: self.held,
             origin: self.spec.origin,
+            task: self.spec.task,
+            time_limit_s: self.spec.time_limit.map(|d| d.as_secs_f64()),
+            ran_ms: u64::try_from(self.ran.as_millis()).unwrap_or(u64::MAX),
+            resumed_ms: (self.state == JobState::Running)
+                .then_some(self.last_started)
+                .flatten()
+                .map(Timestamp::as_millis),
+            dependencies: self.spec.dependencies.clone(),
+            asked: Some(Asked::of(&self.spec)),
+            gpus: self.gpus.iter().collect(),
+            usage: self.usage,
         }
+    }
+
+    /// Found on the node after a restart, at `at`. The journal does not keep when it was
+    /// paused, so its run-time limit counts all the time since it first started: a restart
+    /// never lets a job outrun its limit.
+    pub fn found_running(&mut self, at: Timestamp) {
+        self.last_started = Some(at);
+        self.ran = self.first_started.map_or(Duration::ZERO, |s| at.since(s));
     }
 
     /// The journal's record of how it ended, if it has.
@@ -118,11 +146,13 @@ pub enum TableError {
     },
 }
 
-/// All jobs, with an index of the active ones (running or paused).
+/// All jobs, with an index of the active ones (running or paused) and of arrays' tasks.
 #[derive(Debug, Default)]
 pub struct JobTable {
     jobs: BTreeMap<JobId, JobRecord>,
     active: BTreeSet<JobId>,
+    /// Each array's tasks, by the array's id.
+    arrays: BTreeMap<JobId, Vec<JobId>>,
 }
 
 impl JobTable {
@@ -139,6 +169,9 @@ impl JobTable {
     pub(super) fn insert(&mut self, rec: JobRecord) {
         if rec.state.is_active() {
             self.active.insert(rec.id);
+        }
+        if let Some(t) = rec.spec.task {
+            self.arrays.entry(t.array).or_default().push(rec.id);
         }
         self.jobs.insert(rec.id, rec);
     }
@@ -179,6 +212,44 @@ impl JobTable {
             .filter(|r| !r.spec.origin.is_lowsched())
     }
 
+    /// The state of job `id`, or of every task when `id` is an array's (empty: not known).
+    pub fn states(&self, id: JobId) -> Vec<JobState> {
+        match self.arrays.get(&id) {
+            Some(tasks) => tasks
+                .iter()
+                .filter_map(|t| self.jobs.get(t).map(|r| r.state))
+                .collect(),
+            None => self.jobs.get(&id).map(|r| r.state).into_iter().collect(),
+        }
+    }
+
+    /// The tasks of array `id` (none if it is not an array's id).
+    pub fn tasks(&self, id: JobId) -> &[JobId] {
+        self.arrays.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `id` names a job or an array.
+    pub fn knows(&self, id: JobId) -> bool {
+        self.jobs.contains_key(&id) || self.arrays.contains_key(&id)
+    }
+
+    /// Job `r` as shown to `caller_uid`, with why it still waits when it is held back from
+    /// the policy (its dependencies, its array's cap).
+    pub fn shown(&self, r: &JobRecord, caller_uid: u32) -> JobStatus {
+        let mut s = r.status(caller_uid);
+        if r.state == JobState::Pending && s.reason.is_none() {
+            let states = |id: JobId| self.states(id);
+            let array_active = r.spec.task.map_or(0, |t| {
+                self.tasks(t.array)
+                    .iter()
+                    .filter(|id| self.jobs.get(id).is_some_and(|j| j.state.is_active()))
+                    .count()
+            });
+            s.reason = hold::pending_reason(&r.spec, &states, array_active);
+        }
+        s
+    }
+
     /// Counts by state, for status lines.
     pub fn counts(&self) -> BTreeMap<JobState, usize> {
         let mut out = BTreeMap::new();
@@ -197,6 +268,7 @@ impl JobTable {
         at: Timestamp,
     ) -> Result<&mut JobRecord, TableError> {
         let rec = self.jobs.get_mut(&id).ok_or(TableError::NotFound(id))?;
+        let was_running = rec.state == JobState::Running;
         rec.state = rec
             .state
             .move_to(to)
@@ -205,6 +277,10 @@ impl JobTable {
             self.active.insert(id);
         } else {
             self.active.remove(&id);
+        }
+        if was_running {
+            // Its run-time clock stops while it is paused or ended.
+            rec.ran += rec.last_started.map_or(Duration::ZERO, |s| at.since(s));
         }
         match to {
             JobState::Running => {
@@ -242,6 +318,7 @@ impl JobTable {
                 },
                 gpus: r.gpus,
                 started: r.last_started.unwrap_or(r.submitted),
+                ran: r.ran,
                 held: r.held,
             })
             .collect()
@@ -280,6 +357,7 @@ mod tests {
         t.transition(JobId(1), JobState::Paused, Timestamp(11))
             .unwrap();
         assert!(t.active_views()[0].cores.is_empty());
+        assert_eq!(t.active_views()[0].ran, Duration::from_millis(1));
         t.transition(JobId(1), JobState::Succeeded, Timestamp(12))
             .unwrap();
         assert_eq!(t.active().count(), 0);
