@@ -134,7 +134,7 @@ fn history_and_detail_show_use_requests_and_outputs() {
     if root_or_skip() {
         return;
     }
-    let d = TestDaemon::start("history", "");
+    let mut d = TestDaemon::start("history", "");
     let out_path = d.dir.path().join("busy.out");
     let out_s = out_path.to_str().unwrap();
     let busy = d.submit(&[
@@ -187,6 +187,12 @@ fn history_and_detail_show_use_requests_and_outputs() {
     d.wait_state(running, "running");
     let out = d.cli(&["history", "--format=id", "--noheader"]);
     assert_eq!(text(&out.stdout).trim(), busy.to_string());
+
+    // What the cgroup reported is journaled: it outlives the daemon.
+    d.kill9();
+    d.start_again();
+    let usage = &d.status(busy)["usage"];
+    assert!(usage["cpu_us"].as_u64().is_some_and(|us| us > 0), "{usage}");
 
     let out = d.cli(&["status", &busy.to_string()]);
     let detail = text(&out.stdout);

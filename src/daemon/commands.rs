@@ -139,7 +139,7 @@ impl Control {
             None => {}
         }
         self.cancelling.remove(&id);
-        // Not journaled: after a restart `history` shows n/a for jobs that ended before it.
+        // Journaled without a sync: a crash right after the end may lose it (then `-`).
         if let Some(usage) = self.actuator.usage(id) {
             if self
                 .shared

@@ -368,6 +368,10 @@ impl Jobs {
                 };
                 self.journal.append_sync(&Record::Ended { id, ending })
             }
+            Change::Accounted { usage } => self
+                .journal
+                .append(&Record::Accounted { id, usage: *usage })
+                .map(drop),
             _ => Ok(()),
         };
         if let Err(e) = written {

@@ -123,6 +123,16 @@ impl JobRecord {
         self.ran = self.first_started.map_or(Duration::ZERO, |s| at.since(s));
     }
 
+    /// Takes back how it ended (and what it used) from the journal.
+    pub fn restore_ending(&mut self, e: &Ending, usage: Option<Usage>) {
+        self.state = e.state;
+        self.exit_code = e.exit_code;
+        self.signal = e.signal;
+        self.reason = e.reason.clone();
+        self.ended = Some(e.at);
+        self.usage = usage;
+    }
+
     /// The journal's record of how it ended, if it has.
     pub fn ending(&self) -> Option<Ending> {
         self.state.is_terminal().then(|| Ending {
