@@ -123,6 +123,19 @@ fn cancel_by_array_and_by_task() {
         "{}",
         text(&out.stderr)
     );
+    // Only the daemon makes tasks: a submit claiming to be one (to slip into another array's
+    // cap or satisfy a dependency on it) is refused.
+    let forged = format!(
+        "{{\"v\":1,\"verb\":\"submit\",\"job\":{{\"name\":\"x\",\"argv\":[\"true\"],\
+         \"task\":{{\"array\":{id},\"index\":99}}}}}}\n"
+    );
+    let answer = daemon::exchange(&mut d.raw(), forged.as_bytes()).unwrap();
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer.to_string().contains("task is set by the daemon"),
+        "{answer}"
+    );
+    assert_eq!(tasks(&d, id).len(), 5);
     // A bad array is refused at the client, naming the value.
     let out = d.cli(&["submit", "--array", "5-1", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
