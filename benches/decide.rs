@@ -175,6 +175,7 @@ fn bench_decide(c: &mut Criterion) {
                             cores,
                             gpus: GpuSet::default(),
                             started: Timestamp(w.submitted[i] + 1),
+                            ran: Default::default(),
                             held: false,
                         })
                         .collect();

@@ -25,8 +25,8 @@ fn help_and_version_answer_on_stdout_with_success() {
     );
     assert!(run(&["--version"]).status.success());
     for sub in [
-        "daemon", "submit", "status", "cancel", "pause", "resume", "wait", "stats", "events",
-        "metrics", "report", "loadgen",
+        "daemon", "submit", "status", "history", "cancel", "pause", "resume", "wait", "stats",
+        "events", "metrics", "report", "loadgen",
     ] {
         for h in ["-h", "--help"] {
             let out = run(&[sub, h]);

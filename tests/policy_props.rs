@@ -283,6 +283,7 @@ impl World {
                 cores: j.cores,
                 gpus: j.gpus,
                 started: Timestamp(j.started),
+                ran: Default::default(),
                 held: j.held,
             })
             .collect();
@@ -364,7 +365,9 @@ impl World {
                 prop_assert!(NOW >= due, "{}", cmd);
                 job.state = JobState::Unschedulable;
             }
-            Command::Kill { .. } => prop_assert!(false, "policies never kill: {}", cmd),
+            Command::Kill { .. } | Command::TimeOut { .. } => {
+                prop_assert!(false, "policies never kill: {}", cmd)
+            }
         }
         self.check_no_shared_core(cmd)
     }

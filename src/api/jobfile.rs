@@ -159,6 +159,7 @@ fn invalid_field(e: &JobError, native: bool) -> String {
         JobError::EnvName { .. } => "env",
         JobError::BadId { .. } => "(job)",
         JobError::Origin => "origin",
+        JobError::ZeroTimeLimit => "time_limit",
     };
     if native {
         return field.to_string();

@@ -21,6 +21,7 @@ pub const JOB_STATES: &[&str] = &[
     "failed",
     "cancelled",
     "unschedulable",
+    "timeout",
 ];
 
 /// Upper bounds (seconds) of the service latency histogram's buckets: around the default SLO of
@@ -380,6 +381,12 @@ pub fn classify_decision(event: &str, is_service: bool, reason: &str) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_job_state_has_a_label() {
+        let names = crate::model::jobstate::JobState::ALL.map(|s| s.as_str());
+        assert_eq!(JOB_STATES, names.as_slice());
+    }
 
     #[test]
     fn buckets_are_cumulative_with_inf_last() {

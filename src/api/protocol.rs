@@ -10,8 +10,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use std::path::PathBuf;
+
+use crate::model::array::ArrayTask;
+use crate::model::depend::Dependency;
 use crate::model::job::{JobId, JobSpec, Origin};
 use crate::model::jobstate::JobState;
+use crate::model::resources::{Bytes, CoreRange, GpuRequest};
+pub use crate::model::usage::Usage;
 
 /// The protocol version this build speaks.
 pub const VERSION: u64 = 1;
@@ -310,6 +316,60 @@ pub struct JobStatus {
     pub held: bool,
     #[serde(default, skip_serializing_if = "Origin::is_lowsched")]
     pub origin: Origin,
+    /// Which array task it is (shown as `ARRAY_INDEX`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<ArrayTask>,
+    /// Run-time limit in seconds (`submit --time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_s: Option<f64>,
+    /// Time it ran before it last started or resumed (time paused not counted).
+    #[serde(default)]
+    pub ran_ms: u64,
+    /// When it last started or resumed, while it runs: its run time is `ran_ms` plus the
+    /// time since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Dependency>,
+    /// What it asked for (absent from older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<Asked>,
+    /// GPUs it was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
+    /// What its cgroup reported when it ended (`history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// The resources and outputs a job asked for, as `status ID` shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Asked {
+    pub cores: CoreRange,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "GpuRequest::is_none")]
+    pub gpus: GpuRequest,
+    /// Output files it named (`None`: `jobs/ID/stdout` or `stderr` in the daemon's state dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+}
+
+impl Asked {
+    pub fn of(spec: &JobSpec) -> Self {
+        Self {
+            cores: spec.cores,
+            memory: spec.memory,
+            gpus: spec.gpus.clone(),
+            stdout: spec.stdout.clone(),
+            stderr: spec.stderr.clone(),
+            cwd: spec.cwd.clone(),
+        }
+    }
 }
 
 /// A successful answer's payload (its fields sit beside `v` and `ok` in the response object).

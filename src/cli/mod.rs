@@ -11,6 +11,7 @@ pub mod status;
 mod submit;
 pub mod timespec;
 mod units;
+mod verbs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ use argh::{ArgsInfo, FromArgs};
 
 use crate::api::client::{Client, ClientError, socket_path};
 use crate::api::protocol::{self, Reply, Request};
+use crate::model::array::JobRef;
 use crate::model::job::JobId;
 use crate::model::jobstate::JobState;
 use crate::sense::probe::report::StatsReport;
@@ -30,6 +32,8 @@ pub use submit::SubmitArgs;
 pub mod exit {
     /// The client could not talk to the daemon, or the daemon refused the request.
     pub const ERROR: u8 = 1;
+    /// The job was killed at its run-time limit (`submit --time`).
+    pub const TIMEOUT: u8 = 123;
     /// The job became unschedulable: its scheduling timeout passed before it could start.
     pub const UNSCHEDULABLE: u8 = 124;
     /// The job was cancelled.
@@ -56,6 +60,7 @@ pub enum Cmd {
     Daemon(DaemonArgs),
     Submit(SubmitArgs),
     Status(StatusArgs),
+    History(status::HistoryArgs),
     Cancel(CancelArgs),
     Pause(PauseArgs),
     Resume(ResumeArgs),
@@ -110,9 +115,10 @@ pub struct CancelArgs {
     /// only jobs with this name
     #[argh(option)]
     pub name: Option<String>,
-    /// the jobs to cancel (with filters: only those of them the filters select)
+    /// the jobs to cancel: ids, an array's id (all its tasks) or ARRAY_INDEX (one task);
+    /// with filters, only those of them the filters select
     #[argh(positional)]
-    pub ids: Vec<JobId>,
+    pub ids: Vec<JobRef>,
 }
 
 impl CancelArgs {
@@ -134,9 +140,10 @@ pub struct PauseArgs {
     /// only jobs with this name
     #[argh(option)]
     pub name: Option<String>,
-    /// the jobs to pause (with filters: only those of them the filters select)
+    /// the jobs to pause: ids, an array's id (all its tasks) or ARRAY_INDEX (one task);
+    /// with filters, only those of them the filters select
     #[argh(positional)]
-    pub ids: Vec<JobId>,
+    pub ids: Vec<JobRef>,
 }
 
 impl PauseArgs {
@@ -158,9 +165,10 @@ pub struct ResumeArgs {
     /// only jobs with this name
     #[argh(option)]
     pub name: Option<String>,
-    /// the jobs to resume (with filters: only those of them the filters select)
+    /// the jobs to resume: ids, an array's id (all its tasks) or ARRAY_INDEX (one task);
+    /// with filters, only those of them the filters select
     #[argh(positional)]
-    pub ids: Vec<JobId>,
+    pub ids: Vec<JobRef>,
 }
 
 impl ResumeArgs {
@@ -169,8 +177,9 @@ impl ResumeArgs {
     }
 }
 
-/// Wait for a job to end; exit with its exit code (128+N if killed by signal N, 124 if it became
-/// unschedulable, 125 if cancelled, 126 if it failed without an exit status, 1 on errors).
+/// Wait for a job to end; exit with its exit code (128+N if killed by signal N, 123 if killed at
+/// its time limit, 124 if it became unschedulable, 125 if cancelled, 126 if it failed without an
+/// exit status, 1 on errors).
 #[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "wait", help_triggers("-h", "--help"))]
 pub struct WaitArgs {
@@ -258,10 +267,11 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.cmd {
         Cmd::Daemon(args) => return run_daemon(cli.socket, args),
         Cmd::Submit(args) => submit::run(&socket, args),
-        Cmd::Status(args) => status(&socket, args),
-        Cmd::Cancel(a) => act(&socket, &a.filter(), Request::Cancel, "cancelled"),
-        Cmd::Pause(a) => act(&socket, &a.filter(), Request::Pause, "paused"),
-        Cmd::Resume(a) => act(&socket, &a.filter(), Request::Resume, "resumed"),
+        Cmd::Status(args) => verbs::status(&socket, args),
+        Cmd::History(args) => verbs::status(&socket, args.as_status()),
+        Cmd::Cancel(a) => verbs::act(&socket, &a.filter(), Request::Cancel, "cancelled"),
+        Cmd::Pause(a) => verbs::act(&socket, &a.filter(), Request::Pause, "paused"),
+        Cmd::Resume(a) => verbs::act(&socket, &a.filter(), Request::Resume, "resumed"),
         Cmd::Wait(args) => wait(&socket, args.id),
         Cmd::Stats(args) => stats(&socket, args),
         Cmd::Events(args) => events(&socket, args),
@@ -350,90 +360,25 @@ fn run_daemon(global_socket: Option<PathBuf>, args: DaemonArgs) -> ExitCode {
     }
 }
 
-fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
+pub(super) fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
     crate::api::client::call(socket, req, crate::api::client::BUSY_PATIENCE)
 }
 
-fn unexpected(reply: Reply) -> ClientError {
+pub(super) fn unexpected(reply: Reply) -> ClientError {
     ClientError::Garbled {
         why: "unexpected answer".into(),
         line: serde_json::to_string(&reply).unwrap_or_default(),
     }
 }
 
-fn status(socket: &Path, args: StatusArgs) -> Result<ExitCode, ClientError> {
-    let id = args.ids.first().copied().filter(|_| args.wants_detail());
-    match call(socket, &Request::Status(protocol::Status { id }))? {
-        Reply::Job { job } if args.json => println!("{}", to_json(&job)),
-        Reply::Job { job } => print!("{}", format::job_detail(&job)),
-        Reply::Jobs { mut jobs } if args.json => {
-            let filter = args.filter();
-            jobs.retain(|j| filter.matches(j));
-            println!("{}", to_json(&jobs));
-        }
-        Reply::Jobs { jobs } => print!("{}", status::table(&jobs, &args, now_ms())),
-        other => return Err(unexpected(other)),
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> String {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-}
-
-/// Applies `req` to each job `filter` selects: the ids as given, or with filters the daemon's
-/// jobs that match. Goes on past a refusal (each is reported); exits 1 if any was refused.
-fn act(
-    socket: &Path,
-    filter: &Filter,
-    req: fn(protocol::Target) -> Request,
-    done: &str,
-) -> Result<ExitCode, ClientError> {
-    let ids: Vec<JobId> = if filter.has_filters() {
-        let Reply::Jobs { jobs } = call(socket, &Request::Status(protocol::Status { id: None }))?
-        else {
-            return Err(ClientError::Garbled {
-                why: "expected the job list".into(),
-                line: String::new(),
-            });
-        };
-        jobs.iter()
-            .filter(|j| filter.matches(j))
-            .map(|j| j.id)
-            .collect()
-    } else if filter.ids.is_empty() {
-        eprintln!(
-            "lowsched: name at least one job id, or select jobs with --state, --user or --name"
-        );
-        return Ok(ExitCode::from(exit::ERROR));
-    } else {
-        filter.ids.clone()
-    };
-    if ids.is_empty() {
-        eprintln!("lowsched: no job matched; nothing {done}");
-    }
-    let mut failed = false;
-    for id in ids {
-        match call(socket, &req(protocol::Target { id })) {
-            Ok(Reply::Job { job }) => eprintln!("job {} {done} (now {})", job.id, job.state),
-            Ok(other) => return Err(unexpected(other)),
-            Err(e) => {
-                eprintln!("lowsched: job {id}: {e}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(exit::ERROR)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 fn wait(socket: &Path, id: JobId) -> Result<ExitCode, ClientError> {
@@ -456,6 +401,7 @@ pub fn wait_code(job: &protocol::JobStatus) -> u8 {
     match (job.state, job.exit_code, job.signal) {
         (JobState::Cancelled, ..) => exit::CANCELLED,
         (JobState::Unschedulable, ..) => exit::UNSCHEDULABLE,
+        (JobState::Timeout, ..) => exit::TIMEOUT,
         (_, _, Some(sig)) => 128u8.saturating_add(u8::try_from(sig).unwrap_or(127)),
         (_, Some(code), None) => u8::try_from(code & 0xff).unwrap_or(exit::NO_STATUS),
         (_, None, None) => exit::NO_STATUS,

@@ -8,8 +8,9 @@ use std::fmt::Write as _;
 use argh::{ArgsInfo, FromArgs};
 
 use crate::api::protocol::JobStatus;
+use crate::model::array::JobRef;
 use crate::model::cpuset::CpuSet;
-use crate::model::job::{JobId, escape_controls as esc};
+use crate::model::job::escape_controls as esc;
 use crate::model::jobstate::JobState;
 
 /// Show jobs as a table (filtered, formatted), or one job field by field.
@@ -20,7 +21,7 @@ pub struct StatusArgs {
     #[argh(switch)]
     pub json: bool,
     /// only jobs in these states, comma-separated (pending, running, paused, succeeded,
-    /// failed, cancelled, unschedulable; active = pending,running,paused)
+    /// failed, cancelled, unschedulable, timeout; active = pending,running,paused)
     #[argh(option, from_str_fn(states))]
     pub state: Option<Vec<JobState>>,
     /// only this user's jobs
@@ -30,7 +31,8 @@ pub struct StatusArgs {
     #[argh(option)]
     pub name: Option<String>,
     /// columns, comma-separated: id, name, state, user, cores, prio, exit, elapsed,
-    /// submitted, reason (default id,name,state,user,cores,prio,elapsed,exit,reason)
+    /// submitted, reason, timelimit, runtime (not counting time paused), cputime, maxmem
+    /// (default id,name,state,user,cores,prio,elapsed,exit,reason)
     #[argh(option, from_str_fn(columns))]
     pub format: Option<Vec<Column>>,
     /// no header line
@@ -39,16 +41,75 @@ pub struct StatusArgs {
     /// fields separated by |, not padded (for scripts)
     #[argh(switch)]
     pub parsable: bool,
-    /// the jobs to show; one id alone shows that job field by field
+    /// the jobs to show: ids, an array's id (all its tasks) or ARRAY_INDEX (one task); one
+    /// id alone shows that job field by field (what it asked for and was given, its outputs)
     #[argh(positional)]
-    pub ids: Vec<JobId>,
+    pub ids: Vec<JobRef>,
+}
+
+/// Finished jobs as sacct shows them: elapsed, run time, CPU time and peak memory (where the
+/// job's cgroup reports them; n/a where it does not, e.g. memory on hybrid cgroup hosts).
+#[derive(FromArgs, ArgsInfo, Debug, Default)]
+#[argh(subcommand, name = "history", help_triggers("-h", "--help"))]
+pub struct HistoryArgs {
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
+    /// only jobs in these finished states, comma-separated (succeeded, failed, cancelled,
+    /// unschedulable, timeout)
+    #[argh(option, from_str_fn(states))]
+    pub state: Option<Vec<JobState>>,
+    /// only this user's jobs
+    #[argh(option)]
+    pub user: Option<String>,
+    /// only jobs with this name
+    #[argh(option)]
+    pub name: Option<String>,
+    /// columns, comma-separated, as for status (default
+    /// id,name,user,state,exit,elapsed,runtime,cputime,maxmem,timelimit)
+    #[argh(option, from_str_fn(columns))]
+    pub format: Option<Vec<Column>>,
+    /// no header line
+    #[argh(switch)]
+    pub noheader: bool,
+    /// fields separated by |, not padded (for scripts)
+    #[argh(switch)]
+    pub parsable: bool,
+    /// the jobs to show: ids, an array's id (all its tasks) or ARRAY_INDEX
+    #[argh(positional)]
+    pub ids: Vec<JobRef>,
+}
+
+impl HistoryArgs {
+    /// The status listing it is: only finished jobs, sacct's columns by default.
+    pub fn as_status(&self) -> StatusArgs {
+        let finished: Vec<JobState> = JobState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .filter(|s| self.state.as_ref().is_none_or(|want| want.contains(s)))
+            .collect();
+        StatusArgs {
+            json: self.json,
+            state: Some(finished),
+            user: self.user.clone(),
+            name: self.name.clone(),
+            format: Some(
+                self.format
+                    .clone()
+                    .unwrap_or_else(|| Column::HISTORY.to_vec()),
+            ),
+            noheader: self.noheader,
+            parsable: self.parsable,
+            ids: self.ids.clone(),
+        }
+    }
 }
 
 /// Which jobs a command applies to: ids (any, if none given) and the filters, all of which
 /// must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    pub ids: Vec<JobId>,
+    pub ids: Vec<JobRef>,
     pub states: Option<Vec<JobState>>,
     pub user: Option<String>,
     pub name: Option<String>,
@@ -58,7 +119,7 @@ impl Filter {
     /// The filter of a command's `ids`, `--state`, `--user` and `--name` (status, cancel, pause,
     /// resume each take the same four).
     pub fn of(
-        ids: &[JobId],
+        ids: &[JobRef],
         states: &Option<Vec<JobState>>,
         user: &Option<String>,
         name: &Option<String>,
@@ -72,7 +133,7 @@ impl Filter {
     }
 
     pub fn matches(&self, j: &JobStatus) -> bool {
-        (self.ids.is_empty() || self.ids.contains(&j.id))
+        (self.ids.is_empty() || self.ids.iter().any(|r| r.names(j.id, j.task)))
             && self.states.as_ref().is_none_or(|s| s.contains(&j.state))
             && self.user.as_ref().is_none_or(|u| *u == j.user)
             && self.name.as_ref().is_none_or(|n| *n == j.name)
@@ -131,10 +192,14 @@ pub enum Column {
     Elapsed,
     Submitted,
     Reason,
+    TimeLimit,
+    RunTime,
+    CpuTime,
+    MaxMem,
 }
 
 impl Column {
-    const ALL: [(Column, &'static str, usize); 10] = [
+    const ALL: [(Column, &'static str, usize); 14] = [
         (Column::Id, "id", 6),
         (Column::Name, "name", 16),
         (Column::State, "state", 13),
@@ -145,6 +210,22 @@ impl Column {
         (Column::Elapsed, "elapsed", 11),
         (Column::Submitted, "submitted", 24),
         (Column::Reason, "reason", 0),
+        (Column::TimeLimit, "timelimit", 11),
+        (Column::RunTime, "runtime", 11),
+        (Column::CpuTime, "cputime", 12),
+        (Column::MaxMem, "maxmem", 8),
+    ];
+    const HISTORY: [Column; 10] = [
+        Column::Id,
+        Column::Name,
+        Column::User,
+        Column::State,
+        Column::Exit,
+        Column::Elapsed,
+        Column::RunTime,
+        Column::CpuTime,
+        Column::MaxMem,
+        Column::TimeLimit,
     ];
     const DEFAULT: [Column; 9] = [
         Column::Id,
@@ -208,7 +289,9 @@ fn run_time(j: &JobStatus, now_ms: u64) -> String {
 
 fn cell(j: &JobStatus, c: Column, now_ms: u64) -> String {
     match c {
-        Column::Id => j.origin.display_id(j.id),
+        Column::Id => j
+            .task
+            .map_or_else(|| j.origin.display_id(j.id), |t| t.to_string()),
         Column::Name => esc(&j.name).into_owned(),
         Column::State if j.held => format!("{} (held)", j.state),
         Column::State => j.state.to_string(),
@@ -226,7 +309,29 @@ fn cell(j: &JobStatus, c: Column, now_ms: u64) -> String {
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(j.submitted_ms),
         ),
         Column::Reason => esc(j.reason.as_deref().unwrap_or("")).into_owned(),
+        Column::TimeLimit => j
+            .time_limit_s
+            .map_or("-".into(), |s| elapsed((s * 1000.0) as u64)),
+        Column::RunTime if j.started_ms.is_none() => "-".into(),
+        Column::RunTime => elapsed(run_ms(j, now_ms)),
+        Column::CpuTime => match j.usage {
+            None => "-".into(),
+            Some(u) => u.cpu_us.map_or("n/a".into(), |us| {
+                format!("{}.{:03}", elapsed(us / 1000), us / 1000 % 1000)
+            }),
+        },
+        Column::MaxMem => match j.usage {
+            None => "-".into(),
+            Some(u) => u.memory_peak.map_or("n/a".into(), |b| {
+                crate::model::resources::Bytes(b).to_string()
+            }),
+        },
     }
+}
+
+/// How long the job has run, time paused not counted (what its time limit counts).
+pub fn run_ms(j: &JobStatus, now_ms: u64) -> u64 {
+    j.ran_ms + j.resumed_ms.map_or(0, |r| now_ms.saturating_sub(r))
 }
 
 /// The table `args` ask for, of the jobs the filter selects, at `now_ms` (Unix ms).
@@ -279,6 +384,9 @@ fn clip(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::array::ArrayTask;
+    use crate::model::job::JobId;
+    use crate::model::usage::Usage;
 
     fn job(id: u64, name: &str, user: &str, state: JobState) -> JobStatus {
         JobStatus {
@@ -300,6 +408,14 @@ mod tests {
             ended_ms: None,
             held: false,
             origin: crate::model::job::Origin::Lowsched,
+            task: None,
+            time_limit_s: None,
+            ran_ms: 0,
+            resumed_ms: None,
+            dependencies: vec![],
+            asked: None,
+            gpus: vec![],
+            usage: None,
         }
     }
 
@@ -357,6 +473,53 @@ mod tests {
             .unwrap_err()
             .output;
         assert!(e.contains("'when'") && e.contains("elapsed"), "{e}");
+    }
+
+    #[test]
+    fn array_tasks_show_and_select_as_array_index() {
+        let mut all = jobs();
+        for (id, index) in [(12, 0), (13, 1), (14, 2)] {
+            let mut t = job(id, "arr", "alice", JobState::Pending);
+            t.task = Some(ArrayTask {
+                array: JobId(12),
+                index,
+                limit: None,
+            });
+            all.push(t);
+        }
+        let t = table(&all, &args(&["--format", "id", "--noheader", "12"]), 0);
+        assert_eq!(t, "12_0\n12_1\n12_2\n");
+        let t = table(
+            &all,
+            &args(&["--format", "id", "--noheader", "12_1", "1"]),
+            0,
+        );
+        assert_eq!(t, "1\n12_1\n");
+        let t = table(&all, &args(&["--format", "id", "--noheader", "14"]), 0);
+        assert_eq!(t, "12_2\n");
+    }
+
+    #[test]
+    fn history_shows_finished_jobs_with_sacct_columns() {
+        let mut all = jobs();
+        all[2].ended_ms = Some(62_000);
+        all[2].ran_ms = 30_000;
+        all[2].time_limit_s = Some(90.0);
+        all[2].usage = Some(Usage {
+            cpu_us: Some(61_500_000),
+            memory_peak: None,
+        });
+        let h = HistoryArgs::from_args(&["history"], &["--parsable"]).unwrap();
+        let t = table(&all, &h.as_status(), 100_000);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID|NAME|USER|STATE|EXIT|ELAPSED|RUNTIME|CPUTIME|MAXMEM|TIMELIMIT"
+        );
+        assert_eq!(
+            lines[1..],
+            ["3|a|bob|failed|-|00:01:00|00:00:30|00:01:01.500|n/a|00:01:30"]
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use argh::{ArgsInfo, FromArgs};
 
 use crate::api::client::ClientError;
 use crate::api::protocol::{Reply, Request, Submit, SubmitMany};
+use crate::model::array::ArraySpec;
+use crate::model::depend::{self, DepKind, Dependency};
 use crate::model::job::{JobId, JobSpec};
 use crate::model::resources::{Bytes, CoreRange, GpuRequest};
 
@@ -42,6 +44,35 @@ pub struct SubmitArgs {
     /// or [D-]HH:MM:SS
     #[argh(option, from_str_fn(units::duration))]
     pub timeout: Option<Duration>,
+    /// run-time limit: at it the job is killed and ends as timeout (`wait` exits 123). Only
+    /// time running counts, not time paused, so a job paused to protect the service keeps its
+    /// time. Seconds (a bare number is seconds, not Slurm's minutes), 30m, MM:SS or
+    /// [D-]HH:MM:SS
+    #[argh(option, short = 't', from_str_fn(units::duration))]
+    pub time: Option<Duration>,
+    /// start only once these jobs have started (ids: 12, 12,13 or 12:13; repeatable)
+    #[argh(option)]
+    pub after: Vec<String>,
+    /// start only once these jobs have ended, however they ended
+    #[argh(option)]
+    pub afterany: Vec<String>,
+    /// start only once these jobs have succeeded; if one ends otherwise, this job is given up
+    /// on (unschedulable, DependencyNeverSatisfied)
+    #[argh(option)]
+    pub afterok: Vec<String>,
+    /// start only once these jobs have ended without success (failed, cancelled, timeout,
+    /// unschedulable); if one succeeds, this job is given up on
+    #[argh(option)]
+    pub afternotok: Vec<String>,
+    /// dependencies in Slurm's form: TYPE:ID[:ID...][,TYPE:ID...] with TYPE after,
+    /// afterany, afterok or afternotok; all must hold (e.g. afterok:12:13,after:14)
+    #[argh(option, short = 'd')]
+    pub dependency: Vec<String>,
+    /// a job array: one task per index, e.g. 0-99, 1,3,5-7 or 0-15:4, with %N to run at most
+    /// N at once (0-99%4); each task finds LOWSCHED_ARRAY_TASK_ID and LOWSCHED_ARRAY_JOB_ID in
+    /// its environment; the array is known by the id printed, its tasks as ID_INDEX
+    #[argh(option, short = 'a', from_str_fn(array))]
+    pub array: Option<ArraySpec>,
     /// file for the job's stdout (default: in the daemon's state dir)
     #[argh(option, short = 'o')]
     pub stdout: Option<PathBuf>,
@@ -88,6 +119,8 @@ pub enum SubmitError {
     Env(String),
     #[error(transparent)]
     JobFile(#[from] crate::api::jobfile::JobFileError),
+    #[error("{0}")]
+    Dependency(String),
     #[error("cannot determine the current directory: {0}")]
     Cwd(std::io::Error),
     #[error("job {index} ({name}) of the list is {bytes} bytes as a request; the limit is {limit}")]
@@ -169,6 +202,9 @@ pub fn spec_from_args(args: &SubmitArgs, here: &Path) -> Result<JobSpec, SubmitE
     spec.estimate = args.estimate;
     spec.deadline = args.deadline;
     spec.timeout = args.timeout;
+    spec.time_limit = args.time;
+    spec.dependencies = dependencies(args).map_err(SubmitError::Dependency)?;
+    spec.array = args.array.clone();
     spec.stdout = absolute(here, args.stdout.clone());
     spec.stderr = absolute(here, args.stderr.clone());
     spec.cwd = absolute(here, args.cwd.clone()).or_else(|| Some(here.to_path_buf()));
@@ -186,6 +222,30 @@ pub fn spec_from_args(args: &SubmitArgs, here: &Path) -> Result<JobSpec, SubmitE
     spec.colocation.beside_service = !args.not_beside_service;
     spec.umask = caller_umask();
     Ok(spec)
+}
+
+/// Every dependency the flags name, in the order given.
+fn dependencies(args: &SubmitArgs) -> Result<Vec<Dependency>, String> {
+    let mut out = Vec::new();
+    for (kind, flag, lists) in [
+        (DepKind::After, "--after", &args.after),
+        (DepKind::AfterAny, "--afterany", &args.afterany),
+        (DepKind::AfterOk, "--afterok", &args.afterok),
+        (DepKind::AfterNotOk, "--afternotok", &args.afternotok),
+    ] {
+        for list in lists {
+            out.extend(depend::parse_ids(kind, list).map_err(|e| format!("{flag}: {e}"))?);
+        }
+    }
+    for list in &args.dependency {
+        out.extend(depend::parse_slurm(list).map_err(|e| format!("--dependency: {e}"))?);
+    }
+    Ok(out)
+}
+
+/// An `--array` value.
+fn array(text: &str) -> Result<ArraySpec, String> {
+    text.parse()
 }
 
 /// This process's umask (the `Umask:` line of /proc/self/status, Linux 4.7+): jobs get the

@@ -55,6 +55,11 @@ fn change_of(cmd: &Command) -> Change {
             exit: None,
             reason: Some(reason.clone()),
         },
+        Command::TimeOut { reason, .. } => Change::Finished {
+            state: JobState::Timeout,
+            exit: None,
+            reason: Some(reason.clone()),
+        },
     }
 }
 
@@ -150,9 +155,11 @@ impl Control {
         let id = ev.job;
         let known = self.shared.table().get(id).map(|r| r.state);
         let killed = self.cancelling.get(&id).cloned();
+        // Read before the end releases the job's groups.
+        let usage = self.actuator.usage(id);
         let recorded = match (known, killed) {
-            (Some(s), Some(why)) if !s.is_terminal() => {
-                self.end(id, JobState::Cancelled, Some(&ev.status), Some(why), true)
+            (Some(s), Some((state, why))) if !s.is_terminal() => {
+                self.end(id, state, Some(&ev.status), Some(why), true)
             }
             (Some(s), None) if !s.is_terminal() => {
                 let (state, reason) = ending_of(&ev.status);
@@ -167,8 +174,22 @@ impl Control {
         match recorded {
             Ok(()) => {
                 self.cancelling.remove(&id);
+                self.account(id, usage);
             }
             Err(_) => self.unrecorded.push(ev),
+        }
+    }
+
+    /// Records what an ended job used (CPU time, peak memory) where its cgroup reported it.
+    fn account(&mut self, id: JobId, usage: Option<crate::model::usage::Usage>) {
+        let Some(usage) = usage else { return };
+        let ended = self
+            .shared
+            .table()
+            .get(id)
+            .is_some_and(|r| r.state.is_terminal() && r.usage.is_none());
+        if ended {
+            self.change(id, Change::Accounted { usage });
         }
     }
 
@@ -244,8 +265,16 @@ impl Control {
             self.launch(&cmd, &spec, *gpus);
             return;
         }
-        if let Command::Kill { reason, .. } = &cmd {
-            self.cancelling.insert(id, reason.clone());
+        match &cmd {
+            Command::Kill { reason, .. } => {
+                self.cancelling
+                    .insert(id, (JobState::Cancelled, reason.clone()));
+            }
+            Command::TimeOut { reason, .. } => {
+                self.cancelling
+                    .insert(id, (JobState::Timeout, reason.clone()));
+            }
+            _ => {}
         }
         let t = Instant::now();
         let done = self.actuator.apply(&cmd, None);
@@ -257,8 +286,8 @@ impl Control {
                     Err(_) => self.requeue(id),
                 }
             }
-            // Only started: the job's exit event records it as cancelled.
-            (Ok(()), Command::Kill { .. }) => {}
+            // Only started: the job's exit event records it as cancelled (or timed out).
+            (Ok(()), Command::Kill { .. } | Command::TimeOut { .. }) => {}
             (Ok(()), Command::Pause { .. }) => {
                 let timing = json!({ "freeze_us": took_us });
                 let _ = self.change_then(id, change_of(&cmd), |_| Ok(Some(timing)));

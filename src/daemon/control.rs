@@ -74,7 +74,8 @@ pub struct Control {
     watchdog: Option<Duration>,
     journal: JournalConfig,
     /// Jobs being killed, and why: their exit is recorded as Cancelled.
-    pub(super) cancelling: HashMap<JobId, String>,
+    /// Jobs killed and waiting for their exit: the state they end in and why.
+    pub(super) cancelling: HashMap<JobId, (JobState, String)>,
     /// Users' cancels whose kill is under way: answered once the job's end is recorded.
     pub(super) awaiting: Vec<(JobId, Reply, Caller, Instant)>,
     /// Users' pauses whose freeze is under way: answered once the kernel has the job frozen.

@@ -14,11 +14,12 @@ use crate::api::protocol::{
     ErrorCode, MAX_POLL_MS, ProtocolError, Reply, Request, Response, Stats, Wait,
 };
 use crate::decide::policy::fit;
+use crate::model::array::{ArrayTask, ENV_ARRAY_JOB_ID, ENV_ARRAY_TASK_ID};
 use crate::model::credentials::Credentials;
 use crate::model::job::{JobId, JobSpec};
 use crate::store::journal::Owner;
 
-use super::jobs::{JobRecord, Staged};
+use super::jobs::{JobRecord, JobTable, Staged};
 use super::server::{Caller, Handler};
 use super::shared::{Op, Shared, now};
 
@@ -27,6 +28,18 @@ const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ProtocolError {
     ProtocolError::new(code, msg)
+}
+
+/// Refuses a job that waits for a job the daemon does not know (a typo would otherwise leave it
+/// to be given up on at once).
+fn check_dependencies(table: &JobTable, spec: &JobSpec) -> Result<(), ProtocolError> {
+    match spec.dependencies.iter().find(|d| !table.knows(d.job)) {
+        Some(d) => Err(err(
+            ErrorCode::Invalid,
+            format!("dependency {d}: no job {} is known", d.job),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The daemon's request handler.
@@ -100,13 +113,29 @@ impl RequestHandler {
             };
             spec.validate()
                 .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
+            if spec.task.is_some() {
+                return Err(err(
+                    ErrorCode::Invalid,
+                    format!("{which}task is set by the daemon; submit an array with `array`"),
+                ));
+            }
             fit::check(spec, &self.shared.node, claim)
                 .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
         }
-        // Queue caps (issue 15): refused whole, before anything is journaled.
-        let (mine, all) = acc.staged.counts(creds.uid);
-        let earlier = super::queuecap::Earlier { mine, all };
-        super::queuecap::check(&self.shared.table(), creds.uid, specs.len(), earlier)?;
+        let tasks: usize = specs
+            .iter()
+            .map(|s| s.array.as_ref().map_or(1, |a| a.indices().len()))
+            .sum();
+        {
+            let table = self.shared.table();
+            for spec in &specs {
+                check_dependencies(&table, spec)?;
+            }
+            // Queue caps (issue 15): refused whole, before anything is journaled.
+            let (mine, all) = acc.staged.counts(creds.uid);
+            let earlier = super::queuecap::Earlier { mine, all };
+            super::queuecap::check(&table, creds.uid, tasks, earlier)?;
+        }
         let owner = Owner {
             uid: creds.uid,
             gid: creds.gid,
@@ -114,14 +143,39 @@ impl RequestHandler {
         };
         let at = now();
         let mut ids = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let id = self.shared.allocate_id();
-            let rec = JobRecord::new(id, spec, owner.clone(), at);
-            self.shared
-                .jobs
-                .stage(&mut acc.staged, rec, creds.clone())
-                .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-            ids.push(id);
+        for mut spec in specs {
+            let array = spec.array.take();
+            let mut stage = |id: JobId, spec: JobSpec| -> Result<(), ProtocolError> {
+                let rec = JobRecord::new(id, spec, owner.clone(), at);
+                self.shared
+                    .jobs
+                    .stage(&mut acc.staged, rec, creds.clone())
+                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+            };
+            // An array: one task per index, known by its first task's id.
+            let first = self.shared.allocate_id();
+            let Some(array) = array else {
+                stage(first, spec)?;
+                ids.push(first);
+                continue;
+            };
+            for (i, &index) in array.indices().iter().enumerate() {
+                let id = if i == 0 {
+                    first
+                } else {
+                    self.shared.allocate_id()
+                };
+                let mut task = spec.clone();
+                task.task = Some(ArrayTask {
+                    array: first,
+                    index,
+                    limit: array.limit,
+                });
+                task.env.insert(ENV_ARRAY_JOB_ID.into(), first.to_string());
+                task.env.insert(ENV_ARRAY_TASK_ID.into(), index.to_string());
+                stage(id, task)?;
+            }
+            ids.push(first);
         }
         Ok(ids)
     }
@@ -146,11 +200,11 @@ impl RequestHandler {
             Some(id) => table
                 .get(id)
                 .map(|r| Reply::Job {
-                    job: r.status(caller.uid),
+                    job: table.shown(r, caller.uid),
                 })
                 .ok_or_else(|| err(ErrorCode::NotFound, format!("no job {id}"))),
             None => Ok(Reply::Jobs {
-                jobs: table.iter().map(|r| r.status(caller.uid)).collect(),
+                jobs: table.iter().map(|r| table.shown(r, caller.uid)).collect(),
             }),
         }
     }

@@ -47,11 +47,7 @@ pub fn recover(
         rec.held = j.held;
         rec.first_started = j.started;
         if let Some(e) = &j.ending {
-            rec.state = e.state;
-            rec.exit_code = e.exit_code;
-            rec.signal = e.signal;
-            rec.reason = e.reason.clone();
-            rec.ended = Some(e.at);
+            rec.restore_ending(e, j.usage);
             jobs.restore(rec, None);
             // Finished before: anything left on the node is a straggler to clean up.
             if running.contains_key(&j.id) || ended.contains(&j.id) {
@@ -67,7 +63,7 @@ pub fn recover(
             continue;
         }
         if let Some(a) = running.get(&j.id) {
-            rec.last_started = Some(at);
+            rec.found_running(at);
             // Restored as pending, out of the queue: adoption moves it on.
             jobs.restore(rec, None);
             let change = Change::Adopted {

@@ -99,7 +99,7 @@ impl Control {
             }
             _ => match self.actuator.kill_now(id) {
                 Ok(()) => {
-                    self.cancelling.insert(id, by);
+                    self.cancelling.insert(id, (JobState::Cancelled, by));
                     Ok(true)
                 }
                 Err(e) => Err(refuse(

@@ -272,6 +272,7 @@ fn finished(end: Result<JobEnd, String>) -> Change {
                     JobState::Succeeded
                 }
                 "CANCELLED" => JobState::Cancelled,
+                "TIMEOUT" => JobState::Timeout,
                 _ => JobState::Failed,
             };
             Change::Finished {
@@ -421,7 +422,7 @@ mod tests {
         );
         assert_eq!(
             state_of(&finished(end("TIMEOUT", Some(0), Some(15)))),
-            JobState::Failed
+            JobState::Timeout
         );
         assert_eq!(
             state_of(&finished(end("CANCELLED", Some(0), Some(15)))),

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::array::{ArraySpec, ArrayTask};
+use crate::model::depend::{Dependency, MAX_DEPENDENCIES};
 use crate::model::limits::{self, LimitError, Rlimit};
 use crate::model::resources::{Bytes, CoreRange, GpuRequest, MIN_MEMORY};
+pub use crate::model::text::{escape_controls, is_unsafe_char};
 
 /// Longest job name, class name or colocation entry accepted.
 pub const MAX_NAME_LEN: usize = 128;
@@ -138,6 +141,19 @@ pub struct JobSpec {
     /// Becomes Unschedulable if it has not started this long after submission.
     #[serde(default, with = "secs", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Run-time limit (`submit --time`): killed, ending as Timeout, once it has run this long.
+    /// Only time running counts, not time paused (see `decide::policy::timelimit`).
+    #[serde(default, with = "secs", skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<Duration>,
+    /// Jobs this one waits for (`submit --afterok ID` ...); all must be met.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Dependency>,
+    /// In a submit: make one task per index (`submit --array`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArraySpec>,
+    /// Which array task this job is; only the daemon sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<ArrayTask>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,6 +210,8 @@ pub enum JobError {
     EmptyArgv,
     #[error("origin is set by the daemon (jobs of other schedulers are found, not submitted)")]
     Origin,
+    #[error("time limit must be above zero (a job that may not run cannot finish)")]
+    ZeroTimeLimit,
     #[error("{field} contains a NUL byte")]
     Nul { field: String },
     #[error("{field} is {len} long; the limit is {max}")]
@@ -240,6 +258,10 @@ impl JobSpec {
             estimate: None,
             deadline: None,
             timeout: None,
+            time_limit: None,
+            dependencies: Vec::new(),
+            array: None,
+            task: None,
             stdout: None,
             stderr: None,
             colocation: Colocation::default(),
@@ -279,6 +301,10 @@ impl JobSpec {
             }
             check_nul(&format!("env name {k:?}"), k)?;
             check_nul(&format!("env {k}"), v)?;
+        }
+        check_len("dependencies", self.dependencies.len(), MAX_DEPENDENCIES)?;
+        if self.time_limit.is_some_and(|t| t.is_zero()) {
+            return Err(JobError::ZeroTimeLimit);
         }
         if !self.cores.is_valid() {
             return Err(JobError::Cores {
@@ -361,29 +387,6 @@ fn check_printable(field: &'static str, s: &str) -> Result<(), JobError> {
     }
 }
 
-/// A character that can change what a terminal shows beyond itself: controls (C0, DEL, C1)
-/// and the Unicode bidirectional overrides and isolates.
-pub fn is_unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// `s` with every [`is_unsafe_char`] written as a visible escape (`\u{1b}`), for output that
-/// reaches a terminal; other text, non-ASCII letters included, is kept as is.
-pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(is_unsafe_char) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if is_unsafe_char(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 /// Serde for `Option<Duration>` as (fractional) seconds, the unit users type.
 pub mod secs {
     use std::time::Duration;
@@ -427,6 +430,7 @@ mod tests {
         s.estimate = Some(Duration::from_millis(1500));
         s.deadline = Some(Duration::from_secs(60));
         s.timeout = Some(Duration::from_secs(30));
+        s.time_limit = Some(Duration::from_secs(90));
         s.stdout = Some("/tmp/out".into());
         s.colocation.class = Some("cpu".into());
         s.colocation.avoid = vec!["radix".into()];
@@ -442,6 +446,10 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(s.name, "stress-ng");
         assert!(json.contains("\"memory\":\"512M\""), "{json}");
+        assert!(json.contains("\"time_limit\":90.0"), "{json}");
+        let mut zero = s.clone();
+        zero.time_limit = Some(Duration::ZERO);
+        assert_eq!(zero.validate(), Err(JobError::ZeroTimeLimit));
     }
 
     #[test]

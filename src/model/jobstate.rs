@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Where a job is in its life. The last four are terminal.
+/// Where a job is in its life. The last five are terminal.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -16,6 +16,8 @@ pub enum JobState {
     Failed,
     Cancelled,
     Unschedulable,
+    /// Killed at its run-time limit (`submit --time`), like Slurm's TIMEOUT.
+    Timeout,
 }
 
 /// A move the lifecycle does not allow, e.g. resuming a finished job.
@@ -27,7 +29,7 @@ pub struct IllegalTransition {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
         JobState::Pending,
         JobState::Running,
         JobState::Paused,
@@ -35,12 +37,13 @@ impl JobState {
         JobState::Failed,
         JobState::Cancelled,
         JobState::Unschedulable,
+        JobState::Timeout,
     ];
 
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Unschedulable
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Unschedulable | Self::Timeout
         )
     }
 
@@ -53,7 +56,8 @@ impl JobState {
     ///
     /// - Pending starts (Running), is cancelled, times out (Unschedulable) or fails to launch.
     /// - Running and Paused swap, and either can end: its processes exit (Succeeded or Failed,
-    ///   a frozen job can still be SIGKILLed) or it is cancelled.
+    ///   a frozen job can still be SIGKILLed), it is cancelled, or it is killed at its run-time
+    ///   limit (Timeout).
     /// - Terminal states never change.
     pub fn can_move_to(self, next: JobState) -> bool {
         use JobState::*;
@@ -62,7 +66,7 @@ impl JobState {
             (Pending, Running | Cancelled | Unschedulable | Failed)
                 | (Running, Paused)
                 | (Paused, Running)
-                | (Running | Paused, Succeeded | Failed | Cancelled)
+                | (Running | Paused, Succeeded | Failed | Cancelled | Timeout)
         )
     }
 
@@ -87,6 +91,7 @@ impl JobState {
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
             Self::Unschedulable => "unschedulable",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -127,6 +132,8 @@ mod tests {
             (Running, Cancelled),
             (Paused, Cancelled),
             (Paused, Failed),
+            (Running, Timeout),
+            (Paused, Timeout),
         ] {
             assert_eq!(a.move_to(b), Ok(b), "{a} -> {b}");
         }
@@ -141,6 +148,7 @@ mod tests {
             (Running, Unschedulable),
             (Paused, Pending),
             (Running, Running),
+            (Pending, Timeout),
         ] {
             let err = a.move_to(b).unwrap_err();
             assert_eq!(err, IllegalTransition { from: a, to: b });

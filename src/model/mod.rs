@@ -4,11 +4,15 @@
 //! Plain data with its rules and text forms. It may use nothing else of the crate: the stages
 //! that sense, decide, act and store all speak these types.
 
+pub mod array;
 pub mod cpuset;
 pub mod credentials;
+pub mod depend;
 pub mod exit;
 pub mod inventory;
 pub mod job;
 pub mod jobstate;
 pub mod limits;
 pub mod resources;
+pub mod text;
+pub mod usage;

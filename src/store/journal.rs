@@ -125,7 +125,7 @@ impl Index {
                     e.get_or_insert(ending.at);
                 }
             }
-            Record::Started { .. } | Record::Held { .. } => {}
+            Record::Started { .. } | Record::Held { .. } | Record::Accounted { .. } => {}
         }
     }
 

@@ -6,15 +6,16 @@ _lowsched() {
     sub=
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            daemon|submit|status|cancel|pause|resume|wait|stats|events|metrics|report|loadgen|simulate) sub=${COMP_WORDS[i]}; break ;;
+            daemon|submit|status|history|cancel|pause|resume|wait|stats|events|metrics|report|loadgen|simulate) sub=${COMP_WORDS[i]}; break ;;
             --) return ;;
         esac
     done
     case $sub in
-        '') opts='--help --socket daemon submit status cancel pause resume wait stats events metrics report loadgen simulate'; vals='--socket' ;;
+        '') opts='--help --socket daemon submit status history cancel pause resume wait stats events metrics report loadgen simulate'; vals='--socket' ;;
         daemon) opts='--help --config --socket --state-dir --cgroup-root --relax --check-config'; vals='--config --socket --state-dir --cgroup-root' ;;
-        submit) opts='--help -J --name --priority -c --cpus --memory --gpus --estimate --deadline --timeout -o --stdout -e --stderr --cwd --env --user --class --avoid --not-beside-service --file --json'; vals='--name -J --priority --cpus -c --memory --gpus --estimate --deadline --timeout --stdout -o --stderr -e --cwd --env --user --class --avoid --file' ;;
+        submit) opts='--help -J --name --priority -c --cpus --memory --gpus --estimate --deadline --timeout -t --time --after --afterany --afterok --afternotok -d --dependency -a --array -o --stdout -e --stderr --cwd --env --user --class --avoid --not-beside-service --file --json'; vals='--name -J --priority --cpus -c --memory --gpus --estimate --deadline --timeout --time -t --after --afterany --afterok --afternotok --dependency -d --array -a --stdout -o --stderr -e --cwd --env --user --class --avoid --file' ;;
         status) opts='--help --json --state --user --name --format --noheader --parsable'; vals='--state --user --name --format' ;;
+        history) opts='--help --json --state --user --name --format --noheader --parsable'; vals='--state --user --name --format' ;;
         cancel) opts='--help --state --user --name'; vals='--state --user --name' ;;
         pause) opts='--help --state --user --name'; vals='--state --user --name' ;;
         resume) opts='--help --state --user --name'; vals='--state --user --name' ;;

@@ -28,6 +28,7 @@ use crate::model::exit::ExitStatus;
 use crate::model::inventory::GpuSet;
 use crate::model::job::{JobId, Timestamp};
 use crate::model::jobstate::JobState;
+use crate::model::usage::Usage;
 use crate::store::eventlog::{Event, EventLog, Kind};
 use crate::store::journal::{Ending, Journal, JournalError, Owner, Record, Ticket};
 
@@ -81,6 +82,8 @@ pub enum Change {
         exit: Option<ExitStatus>,
         reason: Option<String>,
     },
+    /// What its cgroup reported of its use, read once it ended (before its groups go).
+    Accounted { usage: Usage },
     /// Found running or paused on the node after a restart.
     Adopted {
         paused: bool,
@@ -99,6 +102,7 @@ impl Change {
             Self::Resized { .. } => "resized",
             Self::Held { .. } => "held or released",
             Self::Finished { .. } => "ended",
+            Self::Accounted { .. } => "accounted",
             Self::Adopted { .. } => "adopted",
         }
     }
@@ -112,6 +116,7 @@ impl Change {
             Self::Resized { .. } => "resize it",
             Self::Held { .. } => "hold it",
             Self::Finished { .. } => "end it",
+            Self::Accounted { .. } => "account it",
             Self::Adopted { .. } => "adopt it",
         }
     }
@@ -405,6 +410,7 @@ impl Jobs {
                 };
                 Record::Ended { id, ending }
             }
+            Change::Accounted { usage } => Record::Accounted { id, usage: *usage },
             _ => return Ok(()),
         };
         self.journal
@@ -483,7 +489,11 @@ fn check(table: &JobTable, id: JobId, change: &Change) -> Result<JobState, JobsE
         Change::Adopted { .. } => JobState::Running,
         _ => target,
     };
-    if !matches!(change, Change::Resized { .. } | Change::Held { .. }) {
+    let keeps_state = matches!(
+        change,
+        Change::Resized { .. } | Change::Held { .. } | Change::Accounted { .. }
+    );
+    if !keeps_state {
         state
             .move_to(first)
             .map_err(|source| TableError::Illegal { id, source })?;
@@ -499,6 +509,7 @@ fn target_state(state: JobState, change: &Change) -> Option<JobState> {
         Change::Resized { .. } => (state == JobState::Running).then_some(state),
         Change::Held { .. } => (state == JobState::Paused).then_some(state),
         Change::Finished { state: to, .. } => to.is_terminal().then_some(*to),
+        Change::Accounted { .. } => state.is_terminal().then_some(state),
         Change::Adopted { paused, .. } => (state == JobState::Pending).then_some(if *paused {
             JobState::Paused
         } else {
@@ -546,6 +557,7 @@ fn update(
             rec.signal = signal;
             rec.reason = reason.clone();
         }
+        Change::Accounted { usage } => rec.usage = Some(*usage),
         Change::Adopted {
             paused,
             cores,
@@ -587,6 +599,7 @@ fn events(name: String, id: JobId, change: &Change, target: JobState) -> Vec<Eve
             Some(r) => format!("{target}: {r}"),
             None => target.to_string(),
         })],
+        Change::Accounted { .. } => Vec::new(),
         Change::Adopted { .. } => vec![
             ev(Kind::Custom {
                 text: "adopted".into(),

@@ -3,13 +3,15 @@
 //! (`super::Jobs`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
-use crate::api::protocol::JobStatus;
-use crate::decide::policy::{ActiveJob, JobView};
+use crate::api::protocol::{Asked, JobStatus};
+use crate::decide::policy::{ActiveJob, JobView, hold};
 use crate::model::cpuset::CpuSet;
 use crate::model::inventory::GpuSet;
 use crate::model::job::{JobId, JobSpec, Timestamp};
 use crate::model::jobstate::{IllegalTransition, JobState};
+use crate::model::usage::Usage;
 use crate::store::journal::{Ending, Owner};
 
 /// One job as the daemon tracks it.
@@ -28,11 +30,16 @@ pub struct JobRecord {
     pub first_started: Option<Timestamp>,
     /// When it last started or resumed.
     pub last_started: Option<Timestamp>,
+    /// How long it ran before `last_started`, time paused not counted (its run-time limit's
+    /// clock, see `decide::policy::timelimit`).
+    pub ran: Duration,
     pub ended: Option<Timestamp>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub reason: Option<String>,
     pub pids: Vec<u32>,
+    /// What its cgroup reported when it ended.
+    pub usage: Option<Usage>,
 }
 
 impl JobRecord {
@@ -49,11 +56,13 @@ impl JobRecord {
             gpus: GpuSet::default(),
             first_started: None,
             last_started: None,
+            ran: Duration::ZERO,
             ended: None,
             exit_code: None,
             signal: None,
             reason: None,
             pids: Vec::new(),
+            usage: None,
         }
     }
 
@@ -92,7 +101,36 @@ impl JobRecord {
             ended_ms: self.ended.map(Timestamp::as_millis),
             held: self.held,
             origin: self.spec.origin,
+            task: self.spec.task,
+            time_limit_s: self.spec.time_limit.map(|d| d.as_secs_f64()),
+            ran_ms: u64::try_from(self.ran.as_millis()).unwrap_or(u64::MAX),
+            resumed_ms: (self.state == JobState::Running)
+                .then_some(self.last_started)
+                .flatten()
+                .map(Timestamp::as_millis),
+            dependencies: self.spec.dependencies.clone(),
+            asked: Some(Asked::of(&self.spec)),
+            gpus: self.gpus.iter().collect(),
+            usage: self.usage,
         }
+    }
+
+    /// Found on the node after a restart, at `at`. The journal does not keep when it was
+    /// paused, so its run-time limit counts all the time since it first started: a restart
+    /// never lets a job outrun its limit.
+    pub fn found_running(&mut self, at: Timestamp) {
+        self.last_started = Some(at);
+        self.ran = self.first_started.map_or(Duration::ZERO, |s| at.since(s));
+    }
+
+    /// Takes back how it ended (and what it used) from the journal.
+    pub fn restore_ending(&mut self, e: &Ending, usage: Option<Usage>) {
+        self.state = e.state;
+        self.exit_code = e.exit_code;
+        self.signal = e.signal;
+        self.reason = e.reason.clone();
+        self.ended = Some(e.at);
+        self.usage = usage;
     }
 
     /// The journal's record of how it ended, if it has.
@@ -118,8 +156,9 @@ pub enum TableError {
     },
 }
 
-/// All jobs, with an index of the active ones (running or paused), and the finished ones in
-/// the order they ended, of which only the `keep_finished` most recent stay.
+/// All jobs, with an index of the active ones (running or paused) and of arrays' tasks, and
+/// the finished ones in the order they ended, of which only the `keep_finished` most recent
+/// stay.
 #[derive(Debug, Default)]
 pub struct JobTable {
     jobs: BTreeMap<JobId, JobRecord>,
@@ -129,6 +168,8 @@ pub struct JobTable {
     keep_finished: Option<usize>,
     /// Finished jobs dropped since [`JobTable::take_pruned`] last asked.
     pruned: usize,
+    /// Each array's tasks, by the array's id.
+    arrays: BTreeMap<JobId, Vec<JobId>>,
 }
 
 impl JobTable {
@@ -148,6 +189,9 @@ impl JobTable {
         }
         if rec.state.is_terminal() {
             self.finished.push_back(rec.id);
+        }
+        if let Some(t) = rec.spec.task {
+            self.arrays.entry(t.array).or_default().push(rec.id);
         }
         self.jobs.insert(rec.id, rec);
     }
@@ -172,9 +216,21 @@ impl JobTable {
         while self.finished.len() > keep {
             if let Some(id) = self.finished.pop_front() {
                 if self.jobs.get(&id).is_some_and(|r| r.state.is_terminal()) {
-                    self.jobs.remove(&id);
+                    if let Some(t) = self.jobs.remove(&id).and_then(|r| r.spec.task) {
+                        self.forget_task(t.array, id);
+                    }
                     self.pruned += 1;
                 }
+            }
+        }
+    }
+
+    /// Drops a pruned task from its array's index (and the array once it has none left).
+    fn forget_task(&mut self, array: JobId, id: JobId) {
+        if let Some(tasks) = self.arrays.get_mut(&array) {
+            tasks.retain(|&t| t != id);
+            if tasks.is_empty() {
+                self.arrays.remove(&array);
             }
         }
     }
@@ -215,6 +271,44 @@ impl JobTable {
             .filter(|r| !r.spec.origin.is_lowsched())
     }
 
+    /// The state of job `id`, or of every task when `id` is an array's (empty: not known).
+    pub fn states(&self, id: JobId) -> Vec<JobState> {
+        match self.arrays.get(&id) {
+            Some(tasks) => tasks
+                .iter()
+                .filter_map(|t| self.jobs.get(t).map(|r| r.state))
+                .collect(),
+            None => self.jobs.get(&id).map(|r| r.state).into_iter().collect(),
+        }
+    }
+
+    /// The tasks of array `id` (none if it is not an array's id).
+    pub fn tasks(&self, id: JobId) -> &[JobId] {
+        self.arrays.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `id` names a job or an array.
+    pub fn knows(&self, id: JobId) -> bool {
+        self.jobs.contains_key(&id) || self.arrays.contains_key(&id)
+    }
+
+    /// Job `r` as shown to `caller_uid`, with why it still waits when it is held back from
+    /// the policy (its dependencies, its array's cap).
+    pub fn shown(&self, r: &JobRecord, caller_uid: u32) -> JobStatus {
+        let mut s = r.status(caller_uid);
+        if r.state == JobState::Pending && s.reason.is_none() {
+            let states = |id: JobId| self.states(id);
+            let array_active = r.spec.task.map_or(0, |t| {
+                self.tasks(t.array)
+                    .iter()
+                    .filter(|id| self.jobs.get(id).is_some_and(|j| j.state.is_active()))
+                    .count()
+            });
+            s.reason = hold::pending_reason(&r.spec, &states, array_active);
+        }
+        s
+    }
+
     /// Counts by state, for status lines.
     pub fn counts(&self) -> BTreeMap<JobState, usize> {
         let mut out = BTreeMap::new();
@@ -233,6 +327,7 @@ impl JobTable {
         at: Timestamp,
     ) -> Result<&mut JobRecord, TableError> {
         let rec = self.jobs.get_mut(&id).ok_or(TableError::NotFound(id))?;
+        let was_running = rec.state == JobState::Running;
         rec.state = rec
             .state
             .move_to(to)
@@ -241,6 +336,10 @@ impl JobTable {
             self.active.insert(id);
         } else {
             self.active.remove(&id);
+        }
+        if was_running {
+            // Its run-time clock stops while it is paused or ended.
+            rec.ran += rec.last_started.map_or(Duration::ZERO, |s| at.since(s));
         }
         match to {
             JobState::Running => {
@@ -279,6 +378,7 @@ impl JobTable {
                 },
                 gpus: r.gpus,
                 started: r.last_started.unwrap_or(r.submitted),
+                ran: r.ran,
                 held: r.held,
             })
             .collect()
@@ -341,6 +441,7 @@ mod tests {
         t.transition(JobId(1), JobState::Paused, Timestamp(11))
             .unwrap();
         assert!(t.active_views()[0].cores.is_empty());
+        assert_eq!(t.active_views()[0].ran, Duration::from_millis(1));
         t.transition(JobId(1), JobState::Succeeded, Timestamp(12))
             .unwrap();
         assert_eq!(t.active().count(), 0);

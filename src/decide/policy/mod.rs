@@ -9,9 +9,12 @@ pub mod adaptive;
 pub mod config;
 pub mod engine;
 pub mod fit;
+pub mod hold;
 pub mod rank;
+pub mod timelimit;
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +54,9 @@ pub struct ActiveJob<'a> {
     pub gpus: GpuSet,
     /// When it last started or resumed: among equals, the most recently started pauses first.
     pub started: Timestamp,
+    /// How long it ran before `started` (time paused not counted): its run time is this plus
+    /// `now - started` while it runs.
+    pub ran: Duration,
     /// Paused by its owner (`lowsched pause`): policies must not resume it.
     pub held: bool,
 }
@@ -122,6 +128,8 @@ pub enum Command {
     Kill { job: JobId, reason: String },
     /// Give up on a pending job (its scheduling timeout passed).
     MarkUnschedulable { job: JobId, reason: String },
+    /// Kill a job that has run for its whole run-time limit; it ends as Timeout.
+    TimeOut { job: JobId, reason: String },
 }
 
 impl Command {
@@ -132,7 +140,8 @@ impl Command {
             | Self::Resume { job, .. }
             | Self::Resize { job, .. }
             | Self::Kill { job, .. }
-            | Self::MarkUnschedulable { job, .. } => *job,
+            | Self::MarkUnschedulable { job, .. }
+            | Self::TimeOut { job, .. } => *job,
         }
     }
 
@@ -143,11 +152,13 @@ impl Command {
             | Self::Resume { reason, .. }
             | Self::Resize { reason, .. }
             | Self::Kill { reason, .. }
-            | Self::MarkUnschedulable { reason, .. } => reason,
+            | Self::MarkUnschedulable { reason, .. }
+            | Self::TimeOut { reason, .. } => reason,
         }
     }
 
-    /// Short verb for logs: `run`, `pause`, `resume`, `resize`, `kill`, `unschedulable`.
+    /// Short verb for logs: `run`, `pause`, `resume`, `resize`, `kill`, `unschedulable`,
+    /// `timeout`.
     pub fn verb(&self) -> &'static str {
         match self {
             Self::Run { .. } => "run",
@@ -156,6 +167,7 @@ impl Command {
             Self::Resize { .. } => "resize",
             Self::Kill { .. } => "kill",
             Self::MarkUnschedulable { .. } => "unschedulable",
+            Self::TimeOut { .. } => "timeout",
         }
     }
 

@@ -29,6 +29,7 @@ use crate::model::cpuset::CpuSet;
 use crate::model::exit::ExitEvent;
 use crate::model::job::{JobError, JobId, JobSpec};
 use crate::model::limits::JobLimits;
+use crate::model::usage::Usage;
 use crate::node::cgroup::{
     CgroupError, DEFAULT_TIMEOUT, JobGroup, Layout, Mode, ServiceGroup, Tree, TreeConfig,
 };
@@ -524,7 +525,7 @@ impl Actuator {
             Command::Pause { job, .. } => self.pause(*job),
             Command::Resume { job, cores, .. } => self.resume(*job, *cores),
             Command::Resize { job, cores, .. } => self.resize(*job, *cores),
-            Command::Kill { job, .. } => self.kill_now(*job),
+            Command::Kill { job, .. } | Command::TimeOut { job, .. } => self.kill_now(*job),
             Command::MarkUnschedulable { .. } => Ok(()),
         }
     }
@@ -580,6 +581,11 @@ impl Actuator {
         }
         self.state.collect(job)?;
         Ok(())
+    }
+
+    /// What job's groups report of its use (`None`: no groups known for it).
+    pub fn usage(&self, job: JobId) -> Option<Usage> {
+        self.jobs.get(&job)?.group.as_ref().map(JobGroup::usage)
     }
 
     /// The waiter binary this actuator starts.

@@ -12,12 +12,13 @@ use nix::sys::stat::Mode as FileMode;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::knob::{Knob, parse_pids, read_path, write_path};
+use super::knob::{Knob, keyed, parse_pids, read_path, write_path};
 use super::{
-    CPUSET_CPUS, CPUSET_MEMS, CgroupError, EVENTS, FREEZE, FREEZER_STATE, KILL, MEMORY_MAX,
-    PIDS_MAX, PROCS, ensure_dir, remove_dir,
+    CPU_STAT, CPUSET_CPUS, CPUSET_MEMS, CgroupError, EVENTS, FREEZE, FREEZER_STATE, KILL,
+    MEMORY_MAX, MEMORY_PEAK, PIDS_MAX, PROCS, ensure_dir, remove_dir,
 };
 use crate::model::cpuset::CpuSet;
+use crate::model::usage::Usage;
 
 /// Which kernel interfaces a group uses (see [`super::Layout`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +228,25 @@ impl JobGroup {
     /// The job's processes (not its waiter).
     pub fn pids(&self) -> Result<Vec<Pid>, CgroupError> {
         Ok(parse_pids(&read_path(&self.paths.task.join(PROCS))?))
+    }
+
+    /// What the kernel reports of the job's use (call before removing the groups): CPU time
+    /// from the task group's v2 `cpu.stat`, peak memory from its `memory.peak` where the memory
+    /// controller is on (pure v2). Legacy mode (no unified group) reports neither.
+    pub fn usage(&self) -> Usage {
+        if self.paths.mode == Mode::Legacy {
+            return Usage::default();
+        }
+        let cpu_us = read_path(&self.paths.task.join(CPU_STAT))
+            .ok()
+            .and_then(|t| keyed(&t, "usage_usec").and_then(|v| v.parse().ok()));
+        let memory_peak = read_path(&self.paths.task.join(MEMORY_PEAK))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        Usage {
+            cpu_us,
+            memory_peak,
+        }
     }
 
     /// The processes in the job's groups that are not the job's: its waiter.

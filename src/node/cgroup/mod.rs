@@ -31,6 +31,10 @@ pub const MEMORY_MAX: &str = "memory.max";
 pub const PIDS_MAX: &str = "pids.max";
 pub const CPU_IDLE: &str = "cpu.idle";
 pub const FREEZER_STATE: &str = "freezer.state";
+/// v2 CPU statistics of a group (`usage_usec`), present in every v2 group.
+pub const CPU_STAT: &str = "cpu.stat";
+/// v2 peak memory use of a group (Linux 5.19+, with the memory controller).
+pub const MEMORY_PEAK: &str = "memory.peak";
 
 /// Names inside lowsched's root.
 pub const DAEMON: &str = "daemon";

@@ -45,7 +45,8 @@ impl Record {
             Self::Submitted { id, .. }
             | Self::Started { id, .. }
             | Self::Held { id, .. }
-            | Self::Ended { id, .. } => Some(*id),
+            | Self::Ended { id, .. }
+            | Self::Accounted { id, .. } => Some(*id),
         }
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::cpuset::CpuSet;
 use crate::model::job::{JobId, JobSpec, Timestamp};
 use crate::model::jobstate::JobState;
+use crate::model::usage::Usage;
 
 /// Who submitted a job, resolved by the daemon from the caller's credentials.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +59,11 @@ pub enum Record {
         id: JobId,
         ending: Ending,
     },
+    /// What its cgroup reported once it ended (for `history`; informational, not synced).
+    Accounted {
+        id: JobId,
+        usage: Usage,
+    },
 }
 
 /// A job as the journal knows it.
@@ -70,6 +76,7 @@ pub struct JournaledJob {
     pub started: Option<Timestamp>,
     pub held: bool,
     pub ending: Option<Ending>,
+    pub usage: Option<Usage>,
 }
 
 /// What replay found.
@@ -102,6 +109,7 @@ impl Replay {
                         started: None,
                         held: false,
                         ending: None,
+                        usage: None,
                     },
                 );
             }
@@ -118,6 +126,11 @@ impl Replay {
             Record::Ended { id, ending } => {
                 if let Some(j) = self.jobs.get_mut(&id) {
                     j.ending.get_or_insert(ending);
+                }
+            }
+            Record::Accounted { id, usage } => {
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.usage = Some(usage);
                 }
             }
         }

@@ -341,6 +341,7 @@ impl<'a> Node<'a> {
                     cores: j.cores,
                     gpus: GpuSet::default(),
                     started: Timestamp::from_millis(j.started_ms),
+                    ran: Default::default(),
                     held: false,
                 })
                 .collect();
@@ -376,7 +377,9 @@ impl<'a> Node<'a> {
                     j.state = JobState::Paused;
                     j.cores = CpuSet::new();
                 }
-                Command::Kill { .. } | Command::MarkUnschedulable { .. } => {
+                Command::Kill { .. }
+                | Command::MarkUnschedulable { .. }
+                | Command::TimeOut { .. } => {
                     j.state = JobState::Failed;
                     j.cores = CpuSet::new();
                     j.done_s = Some(now_ms as f64 / 1000.0);

@@ -25,7 +25,7 @@ use super::{Kind, Outcome, Placement};
 use crate::decide::policy::Command;
 
 /// `90s`, `1.5s`, `12m30s`, `2h5m`: short and exact enough for a log line.
-pub(super) fn duration(d: Duration) -> String {
+pub(crate) fn duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 3600 {
         format!("{}h{}m", secs / 3600, secs % 3600 / 60)

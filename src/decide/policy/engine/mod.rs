@@ -54,6 +54,7 @@ use crate::model::inventory::GpuSet;
 use crate::model::job::{JobId, JobSpec};
 use crate::model::jobstate::JobState;
 
+pub(crate) use self::emit::duration;
 use self::ledger::{Ledger, Reserved, pick};
 use super::{ActiveJob, Command, JobView, PolicyConfig, Rank, Snapshot};
 

@@ -42,6 +42,7 @@ pub(super) fn next_state<'a>(
                 Kind::Kept { .. } => before.map_or(snap.now, |a| a.started),
                 _ => snap.now,
             },
+            ran: before.map(|a| a.ran).unwrap_or_default(),
             held: false,
         });
     }

@@ -107,6 +107,7 @@ impl Case {
                 cores: j.cores,
                 gpus: j.gpus,
                 started: Timestamp(j.started),
+                ran: Default::default(),
                 held: j.held,
             })
             .collect();
