@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::model::exit::ExitStatus;
 use crate::model::job::JobSpec;
 use crate::store::journal::read;
 
