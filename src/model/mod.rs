@@ -12,3 +12,4 @@ pub mod job;
 pub mod jobstate;
 pub mod limits;
 pub mod resources;
+pub mod text;

@@ -316,7 +316,7 @@ impl SlurmAgent {
             };
             out.push(SlurmChange::Failed {
                 id,
-                what: format!("{request:?}: {what}"),
+                what: format!("{request}: {what}"),
             });
         }
     }
