@@ -13,6 +13,7 @@ use crate::api::protocol::{ErrorCode, JobStatus, ProtocolError};
 use crate::daemon::config::JournalConfig;
 use crate::daemon::sdnotify::Notifier;
 use crate::decide::controller::Move;
+use crate::decide::fairshare::{Usage, UserOrder};
 use crate::model::cpuset::CpuSet;
 use crate::model::exit::ExitEvent;
 use crate::model::job::JobId;
@@ -53,6 +54,8 @@ pub struct ControlSetup {
     pub journal: JournalConfig,
     /// Slurm's jobs on this node, when `[slurm]` is on.
     pub slurm: Option<SlurmSide>,
+    /// Half-life of users' recent core usage (fair share).
+    pub fair_share_half_life: Duration,
 }
 
 /// The control loop's state, run on its own thread.
@@ -62,18 +65,22 @@ pub struct Control {
     exits: Receiver<ExitEvent>,
     ops: Receiver<Op>,
     bell: Receiver<()>,
-    slo: Option<SloLoop>,
+    pub(super) slo: Option<SloLoop>,
     pub(super) batch_cores: CpuSet,
     pub(super) service_cores: CpuSet,
     managed: CpuSet,
     slurm: Option<SlurmSide>,
-    policy_tick: Duration,
+    pub(super) policy_tick: Duration,
     notifier: Notifier,
     watchdog: Option<Duration>,
     journal: JournalConfig,
     /// Jobs being cancelled: their exit is recorded as Cancelled.
     pub(super) cancelling: HashSet<JobId>,
     pub(super) dirty: bool,
+    /// Users' recent core usage, charged on every decision (fair share).
+    pub(super) usage: Usage,
+    /// The order `usage` gives, as the last decision saw it.
+    pub(super) users: UserOrder,
 }
 
 impl std::fmt::Debug for Control {
@@ -112,6 +119,8 @@ impl Control {
             journal: s.journal,
             cancelling: HashSet::new(),
             dirty: true,
+            usage: Usage::new(s.fair_share_half_life),
+            users: UserOrder::default(),
         }
     }
 

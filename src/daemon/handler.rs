@@ -103,10 +103,15 @@ impl RequestHandler {
             fit::check(spec, &self.shared.node, claim)
                 .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
         }
-        // Queue caps (issue 15): refused whole, before anything is journaled.
+        // User limits (issues 14 and 15): refused whole, before anything is journaled. The
+        // priority cap is the caller's: root may submit as a user at any priority.
+        let limits = self.shared.limits();
+        for spec in &specs {
+            super::queuecap::check_priority(&limits, caller.uid, spec.priority)?;
+        }
         let (mine, all) = acc.staged.counts(creds.uid);
         let earlier = super::queuecap::Earlier { mine, all };
-        super::queuecap::check(&self.shared.table(), creds.uid, specs.len(), earlier)?;
+        super::queuecap::check(&limits, &self.shared.table(), creds.uid, specs.len(), earlier)?;
         let owner = Owner {
             uid: creds.uid,
             gid: creds.gid,
@@ -131,7 +136,7 @@ impl RequestHandler {
         if acc.staged.is_empty() {
             return Ok(());
         }
-        let policy = &self.shared.policy;
+        let policy = self.shared.policy();
         self.shared
             .jobs
             .accept(&mut acc.staged, |rec| policy.rank(&rec.view()))

@@ -63,6 +63,7 @@ impl JobRecord {
             spec: &self.spec,
             submitted: self.submitted,
             seq: self.id.0,
+            owner: self.owner.uid,
         }
     }
 

@@ -127,6 +127,7 @@ impl<'a> Node<'a> {
                     spec: &spec,
                     submitted: Timestamp::from_millis(0),
                     seq: id.0,
+                    owner: 0,
                 };
                 let rank = policy.rank(&view);
                 SimJob {
@@ -358,6 +359,7 @@ impl<'a> Node<'a> {
                 service_cores: self.alloc.service,
                 active: &active,
                 queue: &queue,
+                users: &crate::decide::fairshare::NO_USAGE,
             };
             self.policy.decide(&snap)
         };
@@ -392,5 +394,6 @@ fn view(j: &SimJob) -> JobView<'_> {
         spec: &j.spec,
         submitted: Timestamp::from_millis(0),
         seq: j.id.0,
+        owner: 0,
     }
 }

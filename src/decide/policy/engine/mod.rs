@@ -46,6 +46,8 @@ mod rounds;
 mod tests;
 #[cfg(test)]
 mod tests_colocation;
+#[cfg(test)]
+mod tests_fairshare;
 
 use std::cmp::Reverse;
 

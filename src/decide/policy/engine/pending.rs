@@ -11,23 +11,43 @@
 //! rest are taken in rank order lazily from a heap, and once no core is open the remainder can
 //! only time out or reserve memory and GPUs, so only those few are sorted. When the queue is
 //! already in rank order, none of this sorting happens.
+//!
+//! Fair share ([`crate::decide::fairshare`]) refines the order within one rank: before the
+//! pass, each job gets its round (how many jobs its owner runs, plus its earlier pending jobs of
+//! the same rank) and its owner's place by recent usage, in one walk over the queue in (rank,
+//! submission) order.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use crate::model::cpuset::CpuSet;
 use crate::model::job::JobId;
+use crate::model::jobstate::JobState;
 use crate::model::resources::Bytes;
 
 use super::ledger::{Reserved, lowest_gpus, pick};
 use super::{Decision, IdFilter, Kind, Placement, emit, range};
 use crate::decide::policy::{JobView, Rank};
 
-/// A pending job's place in the order (rank, sequence), its index in the snapshot's queue, and
-/// what the first pass learnt from its spec: its minimum core count, and whether it acts even
-/// when it cannot start. (rank, sequence) is unique, so the last fields never decide the order.
-type Key = (Rank, u64, usize, usize, bool);
+/// A pending job's place in the order, its index in the snapshot's queue, and what the first
+/// pass learnt from its spec: its minimum core count, and whether it acts even when it cannot
+/// start. (rank, round, place, owner, seq) is unique, so the last fields never decide the order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct Key {
+    rank: Rank,
+    /// Fair share: the owner's running jobs plus its earlier pending jobs of the same rank (0
+    /// when off).
+    round: u32,
+    /// Fair share: the owner's place by recent usage, least first (0 when off).
+    place: u32,
+    /// Fair share: the owner's uid, the last tie-break between users (0 when off).
+    owner: u32,
+    seq: u64,
+    index: usize,
+    min: usize,
+    acts: bool,
+}
 
 /// What the pass remembers from one job to the next.
 struct Pass {
@@ -49,12 +69,25 @@ impl Decision<'_, '_> {
             blocked: None,
             lead_idle: None,
         };
+        let mut all: Vec<Key> = Vec::with_capacity(self.snap.queue.len());
+        for (index, job) in self.snap.queue.iter().enumerate() {
+            all.push(Key {
+                rank: (self.rank)(job),
+                round: 0,
+                place: 0,
+                owner: 0,
+                seq: job.seq,
+                index,
+                min: range(job.spec).0,
+                acts: self.acts_without_cores(job),
+            });
+        }
+        if self.cfg.fair_share {
+            self.share_rounds(&mut all);
+        }
         let mut keys: Vec<Key> = Vec::new();
-        for (i, job) in self.snap.queue.iter().enumerate() {
-            let min = range(job.spec).0;
-            let acts = self.acts_without_cores(job);
-            let key = ((self.rank)(job), job.seq, i, min, acts);
-            if min <= open || acts {
+        for key in all {
+            if key.min <= open || key.acts {
                 keys.push(key);
             } else if pass.lead_idle.is_none_or(|l| key < l) {
                 pass.lead_idle = Some(key);
@@ -77,11 +110,52 @@ impl Decision<'_, '_> {
             .into_vec()
             .into_iter()
             .map(|Reverse(k)| k)
-            .filter(|k| k.4)
+            .filter(|k| k.acts)
             .collect();
         rest.sort_unstable();
         for key in rest {
             self.consider(&mut pass, key);
+        }
+    }
+
+    /// Fair share: gives each key its round and its owner's place (see the module note).
+    /// Leaves `keys` in (rank, submission) order.
+    fn share_rounds(&self, keys: &mut [Key]) {
+        if !keys.is_sorted_by_key(|k| (k.rank, k.seq)) {
+            keys.sort_unstable_by_key(|k| (k.rank, k.seq));
+        }
+        let users = self.snap.users;
+        // Jobs a user already runs count as rounds taken.
+        let mut running: HashMap<u32, u32> = HashMap::new();
+        for a in self.snap.active.iter().filter(|a| a.state == JobState::Running) {
+            *running.entry(a.job.owner).or_insert(0) += 1;
+        }
+        let mut taken: HashMap<u32, u32> = HashMap::new();
+        let mut run: Option<Rank> = None;
+        // Consecutive jobs mostly share an owner: remember the last one's lookups.
+        let mut last: Option<(u32, u32)> = None;
+        for key in keys.iter_mut() {
+            if run != Some(key.rank) {
+                run = Some(key.rank);
+                taken.clear();
+                last = None;
+            }
+            let owner = self.snap.queue[key.index].owner;
+            let place = match last {
+                Some((uid, place)) if uid == owner => place,
+                _ => users.place(owner),
+            };
+            last = Some((owner, place));
+            let round = taken
+                .entry(owner)
+                .or_insert_with(|| running.get(&owner).copied().unwrap_or(0));
+            *key = Key {
+                round: *round,
+                place,
+                owner,
+                ..*key
+            };
+            *round += 1;
         }
     }
 
@@ -97,11 +171,11 @@ impl Decision<'_, '_> {
 
     /// One pending job's turn.
     fn consider(&mut self, pass: &mut Pass, key: Key) {
-        let job = self.snap.queue[key.2];
+        let job = self.snap.queue[key.index];
         if pass.active_ids.contains(job.id) || pass.handled.contains(&job.id) {
             return;
         }
-        let (_, _, _, min, acts) = key;
+        let Key { min, acts, .. } = key;
         if self.ledger.open_count() < min && !acts {
             // The common case on a busy node, decided without touching the spec again.
             pass.blocked.get_or_insert(key);
@@ -148,7 +222,7 @@ impl Decision<'_, '_> {
                 .flatten()
                 .filter(|&b| b < key)
                 .min()
-                .map(|b| self.snap.queue[b.2].id);
+                .map(|b| self.snap.queue[b.index].id);
             self.place(Placement {
                 job,
                 kind: Kind::Started { gpus, past },
