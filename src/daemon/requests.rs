@@ -53,7 +53,19 @@ impl Control {
                 let r = self.hold(id, &caller, false);
                 replies.push((reply, r.map(|()| id), caller));
             }
+            Op::Reload(live) => self.reload(*live),
         }
+    }
+
+    /// The control loop's part of a config reload: the controller's thresholds, the policy
+    /// tick and the fair-share half-life; then a decision with the new policy.
+    fn reload(&mut self, live: super::reload::LiveControl) {
+        self.policy_tick = live.policy_tick;
+        self.usage.set_half_life(live.fair_share_half_life);
+        if let Some(slo) = self.slo.as_mut() {
+            slo.set_controller(live.controller);
+        }
+        self.dirty = true;
     }
 
     fn cancel(&mut self, id: JobId, caller: &Caller) -> Result<(), ProtocolError> {
