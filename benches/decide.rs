@@ -171,7 +171,11 @@ fn world(node_cores: usize, pending: usize, freed: bool) -> World {
         .collect();
     let mut usage = Usage::new(Duration::from_secs(3600));
     usage.advance(Timestamp(NOW - 60_000), []);
-    let running: Vec<(u32, usize)> = w.running.iter().map(|&(i, c)| (w.owners[i], c.len())).collect();
+    let running: Vec<(u32, usize)> = w
+        .running
+        .iter()
+        .map(|&(i, c)| (w.owners[i], c.len()))
+        .collect();
     usage.advance(Timestamp(NOW), running);
     w.users = usage.order();
     w

@@ -115,7 +115,10 @@ mod tests {
         LIMITS.check_priority(1000, -500).unwrap();
         let e = LIMITS.check_priority(1000, 11).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("priority 11") && text.contains("10"), "{text}");
+        assert!(
+            text.contains("priority 11") && text.contains("10"),
+            "{text}"
+        );
         assert!(text.contains("policy.max_user_priority"), "{text}");
         LIMITS.check_priority(0, i32::MAX).unwrap();
     }
@@ -136,10 +139,15 @@ mod tests {
         );
         assert!(e.to_string().contains("limit of 2 per user"), "{e}");
         // Root has no per-user limit, but the total cap holds for everybody.
-        LIMITS.check_counts(0, Holding { mine: 9, queued: 3 }, 1).unwrap();
+        LIMITS
+            .check_counts(0, Holding { mine: 9, queued: 3 }, 1)
+            .unwrap();
         let e = LIMITS
             .check_counts(0, Holding { mine: 9, queued: 3 }, 2)
             .unwrap_err();
-        assert!(e.to_string().contains("limit of 4 (jobs.max_queued)"), "{e}");
+        assert!(
+            e.to_string().contains("limit of 4 (jobs.max_queued)"),
+            "{e}"
+        );
     }
 }

@@ -42,6 +42,7 @@ mod emit;
 mod ledger;
 mod pending;
 mod rounds;
+mod share;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -12,21 +12,19 @@
 //! only time out or reserve memory and GPUs, so only those few are sorted. When the queue is
 //! already in rank order, none of this sorting happens.
 //!
-//! Fair share ([`crate::decide::fairshare`]) refines the order within one rank: before the
-//! pass, each job gets its round (how many jobs its owner runs, plus its earlier pending jobs of
-//! the same rank) and its owner's place by recent usage, in one walk over the queue in (rank,
-//! submission) order.
+//! Fair share refines the order within one rank: in the same pass each job gets its round and
+//! its owner's place (module `share`).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use crate::model::cpuset::CpuSet;
 use crate::model::job::JobId;
-use crate::model::jobstate::JobState;
 use crate::model::resources::Bytes;
 
 use super::ledger::{Reserved, lowest_gpus, pick};
+use super::share::Share;
 use super::{Decision, IdFilter, Kind, Placement, emit, range};
 use crate::decide::policy::{JobView, Rank};
 
@@ -69,24 +67,27 @@ impl Decision<'_, '_> {
             blocked: None,
             lead_idle: None,
         };
-        let mut all: Vec<Key> = Vec::with_capacity(self.snap.queue.len());
+        let mut share = Share::new(self.snap, self.cfg.fair_share);
+        let mut keys: Vec<Key> = Vec::new();
         for (index, job) in self.snap.queue.iter().enumerate() {
-            all.push(Key {
-                rank: (self.rank)(job),
-                round: 0,
-                place: 0,
-                owner: 0,
+            let rank = (self.rank)(job);
+            let (round, place, owner) = match share.as_mut() {
+                Some(s) => {
+                    let (round, place) = s.assign(rank, job.owner);
+                    (round, place, job.owner)
+                }
+                None => (0, 0, 0),
+            };
+            let key = Key {
+                rank,
+                round,
+                place,
+                owner,
                 seq: job.seq,
                 index,
                 min: range(job.spec).0,
                 acts: self.acts_without_cores(job),
-            });
-        }
-        if self.cfg.fair_share {
-            self.share_rounds(&mut all);
-        }
-        let mut keys: Vec<Key> = Vec::new();
-        for key in all {
+            };
             if key.min <= open || key.acts {
                 keys.push(key);
             } else if pass.lead_idle.is_none_or(|l| key < l) {
@@ -115,47 +116,6 @@ impl Decision<'_, '_> {
         rest.sort_unstable();
         for key in rest {
             self.consider(&mut pass, key);
-        }
-    }
-
-    /// Fair share: gives each key its round and its owner's place (see the module note).
-    /// Leaves `keys` in (rank, submission) order.
-    fn share_rounds(&self, keys: &mut [Key]) {
-        if !keys.is_sorted_by_key(|k| (k.rank, k.seq)) {
-            keys.sort_unstable_by_key(|k| (k.rank, k.seq));
-        }
-        let users = self.snap.users;
-        // Jobs a user already runs count as rounds taken.
-        let mut running: HashMap<u32, u32> = HashMap::new();
-        for a in self.snap.active.iter().filter(|a| a.state == JobState::Running) {
-            *running.entry(a.job.owner).or_insert(0) += 1;
-        }
-        let mut taken: HashMap<u32, u32> = HashMap::new();
-        let mut run: Option<Rank> = None;
-        // Consecutive jobs mostly share an owner: remember the last one's lookups.
-        let mut last: Option<(u32, u32)> = None;
-        for key in keys.iter_mut() {
-            if run != Some(key.rank) {
-                run = Some(key.rank);
-                taken.clear();
-                last = None;
-            }
-            let owner = self.snap.queue[key.index].owner;
-            let place = match last {
-                Some((uid, place)) if uid == owner => place,
-                _ => users.place(owner),
-            };
-            last = Some((owner, place));
-            let round = taken
-                .entry(owner)
-                .or_insert_with(|| running.get(&owner).copied().unwrap_or(0));
-            *key = Key {
-                round: *round,
-                place,
-                owner,
-                ..*key
-            };
-            *round += 1;
         }
     }
 

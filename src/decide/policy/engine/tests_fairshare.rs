@@ -20,7 +20,13 @@ fn owned(id: u64, owner: u32) -> J {
 /// Starts jobs one at a time on a 1-core node: each runs for a second, charged to its owner's
 /// usage (which starts at `usage`), and ends before the next pick. Returns the ids in the order
 /// they started.
-fn picks(case: &mut Case, policy: &dyn Policy, mut jobs: Vec<J>, mut usage: Usage, n: usize) -> Vec<u64> {
+fn picks(
+    case: &mut Case,
+    policy: &dyn Policy,
+    mut jobs: Vec<J>,
+    mut usage: Usage,
+    n: usize,
+) -> Vec<u64> {
     let mut order = Vec::new();
     let mut t = 1000;
     while order.len() < n {
@@ -59,7 +65,13 @@ fn one_users_many_jobs_do_not_starve_anothers_one() {
     jobs.push(owned(11, 1001));
     for name in ["fifo", "priority"] {
         assert_eq!(
-            picks(&mut Case::cores(1), &*policy(name), jobs.clone(), usage_of(&[]), 4),
+            picks(
+                &mut Case::cores(1),
+                &*policy(name),
+                jobs.clone(),
+                usage_of(&[]),
+                4
+            ),
             [1, 11, 2, 3],
             "{name}"
         );
@@ -71,7 +83,13 @@ fn the_user_with_less_recent_use_goes_first_in_a_round() {
     let jobs = vec![owned(1, 1000), owned(2, 1000), owned(3, 1001)];
     let fifo = policy("fifo");
     assert_eq!(
-        picks(&mut Case::cores(1), &*fifo, jobs.clone(), usage_of(&[8, 1]), 3),
+        picks(
+            &mut Case::cores(1),
+            &*fifo,
+            jobs.clone(),
+            usage_of(&[8, 1]),
+            3
+        ),
         [3, 1, 2]
     );
     // A heavy user's backlog waits until the light user caught up: 1001 used 5 core-seconds
@@ -88,7 +106,13 @@ fn fair_share_never_passes_a_higher_priority() {
     let mut low = owned(4, 1001);
     low.spec.priority = -1;
     jobs.push(low);
-    let order = picks(&mut Case::cores(1), &*policy("priority"), jobs, usage_of(&[]), 4);
+    let order = picks(
+        &mut Case::cores(1),
+        &*policy("priority"),
+        jobs,
+        usage_of(&[]),
+        4,
+    );
     assert_eq!(order, [1, 2, 3, 4]);
 }
 
@@ -101,7 +125,10 @@ fn without_fair_share_the_queue_keeps_submission_order() {
         ..PolicyConfig::default()
     };
     let fifo = by_name("fifo", &cfg).unwrap();
-    assert_eq!(picks(&mut Case::cores(1), &*fifo, jobs, usage_of(&[]), 4), [1, 2, 3, 4]);
+    assert_eq!(
+        picks(&mut Case::cores(1), &*fifo, jobs, usage_of(&[]), 4),
+        [1, 2, 3, 4]
+    );
 }
 
 #[test]
@@ -114,7 +141,11 @@ fn a_users_running_jobs_count_as_rounds_taken() {
     jobs.extend((2..=5).map(|id| owned(id, 1000)));
     jobs.push(owned(6, 1001));
     let cmds = Case::cores(2).decide(&*policy("fifo"), &jobs);
-    let started: Vec<u64> = cmds.iter().filter(|c| c.verb() == "run").map(|c| c.job().0).collect();
+    let started: Vec<u64> = cmds
+        .iter()
+        .filter(|c| c.verb() == "run")
+        .map(|c| c.job().0)
+        .collect();
     assert_eq!(started, [6]);
 }
 
