@@ -275,7 +275,10 @@ fn literals(text: &str) -> Vec<(usize, usize, String)> {
         // text has an opening quote that is not inside a comment.
         let starts = code[i] == ' ' && (c[i] == '"' || raw_string_len(&c[i..]).is_some());
         let in_comment = starts && {
-            let line_start = c[..i].iter().rposition(|&ch| ch == '\n').map_or(0, |p| p + 1);
+            let line_start = c[..i]
+                .iter()
+                .rposition(|&ch| ch == '\n')
+                .map_or(0, |p| p + 1);
             let before: String = c[line_start..i].iter().collect();
             before.contains("//") || before.trim_start().starts_with('*')
         };
@@ -306,18 +309,24 @@ fn debug_formats(path: &str, text: &str) -> Vec<String> {
     if name.starts_with("tests") {
         return Vec::new();
     }
-    let text = text.split("\n#[cfg(test)]\nmod tests {").next().unwrap_or(text);
+    let text = text
+        .split("\n#[cfg(test)]\nmod tests {")
+        .next()
+        .unwrap_or(text);
     let code: Vec<char> = code_only(text).chars().collect();
     let mut out = Vec::new();
     for (at, line, lit) in literals(text) {
-        let debug = lit.match_indices(":?}").chain(lit.match_indices(":#?}")).any(|(k, _)| {
-            let open = lit[..k].rfind('{');
-            // `{{:?}}` is a literal brace, not a placeholder.
-            let escaped = |o: usize| o > 0 && lit.as_bytes()[o - 1] == b'{';
-            open.is_some_and(|o| {
-                !escaped(o) && lit[o + 1..k].chars().all(|ch| is_ident(ch) || ch == '.')
-            })
-        });
+        let debug = lit
+            .match_indices(":?}")
+            .chain(lit.match_indices(":#?}"))
+            .any(|(k, _)| {
+                let open = lit[..k].rfind('{');
+                // `{{:?}}` is a literal brace, not a placeholder.
+                let escaped = |o: usize| o > 0 && lit.as_bytes()[o - 1] == b'{';
+                open.is_some_and(|o| {
+                    !escaped(o) && lit[o + 1..k].chars().all(|ch| is_ident(ch) || ch == '.')
+                })
+            });
         if !debug {
             continue;
         }
@@ -506,7 +515,9 @@ fn debug_formatting_is_caught_in_messages_but_not_in_checks_or_debug_impls() {
                 fn c() { let s = \"{:>8} {{:?}} ok\"; write!(f, \"{:#?}\", z); }\n";
     let v = debug_formats("src/api/a.rs", text);
     assert_eq!(
-        v.iter().map(|m| m.split(':').nth(1).unwrap()).collect::<Vec<_>>(),
+        v.iter()
+            .map(|m| m.split(':').nth(1).unwrap())
+            .collect::<Vec<_>>(),
         ["1", "2", "6"],
         "{v:?}"
     );

@@ -154,8 +154,12 @@ impl Default for JobsConfig {
 impl JobsConfig {
     /// The umask as a number.
     pub fn umask_value(&self) -> Result<u32, String> {
-        let v = u32::from_str_radix(self.umask.trim(), 8)
-            .map_err(|_| format!("jobs.umask {}: expected octal like \"0022\"", quoted(&self.umask)))?;
+        let v = u32::from_str_radix(self.umask.trim(), 8).map_err(|_| {
+            format!(
+                "jobs.umask {}: expected octal like \"0022\"",
+                quoted(&self.umask)
+            )
+        })?;
         crate::model::limits::check_umask(v).map_err(|e| format!("jobs.umask: {e}"))?;
         Ok(v)
     }

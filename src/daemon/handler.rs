@@ -111,7 +111,13 @@ impl RequestHandler {
         }
         let (mine, all) = acc.staged.counts(creds.uid);
         let earlier = super::queuecap::Earlier { mine, all };
-        super::queuecap::check(&limits, &self.shared.table(), creds.uid, specs.len(), earlier)?;
+        super::queuecap::check(
+            &limits,
+            &self.shared.table(),
+            creds.uid,
+            specs.len(),
+            earlier,
+        )?;
         let owner = Owner {
             uid: creds.uid,
             gid: creds.gid,

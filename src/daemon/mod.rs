@@ -174,7 +174,12 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
     let _ = shared.jobs.events().set_tap(shared.metrics.clone());
     let server = Server::bind(&cfg.socket, Limits::from(&cfg))?;
     let reloader = reload::Reloader::new(o.clone(), cfg.clone());
-    signal_thread(shared.clone(), server.stop_flag(), cfg.socket.clone(), reloader)?;
+    signal_thread(
+        shared.clone(),
+        server.stop_flag(),
+        cfg.socket.clone(),
+        reloader,
+    )?;
     // Before any job is touched: a metrics address in use stops the start-up here.
     let observers =
         observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Observe)?;

@@ -60,7 +60,9 @@ impl Changed {
 pub fn is_live(key: &str) -> bool {
     !NOT_LIVE.contains(&key)
         && LIVE.iter().any(|l| match l.strip_suffix('.') {
-            Some(section) => key.strip_prefix(section).is_some_and(|r| r.starts_with('.')),
+            Some(section) => key
+                .strip_prefix(section)
+                .is_some_and(|r| r.starts_with('.')),
             None => key == *l,
         })
 }
@@ -147,10 +149,7 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(overrides: Overrides, current: Config) -> Self {
-        Self {
-            overrides,
-            current,
-        }
+        Self { overrides, current }
     }
 
     /// Everything SIGHUP does.
@@ -163,7 +162,9 @@ impl Reloader {
         let new = match Config::load(&self.overrides) {
             Ok((cfg, _)) => cfg,
             Err(e) => {
-                crate::log::error(&format!("SIGHUP: config not reloaded, nothing changed: {e}"));
+                crate::log::error(&format!(
+                    "SIGHUP: config not reloaded, nothing changed: {e}"
+                ));
                 return;
             }
         };
@@ -176,7 +177,9 @@ impl Reloader {
             changes.into_iter().partition(|c| is_live(&c.key));
         let applied = running(&self.current, &new, &restart);
         if let Err(e) = apply(shared, &applied) {
-            crate::log::error(&format!("SIGHUP: config not reloaded, nothing changed: {e}"));
+            crate::log::error(&format!(
+                "SIGHUP: config not reloaded, nothing changed: {e}"
+            ));
             return;
         }
         for c in &live {
@@ -198,8 +201,8 @@ fn apply(shared: &Shared, cfg: &Config) -> Result<(), String> {
     let level = crate::log::parse_level(&cfg.log_level)
         .ok_or_else(|| format!("log_level {}: unknown level", cfg.log_level))?;
     let policy_cfg = cfg.policy.policy_config()?;
-    let policy = crate::decide::policy::by_name(&cfg.policy.name, &policy_cfg)
-        .map_err(|e| e.to_string())?;
+    let policy =
+        crate::decide::policy::by_name(&cfg.policy.name, &policy_cfg).map_err(|e| e.to_string())?;
     let live = LiveControl {
         controller: cfg.controller.clone(),
         policy_tick: Duration::from_millis(cfg.policy.tick_ms),

@@ -81,7 +81,10 @@ impl Shared {
     }
 
     pub fn policy(&self) -> Arc<dyn Policy> {
-        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set_policy(&self, policy: Arc<dyn Policy>) {

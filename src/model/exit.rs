@@ -58,9 +58,12 @@ impl ExitStatus {
         }
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         let number = || {
-            rest.trim()
-                .parse::<i32>()
-                .map_err(|_| format!("bad exit record {}: expected a number", super::text::quoted(line)))
+            rest.trim().parse::<i32>().map_err(|_| {
+                format!(
+                    "bad exit record {}: expected a number",
+                    super::text::quoted(line)
+                )
+            })
         };
         match word {
             "exited" => Ok(Some(Self::Exited(number()?))),

@@ -76,7 +76,8 @@ fn errors_name_the_file_and_the_key() {
 
 #[test]
 fn fairness_keys_parse_and_the_old_per_user_name_still_reads() {
-    let text = "[jobs]\nmax_queued_per_user = 7\n[policy]\nmax_user_priority = 5\nfair_share = false";
+    let text =
+        "[jobs]\nmax_queued_per_user = 7\n[policy]\nmax_user_priority = 5\nfair_share = false";
     let cfg = Config::parse(text, Path::new("x")).unwrap();
     assert_eq!(cfg.jobs.max_jobs_per_user, 7);
     assert_eq!(cfg.submit_limits().max_user_priority, 5);

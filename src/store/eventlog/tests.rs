@@ -150,7 +150,10 @@ fn reopen_after_a_rename_writes_to_new_files() {
     let new = std::fs::read_to_string(&path).unwrap();
     let rotated = std::fs::read_to_string(&old).unwrap();
     assert!(new.contains("after") && !new.contains("before"), "{new}");
-    assert!(rotated.contains("before") && !rotated.contains("after"), "{rotated}");
+    assert!(
+        rotated.contains("before") && !rotated.contains("after"),
+        "{rotated}"
+    );
     assert!(std::fs::read_to_string(&jpath).unwrap().contains("after"));
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, LOG_MODE);
