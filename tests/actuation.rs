@@ -394,7 +394,16 @@ fn commands_apply_in_order_and_failures_are_reported() {
         env.act().apply(&other, None),
         Err(ActuationError::NoRequest(JobId(41)))
     ));
-    assert_eq!(env.exit().status, ExitStatus::Signaled(9));
+    // A Kill is only started (kill_now): a job its waiter had started ends by SIGKILL, one it
+    // had not started yet ends with its waiter, without a record.
+    let status = env.exit().status;
+    assert!(
+        matches!(
+            status,
+            ExitStatus::Signaled(9) | ExitStatus::Lost(_) | ExitStatus::NotStarted(_)
+        ),
+        "{status:?}"
+    );
     env.act().release(job).unwrap();
     assert!(matches!(
         env.act().kill(job),
@@ -523,4 +532,68 @@ fn a_waiter_that_cannot_start_is_reported_either_way() {
             env.act().release(JobId(70)).unwrap();
         }
     }
+}
+
+/// The kill the control loop uses (`kill_now`) waits for nothing, not even for a job its
+/// waiter has not started yet, and nothing of such a job runs later. The waiter is stopped
+/// (SIGSTOP) before it can start the job: a kill that waited for the start would wait in vain,
+/// then find `task/` empty, and the job would run once the waiter goes on (SIGCONT below).
+#[test]
+fn kill_now_of_a_job_not_started_yet_waits_for_nothing_and_the_job_never_runs() {
+    use nix::sys::signal::{Signal, kill};
+    let Some(mut env) = Env::new("killnow", false) else {
+        return;
+    };
+    let (core, _) = env.cores();
+    let ran = env.tmp.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+    for id in 70..90 {
+        let job = env.run(id, &["/bin/sh", "-c", &touch], &core);
+        let waiter = *env.waiters.last().unwrap();
+        kill(waiter, Signal::SIGSTOP).unwrap();
+        let record = env.act().state_dir().exit_record(job);
+        let started = std::fs::read_to_string(&record)
+            .is_ok_and(|t| lowsched::model::exit::record_shows_start(&t));
+        if started || ran.exists() {
+            // The waiter was quicker than the stop: try again with another job.
+            kill(waiter, Signal::SIGCONT).unwrap();
+            env.exit();
+            env.act().release(job).unwrap();
+            let _ = std::fs::remove_file(&ran);
+            continue;
+        }
+        env.act().kill_now(job).unwrap();
+        kill(waiter, Signal::SIGCONT).unwrap();
+        let ev = env.exit();
+        assert_eq!(ev.job, job);
+        assert!(
+            !matches!(ev.status, ExitStatus::Exited(_)),
+            "the job ran to its end after the kill: {:?}",
+            ev.status
+        );
+        env.act().release(job).unwrap();
+        assert!(!ran.exists(), "the job ran after its kill");
+        return;
+    }
+    panic!("the waiter started every job before it could be stopped");
+}
+
+/// The freeze the control loop uses (`freeze_now`) returns at once; `frozen` confirms it later.
+#[test]
+fn freeze_now_is_confirmed_by_frozen() {
+    let Some(mut env) = Env::new("freezenow", false) else {
+        return;
+    };
+    let (core, _) = env.cores();
+    let job = env.run(90, &["/bin/sleep", "30"], &core);
+    env.pids(job, 1);
+    env.act().freeze_now(job).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.act().frozen(job).unwrap() {
+        assert!(Instant::now() < deadline, "never frozen");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    env.act().kill(job).unwrap();
+    assert_eq!(env.exit().status, ExitStatus::Signaled(9));
+    env.act().release(job).unwrap();
 }

@@ -2,17 +2,19 @@
 //! dispatcher, `Actuator::apply`), then through the door (`super::jobs`) as a job change.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::decide::policy::{Command, JobView, Snapshot};
 use crate::decide::queue::Queued;
 use crate::model::exit::{ExitEvent, ExitStatus};
-use crate::model::job::JobId;
+use crate::model::inventory::GpuSet;
+use crate::model::job::{JobId, JobSpec};
 use crate::model::jobstate::JobState;
-use crate::node::actuator::LaunchRequest;
+use crate::node::actuator::{ActuationError, Actuator, LaunchRequest};
 use crate::store::eventlog::{Event, Kind};
 
 use super::control::Control;
-use super::jobs::Change;
+use super::jobs::{Change, JobsError};
 use super::shared::now;
 
 /// The job change a command makes once the node has carried it out.
@@ -60,82 +62,115 @@ impl Control {
 
     /// Carries a job change through the door; one the lifecycle refuses is logged.
     pub(super) fn change(&mut self, id: JobId, change: Change) -> bool {
+        self.change_then(id, change, |_| Ok(())).is_ok()
+    }
+
+    /// [`Control::change`] with the node's side after the record ([`super::jobs::Jobs::apply_with`]);
+    /// a refusal is logged and returned.
+    fn change_then(
+        &mut self,
+        id: JobId,
+        change: Change,
+        node: impl FnOnce(&mut Actuator) -> Result<(), String>,
+    ) -> Result<(), JobsError> {
         let finished = matches!(change, Change::Finished { .. });
-        match self.shared.jobs.apply(id, change, now()) {
+        let shared = Arc::clone(&self.shared);
+        let actuator = &mut self.actuator;
+        match shared.jobs.apply_with(id, change, now(), || node(actuator)) {
             Ok(()) => {
                 if finished {
                     self.dirty = true;
                 }
-                true
+                Ok(())
             }
             Err(e) => {
                 crate::log::error(&format!("job {id}: {e}"));
-                false
+                Err(e)
             }
         }
     }
 
-    /// Records that a job ended, unless it already has.
+    /// Records that a job ended, unless it already has (then `Ok`).
     pub(super) fn finish(
         &mut self,
         id: JobId,
         state: JobState,
         exit: Option<&ExitStatus>,
         reason: Option<String>,
-    ) {
+    ) -> Result<(), JobsError> {
+        self.end(id, state, exit, reason, false)
+    }
+
+    /// [`Control::finish`]; with `release`, the job's groups and exit record go once the end is
+    /// durable, not before.
+    fn end(
+        &mut self,
+        id: JobId,
+        state: JobState,
+        exit: Option<&ExitStatus>,
+        reason: Option<String>,
+        release: bool,
+    ) -> Result<(), JobsError> {
         let ended = self
             .shared
             .table()
             .get(id)
             .is_none_or(|r| r.state.is_terminal());
         if ended {
-            return;
+            return Ok(());
         }
-        self.change(
-            id,
-            Change::Finished {
-                state,
-                exit: exit.cloned(),
-                reason,
-            },
-        );
+        let change = Change::Finished {
+            state,
+            exit: exit.cloned(),
+            reason,
+        };
+        self.change_then(id, change, |actuator| {
+            if release {
+                release_quietly(actuator, id);
+            }
+            Ok(())
+        })
     }
 
-    /// Records a job's exit (from the watcher, or found at start-up) and cleans up its groups.
+    /// Records a job's exit (from the watcher, or found at start-up), then cleans up its groups
+    /// and collects its exit record. An end that cannot be recorded (a full state dir) keeps
+    /// the exit record, the waiter's word on how the job ended, and is tried again on a later
+    /// turn ([`Control::retry_exits`]): collecting it first would lose the end at a restart.
     pub fn exit(&mut self, ev: ExitEvent) {
         let id = ev.job;
         let known = self.shared.table().get(id).map(|r| r.state);
-        match known {
-            Some(s) if s.is_terminal() => {}
-            Some(_) if self.cancelling.contains(&id) => {
-                self.finish(
-                    id,
-                    JobState::Cancelled,
-                    Some(&ev.status),
-                    Some("cancelled".into()),
-                );
+        let killed = self.cancelling.get(&id).cloned();
+        let recorded = match (known, killed) {
+            (Some(s), Some(why)) if !s.is_terminal() => {
+                self.end(id, JobState::Cancelled, Some(&ev.status), Some(why), true)
             }
-            Some(_) => {
-                let (state, reason) = match &ev.status {
-                    ExitStatus::Exited(0) => (JobState::Succeeded, None),
-                    ExitStatus::Exited(c) => (JobState::Failed, Some(format!("exited with {c}"))),
-                    ExitStatus::Signaled(s) => {
-                        (JobState::Failed, Some(format!("killed by signal {s}")))
-                    }
-                    ExitStatus::NotStarted(why) => {
-                        (JobState::Failed, Some(format!("could not start: {why}")))
-                    }
-                    ExitStatus::Lost(why) => {
-                        (JobState::Failed, Some(format!("end not observed: {why}")))
-                    }
-                };
-                self.finish(id, state, Some(&ev.status), reason);
+            (Some(s), None) if !s.is_terminal() => {
+                let (state, reason) = ending_of(&ev.status);
+                self.end(id, state, Some(&ev.status), reason, true)
             }
-            None => {}
+            // Already ended (a cancel recorded it) or unknown: only the cleanup is left.
+            _ => {
+                release_quietly(&mut self.actuator, id);
+                Ok(())
+            }
+        };
+        match recorded {
+            Ok(()) => {
+                self.cancelling.remove(&id);
+            }
+            Err(_) => self.unrecorded.push(ev),
         }
-        self.cancelling.remove(&id);
-        if let Err(e) = self.actuator.release(id) {
-            crate::log::warn(&format!("job {id}: cleanup after exit: {e}"));
+    }
+
+    /// Tries again the exits whose end could not be recorded (at most once a second, so a
+    /// full state dir does not fill the log).
+    pub(super) fn retry_exits(&mut self) {
+        if self.unrecorded.is_empty() || self.last_retry.elapsed() < RETRY_EVERY {
+            return;
+        }
+        self.last_retry = std::time::Instant::now();
+        for ev in std::mem::take(&mut self.unrecorded) {
+            self.exit(ev);
         }
     }
 
@@ -204,40 +239,78 @@ impl Control {
         else {
             return;
         };
-        let creds = match &cmd {
-            Command::Run { .. } => self.shared.jobs.credentials(id),
-            _ => None,
-        };
-        if let Command::Kill { .. } = cmd {
-            self.cancelling.insert(id);
+        if let Command::Run { gpus, .. } = &cmd {
+            self.launch(&cmd, &spec, *gpus);
+            return;
         }
-        let launch = match (&cmd, &creds) {
-            (Command::Run { gpus, .. }, Some(user)) => Some(LaunchRequest {
-                id,
-                spec: &spec,
-                user,
-                gpus: *gpus,
-            }),
-            _ => None,
-        };
-        let done = self.actuator.apply(&cmd, launch.as_ref());
-        match (done, &cmd) {
+        if let Command::Kill { reason, .. } = &cmd {
+            self.cancelling.insert(id, reason.clone());
+        }
+        match (self.actuator.apply(&cmd, None), &cmd) {
             (Ok(()), Command::MarkUnschedulable { reason, .. }) => {
-                self.finish(id, JobState::Unschedulable, None, Some(reason.clone()));
-                self.release_prepared(id);
+                match self.finish(id, JobState::Unschedulable, None, Some(reason.clone())) {
+                    Ok(()) => self.release_prepared(id),
+                    Err(_) => self.requeue(id),
+                }
             }
+            // Only started: the job's exit event records it as cancelled.
+            (Ok(()), Command::Kill { .. }) => {}
             (Ok(()), _) => {
                 self.change(id, change_of(&cmd));
-            }
-            (Err(e), Command::Run { .. }) => {
-                let _ = self.actuator.release(id);
-                let why = format!("launch failed: {e}");
-                self.finish(id, JobState::Failed, None, Some(why));
             }
             (Err(e), _) => {
                 self.cancelling.remove(&id);
                 self.failed_command(&name, &cmd, &e);
             }
+        }
+    }
+
+    /// Starts a job in the door's order: its Started record durable, then the launch, so the
+    /// job's command never runs unrecorded. A start that cannot be recorded launches nothing:
+    /// the job stays pending, back in the queue for a later turn. A failed launch ends it.
+    fn launch(&mut self, cmd: &Command, spec: &JobSpec, gpus: GpuSet) {
+        let id = cmd.job();
+        let Some(user) = self.shared.jobs.credentials(id) else {
+            let why = ActuationError::NoRequest(id).to_string();
+            self.launch_failed(id, why);
+            return;
+        };
+        let req = LaunchRequest {
+            id,
+            spec,
+            user: &user,
+            gpus,
+        };
+        let started = self.change_then(id, change_of(cmd), |actuator| {
+            actuator
+                .apply(cmd, Some(&req))
+                .map_err(|e| format!("launch failed: {e}"))
+        });
+        match started {
+            Ok(()) => {}
+            Err(JobsError::NotRecorded { .. }) => self.requeue(id),
+            Err(JobsError::Node { why, .. }) => self.launch_failed(id, why),
+            Err(_) => {}
+        }
+    }
+
+    /// A job whose launch failed: its groups go, it ends as failed.
+    fn launch_failed(&mut self, id: JobId, why: String) {
+        let _ = self.actuator.release(id);
+        if self.finish(id, JobState::Failed, None, Some(why)).is_err() {
+            self.requeue(id);
+        }
+    }
+
+    /// Puts a job the policy took out of the queue back in, when what it decided could not be
+    /// recorded: the policy decides again on a later turn.
+    fn requeue(&mut self, id: JobId) {
+        let rank = {
+            let table = self.shared.table();
+            table.get(id).map(|r| self.shared.policy().rank(&r.view()))
+        };
+        if let Some(rank) = rank {
+            self.shared.jobs.requeue(id, rank);
         }
     }
 
@@ -266,5 +339,26 @@ impl Control {
             )
             .because(e.to_string()),
         );
+    }
+}
+
+/// How often ends that could not be recorded are tried again.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The end an exit status means, and why when it is not a success.
+fn ending_of(status: &ExitStatus) -> (JobState, Option<String>) {
+    match status {
+        ExitStatus::Exited(0) => (JobState::Succeeded, None),
+        ExitStatus::Exited(c) => (JobState::Failed, Some(format!("exited with {c}"))),
+        ExitStatus::Signaled(s) => (JobState::Failed, Some(format!("killed by signal {s}"))),
+        ExitStatus::NotStarted(why) => (JobState::Failed, Some(format!("could not start: {why}"))),
+        ExitStatus::Lost(why) => (JobState::Failed, Some(format!("end not observed: {why}"))),
+    }
+}
+
+/// Removes an ended job's groups and collects its exit record; a failure is only logged.
+fn release_quietly(actuator: &mut Actuator, id: JobId) {
+    if let Err(e) = actuator.release(id) {
+        crate::log::warn(&format!("job {id}: cleanup after exit: {e}"));
     }
 }

@@ -182,7 +182,8 @@ impl JobsConfig {
 pub struct JournalConfig {
     /// Compact once this many records were appended since the last compaction.
     pub compact_after: usize,
-    /// Finished jobs kept through a compaction (for status and wait).
+    /// Finished jobs kept through a compaction and in the daemon's job table (for status and
+    /// wait); older ones leave memory as later ones end.
     pub keep_finished: usize,
 }
 

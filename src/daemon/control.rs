@@ -3,7 +3,7 @@
 //! policy for commands and carries them out through the actuator, recording every change in
 //! the job table, the journal and the event log.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ use super::slurm::SlurmSide;
 const PIDS_EVERY: Duration = Duration::from_millis(500);
 /// How often systemd's STATUS= line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How soon the loop looks again at a freeze it started.
+const FREEZE_POLL: Duration = Duration::from_millis(1);
 /// Most pending jobs whose groups are made ahead.
 const PREPARE_AHEAD: usize = 8;
 
@@ -74,8 +76,15 @@ pub struct Control {
     notifier: Notifier,
     watchdog: Option<Duration>,
     journal: JournalConfig,
-    /// Jobs being cancelled: their exit is recorded as Cancelled.
-    pub(super) cancelling: HashSet<JobId>,
+    /// Jobs being killed, and why: their exit is recorded as Cancelled.
+    pub(super) cancelling: HashMap<JobId, String>,
+    /// Users' cancels whose kill is under way: answered once the job's end is recorded.
+    pub(super) awaiting: Vec<(JobId, Reply, Caller, Instant)>,
+    /// Users' pauses whose freeze is under way: answered once the kernel has the job frozen.
+    pub(super) freezing: Vec<super::requests::Freezing>,
+    /// Exits whose end could not be recorded yet (their exit records kept), tried again later.
+    pub(super) unrecorded: Vec<ExitEvent>,
+    pub(super) last_retry: Instant,
     pub(super) dirty: bool,
     /// Users' recent core usage, charged on every decision (fair share).
     pub(super) usage: Usage,
@@ -117,7 +126,11 @@ impl Control {
             notifier: s.notifier,
             watchdog: s.watchdog,
             journal: s.journal,
-            cancelling: HashSet::new(),
+            cancelling: HashMap::new(),
+            awaiting: Vec::new(),
+            freezing: Vec::new(),
+            unrecorded: Vec::new(),
+            last_retry: Instant::now(),
             dirty: true,
             usage: Usage::new(s.fair_share_half_life),
             users: UserOrder::default(),
@@ -161,6 +174,10 @@ impl Control {
             if self.dirty {
                 period = period.min(gap);
             }
+            // A freeze is confirmed in µs: look again soon rather than at the next tick.
+            if !self.freezing.is_empty() {
+                period = period.min(FREEZE_POLL);
+            }
             select! {
                 recv(self.ops) -> op => if let Ok(op) = op { self.op(op, &mut replies) },
                 recv(self.exits) -> ev => if let Ok(ev) = ev { self.exit(ev) },
@@ -174,6 +191,9 @@ impl Control {
             while let Ok(op) = self.ops.try_recv() {
                 self.op(op, &mut replies);
             }
+            self.retry_exits();
+            self.settle_awaiting(&mut replies);
+            self.settle_freezing(&mut replies);
             self.control_step();
             self.publish_metrics();
             self.slurm_turn(false);
@@ -240,6 +260,11 @@ impl Control {
     }
 
     fn maybe_compact(&self) {
+        // Finished jobs left the table: give their memory back (a trim walks the heap, so at
+        // most every STATUS_EVERY, and only then).
+        if self.shared.jobs.take_pruned() > 0 {
+            crate::sys::heap::trim();
+        }
         let journal = self.shared.jobs.journal();
         if journal.records_since_compaction() >= self.journal.compact_after {
             if let Err(e) = journal.compact(self.journal.keep_finished) {

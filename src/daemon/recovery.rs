@@ -22,7 +22,8 @@ pub struct Recovered {
     pub adopted: usize,
     /// Ended while the daemon was down: their exits go through the normal exit path.
     pub ended_while_down: Vec<ExitEvent>,
-    pub lost: usize,
+    /// Of `pending`: recorded as started, but the daemon stopped before their launch.
+    pub unlaunched: usize,
     pub unknown_killed: usize,
     /// Jobs of another scheduler (Slurm) not known to have ended, for its side to settle.
     pub foreign: Vec<JobId>,
@@ -83,18 +84,14 @@ pub fn recover(
             rec.state = JobState::Running;
             jobs.restore(rec, None);
         } else if j.started.is_some() {
-            // Launched, but neither its groups nor its exit record exist: the daemon stopped in
-            // the instant between the clone and the waiter's first step.
-            jobs.restore(rec, None);
-            let lost = Change::Finished {
-                state: JobState::Failed,
-                exit: None,
-                reason: Some("lost: the daemon stopped while starting it; it never ran".into()),
-            };
-            if let Err(e) = jobs.apply(j.id, lost, at) {
-                crate::log::error(&format!("job {}: {e}", j.id));
-            }
-            out.lost += 1;
+            // Its start was recorded (durably, before the launch), but neither its groups nor
+            // its exit record exist: the daemon stopped before the waiter was cloned, and the
+            // waiter creates the exit record before it starts the job. So it never ran: it is
+            // pending again.
+            let r = rank(&rec);
+            jobs.restore(rec, Some(r));
+            out.pending.push(j.id);
+            out.unlaunched += 1;
         } else {
             let r = rank(&rec);
             jobs.restore(rec, Some(r));

@@ -243,12 +243,12 @@ pub fn recover(
         }
     }
     crate::log::info(&format!(
-        "recovered {} jobs: {} pending, {} adopted, {} ended while down, {} lost, {} unknown killed",
+        "recovered {} jobs: {} pending, {} adopted, {} ended while down, {} never launched (pending again), {} unknown killed",
         jobs.table().len(),
         recovered.pending.len(),
         recovered.adopted,
         recovered.ended_while_down.len(),
-        recovered.lost,
+        recovered.unlaunched,
         recovered.unknown_killed
     ));
     Ok(recovered)
@@ -263,7 +263,9 @@ pub fn open_store(cfg: &Config) -> Result<(Jobs, Replay), DaemonError> {
         ));
     }
     let events = EventLog::open_with_group(&cfg.state_dir, super::server::socket_gid())?;
-    Ok((Jobs::new(journal, events), replay))
+    let jobs = Jobs::new(journal, events);
+    jobs.keep_finished(cfg.journal.keep_finished);
+    Ok((jobs, replay))
 }
 
 /// The configured scheduling policy.

@@ -186,6 +186,8 @@ pub struct Journal {
     dir: PathBuf,
     inner: Mutex<Inner>,
     synced: Condvar,
+    /// Unit tests' fault injection: every write fails as on a full filesystem while set.
+    refuse_writes: std::sync::atomic::AtomicBool,
 }
 
 impl Journal {
@@ -226,6 +228,7 @@ impl Journal {
                 refused: std::collections::VecDeque::new(),
             }),
             synced: Condvar::new(),
+            refuse_writes: std::sync::atomic::AtomicBool::new(false),
         };
         if !aside.is_empty() {
             keep_aside(&dir.join(CORRUPT_FILE), &aside).map_err(|source| {
@@ -366,6 +369,18 @@ impl Journal {
         if damaged {
             self.repair(file, good_len).map_err(|e| (e, true))?;
         }
+        if self
+            .refuse_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let source = io::Error::from_raw_os_error(libc::ENOSPC);
+            let e = JournalError::Write {
+                path: self.path.clone(),
+                bytes: buf.len(),
+                source,
+            };
+            return Err((self.no_space_or(e), false));
+        }
         write_and_sync(file, buf, &self.path).map_err(|e| {
             let e = self.no_space_or(e);
             (e, self.repair(file, good_len).is_err())
@@ -400,6 +415,14 @@ impl Journal {
         } else {
             e
         }
+    }
+
+    /// Makes every later write fail as on a full state dir (`on`), or work again: for tests of
+    /// what the daemon does when a record cannot be written.
+    #[cfg(test)]
+    pub(crate) fn refuse_writes(&self, on: bool) {
+        self.refuse_writes
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records appended since the last compaction; the daemon compacts when this grows large.

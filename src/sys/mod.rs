@@ -1,5 +1,5 @@
 //! Every `unsafe` call of the crate: raw Linux syscalls nix does not wrap (clone3, pidfd_open,
-//! pidfd_send_signal, io_uring submission, epoll with ns timeouts, clocks, SCHED_FIFO, xattrs) and the
+//! pidfd_send_signal, io_uring submission, epoll with ns timeouts, clocks, SCHED_FIFO, xattrs, heap trimming) and the
 //! async-signal-safe child programs that run between clone and exec.
 //!
 //! Nothing outside this module uses `unsafe`. Each block names the invariant it relies on.
@@ -9,6 +9,7 @@ pub mod clock;
 pub mod clone;
 pub mod epoll;
 pub mod fd;
+pub mod heap;
 pub mod pidfd;
 mod raw;
 pub mod sched;

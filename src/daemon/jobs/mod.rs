@@ -3,8 +3,10 @@
 //! steps in one fixed order:
 //!
 //! 1. check the move against the job's lifecycle (an illegal move changes nothing);
-//! 2. make it durable in the journal where it must survive a restart (submits, holds, ends);
-//! 3. update the job table (what `status` and the policy see);
+//! 2. make it durable in the journal where it must survive a restart (submits, starts, holds,
+//!    ends), refusing the change when the record cannot be written;
+//! 3. let the node act where it must come after the record ([`Jobs::apply_with`]: a launch, the
+//!    release of an exit record), then update the job table (what `status` and the policy see);
 //! 4. write the event log;
 //! 5. wake the waiters (`lowsched wait`).
 //!
@@ -44,6 +46,16 @@ pub enum JobsError {
     },
     #[error("job not accepted: {0}")]
     Journal(#[from] JournalError),
+    /// The change's journal record could not be made durable: the change was not made.
+    #[error("job {id}: cannot record that it was {done}: {source}")]
+    NotRecorded {
+        id: JobId,
+        done: &'static str,
+        source: JournalError,
+    },
+    /// The node's side of a durable change failed (a launch): the table was not changed.
+    #[error("job {id}: {why}")]
+    Node { id: JobId, why: String },
 }
 
 /// One change of one job, as the control loop or recovery carries it out on the node.
@@ -161,6 +173,17 @@ impl Jobs {
             events,
             credentials: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps only the `keep` most recently finished jobs in the table (`[journal]
+    /// keep_finished`, as a compaction does in the journal), so memory stays bounded.
+    pub fn keep_finished(&self, keep: usize) {
+        lock(&self.table).set_keep_finished(keep);
+    }
+
+    /// How many finished jobs left the table since the last call.
+    pub fn take_pruned(&self) -> usize {
+        lock(&self.table).take_pruned()
     }
 
     pub fn table(&self) -> TableRead<'_> {
@@ -292,29 +315,37 @@ impl Jobs {
 
     /// Carries out `change` of job `id` at `at`, in the door's order.
     pub fn apply(&self, id: JobId, change: Change, at: Timestamp) -> Result<(), JobsError> {
+        self.apply_with(id, change, at, || Ok(()))
+    }
+
+    /// [`Jobs::apply`] with the node's side of the change put in the door's order: `node` runs
+    /// once the change's record is durable and before the table shows it. So a job's launch
+    /// comes after its Started record (its command never runs unrecorded), and the release of
+    /// a waiter's exit record after the Ended record (an end is never lost in between). A
+    /// record that cannot be written refuses the change before `node` runs
+    /// ([`JobsError::NotRecorded`]); an error of `node` leaves the table as it was.
+    pub fn apply_with(
+        &self,
+        id: JobId,
+        change: Change,
+        at: Timestamp,
+        node: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), JobsError> {
+        let target = {
+            let table = lock(&self.table);
+            let target = check(&table, id, &change)?;
+            self.make_durable(id, &change, target, at)?;
+            target
+        };
+        node().map_err(|why| JobsError::Node { id, why })?;
         let event = {
             let mut table = lock(&self.table);
             let rec = table.get(id).ok_or(TableError::NotFound(id))?;
-            let (state, name) = (rec.state, rec.spec.name.clone());
-            let target = target_state(state, &change).ok_or(JobsError::NotApplicable {
-                id,
-                state,
-                what: change.what(),
-            })?;
-            // A check without a change, so an illegal move never reaches the journal. An
-            // adopted job is found paused, but its life went through running first.
-            let first = match change {
-                Change::Adopted { .. } => JobState::Running,
-                _ => target,
-            };
-            let keeps_state = matches!(change, Change::Resized { .. } | Change::Held { .. });
-            if !keeps_state {
-                state
-                    .move_to(first)
-                    .map_err(|source| TableError::Illegal { id, source })?;
-            }
-            self.make_durable(id, &change, target, at);
+            let name = rec.spec.name.clone();
             update(&mut table, id, &change, target, at)?;
+            if let Change::Finished { .. } = change {
+                table.prune_finished();
+            }
             events(name, id, &change, target)
         };
         if let Change::Finished { .. } = change {
@@ -328,27 +359,36 @@ impl Jobs {
         Ok(())
     }
 
-    /// Step 2: the journal record a change needs, durable before the table shows it. The node
-    /// has already changed (the job runs, is frozen or is gone), so a record that cannot be
-    /// written is logged and the change still goes ahead: after a restart the cgroup tree and
-    /// the waiter's exit record tell what the journal could not.
-    fn make_durable(&self, id: JobId, change: &Change, target: JobState, at: Timestamp) {
-        let written = match change {
-            // The cgroup tree is the truth about running jobs: informational, not synced.
-            Change::Started { cores, .. } => self
-                .journal
-                .append(&Record::Started {
-                    id,
-                    at,
-                    cores: *cores,
-                })
-                .map(drop),
-            Change::Paused { held: true, .. } => {
-                self.journal.append_sync(&Record::Held { id, held: true })
-            }
-            Change::Held { held, .. } => {
-                self.journal.append_sync(&Record::Held { id, held: *held })
-            }
+    /// Puts a pending job back in the queue at `rank` (a start that could not be recorded).
+    pub fn requeue(&self, id: JobId, rank: Rank) {
+        let pending = lock(&self.table)
+            .get(id)
+            .is_some_and(|r| r.state == JobState::Pending);
+        if pending {
+            self.queue.push(id, (), |_, _, _| rank);
+        }
+    }
+
+    /// Step 2: the journal record a change needs, durable before the node and the table act on
+    /// it: a start (before the launch), an owner's hold (before the owner is answered), an end
+    /// (before the waiter's exit record is released). A record that cannot be written refuses
+    /// the change; the caller keeps what the node has (the exit record, the unlaunched job)
+    /// and tries again later.
+    fn make_durable(
+        &self,
+        id: JobId,
+        change: &Change,
+        target: JobState,
+        at: Timestamp,
+    ) -> Result<(), JobsError> {
+        let record = match change {
+            Change::Started { cores, .. } => Record::Started {
+                id,
+                at,
+                cores: *cores,
+            },
+            Change::Paused { held: true, .. } => Record::Held { id, held: true },
+            Change::Held { held, .. } => Record::Held { id, held: *held },
             Change::Finished { exit, reason, .. } => {
                 let (exit_code, signal) = exit_fields(exit.as_ref());
                 let ending = Ending {
@@ -358,16 +398,17 @@ impl Jobs {
                     reason: reason.clone(),
                     at,
                 };
-                self.journal.append_sync(&Record::Ended { id, ending })
+                Record::Ended { id, ending }
             }
-            _ => Ok(()),
+            _ => return Ok(()),
         };
-        if let Err(e) = written {
-            crate::log::error(&format!(
-                "job {id}: cannot journal that it was {}: {e}",
-                change.done()
-            ));
-        }
+        self.journal
+            .append_durable(&record)
+            .map_err(|source| JobsError::NotRecorded {
+                id,
+                done: change.done(),
+                source,
+            })
     }
 
     /// Refreshes the pids `status` shows (not a change of the job).
@@ -422,6 +463,27 @@ impl Jobs {
     pub fn wake_waiters(&self) {
         self.changed.notify_all();
     }
+}
+
+/// Step 1: the state `change` leads job `id` to, if its lifecycle allows it; nothing changes.
+fn check(table: &JobTable, id: JobId, change: &Change) -> Result<JobState, JobsError> {
+    let state = table.get(id).ok_or(TableError::NotFound(id))?.state;
+    let target = target_state(state, change).ok_or(JobsError::NotApplicable {
+        id,
+        state,
+        what: change.what(),
+    })?;
+    // An adopted job is found paused, but its life went through running first.
+    let first = match change {
+        Change::Adopted { .. } => JobState::Running,
+        _ => target,
+    };
+    if !matches!(change, Change::Resized { .. } | Change::Held { .. }) {
+        state
+            .move_to(first)
+            .map_err(|source| TableError::Illegal { id, source })?;
+    }
+    Ok(target)
 }
 
 /// The state a change leads to, or `None` where it does not apply to a job in `state`.

@@ -2,7 +2,7 @@
 //! policies read as snapshots and the socket serves as status. Changed only through the door
 //! (`super::Jobs`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::api::protocol::JobStatus;
 use crate::decide::policy::{ActiveJob, JobView};
@@ -119,11 +119,17 @@ pub enum TableError {
     },
 }
 
-/// All jobs, with an index of the active ones (running or paused).
+/// All jobs, with an index of the active ones (running or paused), and the finished ones in
+/// the order they ended, of which only the `keep_finished` most recent stay.
 #[derive(Debug, Default)]
 pub struct JobTable {
     jobs: BTreeMap<JobId, JobRecord>,
     active: BTreeSet<JobId>,
+    finished: VecDeque<JobId>,
+    /// `None`: keep every finished job.
+    keep_finished: Option<usize>,
+    /// Finished jobs dropped since [`JobTable::take_pruned`] last asked.
+    pruned: usize,
 }
 
 impl JobTable {
@@ -141,7 +147,37 @@ impl JobTable {
         if rec.state.is_active() {
             self.active.insert(rec.id);
         }
+        if rec.state.is_terminal() {
+            self.finished.push_back(rec.id);
+        }
         self.jobs.insert(rec.id, rec);
+    }
+
+    /// Keeps at most `keep` finished jobs (at least one: the job that just ended stays for its
+    /// waiters), dropping the longest ended first.
+    pub(super) fn set_keep_finished(&mut self, keep: usize) {
+        self.keep_finished = Some(keep.max(1));
+        self.prune_finished();
+    }
+
+    /// How many finished jobs were dropped since the last call.
+    pub(super) fn take_pruned(&mut self) -> usize {
+        std::mem::take(&mut self.pruned)
+    }
+
+    /// Drops the finished jobs beyond `keep_finished`, longest ended first.
+    pub(super) fn prune_finished(&mut self) {
+        let Some(keep) = self.keep_finished else {
+            return;
+        };
+        while self.finished.len() > keep {
+            if let Some(id) = self.finished.pop_front() {
+                if self.jobs.get(&id).is_some_and(|r| r.state.is_terminal()) {
+                    self.jobs.remove(&id);
+                    self.pruned += 1;
+                }
+            }
+        }
     }
 
     pub fn get(&self, id: JobId) -> Option<&JobRecord> {
@@ -214,6 +250,7 @@ impl JobTable {
             }
             JobState::Paused => rec.cores = CpuSet::new(),
             s if s.is_terminal() => {
+                self.finished.push_back(id);
                 rec.ended = Some(at);
                 rec.cores = CpuSet::new();
                 rec.gpus = GpuSet::default();
@@ -266,6 +303,30 @@ mod tests {
             },
             Timestamp(5),
         )
+    }
+
+    #[test]
+    fn only_the_most_recently_finished_jobs_stay() {
+        let mut t = JobTable::default();
+        for id in 1..=5 {
+            t.insert(rec(id, 1000));
+        }
+        t.set_keep_finished(2);
+        for id in [3, 1, 4] {
+            t.transition(JobId(id), JobState::Cancelled, Timestamp(id))
+                .unwrap();
+            t.prune_finished();
+        }
+        // 3 ended first and went; the pending ones are never dropped.
+        let ids: Vec<u64> = t.iter().map(|r| r.id.0).collect();
+        assert_eq!(ids, vec![1, 2, 4, 5]);
+        t.set_keep_finished(0);
+        let ids: Vec<u64> = t.iter().map(|r| r.id.0).collect();
+        assert_eq!(
+            ids,
+            vec![2, 4, 5],
+            "the last one ended stays for its waiters"
+        );
     }
 
     #[test]

@@ -229,3 +229,127 @@ fn a_job_another_scheduler_started_is_journaled_running_and_never_queued() {
         "durable with its origin, so recovery leaves it to the Slurm side"
     );
 }
+
+/// The job as the journal file has it now (what a restart would find).
+fn on_disk(dir: &tempfile::TempDir, id: u64) -> crate::store::journal::JournaledJob {
+    read(&dir.path().join("journal")).unwrap().jobs[&JobId(id)].clone()
+}
+
+#[test]
+fn a_start_is_durable_before_the_launch_and_no_launch_without_it() {
+    let (dir, jobs) = door();
+    submit(&jobs, 1);
+    submit(&jobs, 2);
+    let mut launched = false;
+    jobs.apply_with(JobId(1), started(), Timestamp(2), || {
+        // The launch sees the start already on disk.
+        assert!(
+            on_disk(&dir, 1).started.is_some(),
+            "launched before its start was durable"
+        );
+        launched = true;
+        Ok(())
+    })
+    .unwrap();
+    assert!(launched);
+    assert_eq!(jobs.table().get(JobId(1)).unwrap().state, JobState::Running);
+
+    jobs.journal().refuse_writes(true);
+    let refused = jobs.apply_with(JobId(2), started(), Timestamp(3), || {
+        panic!("launched although its start could not be recorded")
+    });
+    let e = refused.unwrap_err();
+    assert!(matches!(e, JobsError::NotRecorded { .. }), "{e}");
+    assert!(
+        e.to_string().contains("no space left on the state dir"),
+        "{e}"
+    );
+    assert_eq!(jobs.table().get(JobId(2)).unwrap().state, JobState::Pending);
+    assert!(on_disk(&dir, 2).started.is_none());
+    // Space is back: the same start goes through.
+    jobs.journal().refuse_writes(false);
+    jobs.apply_with(JobId(2), started(), Timestamp(4), || Ok(()))
+        .unwrap();
+    assert!(on_disk(&dir, 2).started.is_some());
+}
+
+#[test]
+fn a_failed_launch_leaves_the_job_pending_in_the_table() {
+    let (_dir, jobs) = door();
+    submit(&jobs, 1);
+    let e = jobs
+        .apply_with(
+            JobId(1),
+            started(),
+            Timestamp(2),
+            || Err("no waiter".into()),
+        )
+        .unwrap_err();
+    assert!(matches!(e, JobsError::Node { .. }), "{e}");
+    assert_eq!(jobs.table().get(JobId(1)).unwrap().state, JobState::Pending);
+}
+
+#[test]
+fn an_end_is_durable_before_the_exit_record_is_released_and_kept_when_it_is_not() {
+    let (dir, jobs) = door();
+    submit(&jobs, 1);
+    submit(&jobs, 2);
+    for id in [1, 2] {
+        jobs.apply(JobId(id), started(), Timestamp(2)).unwrap();
+    }
+    let end = || Change::Finished {
+        state: JobState::Succeeded,
+        exit: Some(ExitStatus::Exited(0)),
+        reason: None,
+    };
+    let mut released = false;
+    jobs.apply_with(JobId(1), end(), Timestamp(3), || {
+        assert!(
+            on_disk(&dir, 1).ending.is_some(),
+            "released before the end was durable"
+        );
+        released = true;
+        Ok(())
+    })
+    .unwrap();
+    assert!(released);
+
+    jobs.journal().refuse_writes(true);
+    let e = jobs
+        .apply_with(JobId(2), end(), Timestamp(4), || {
+            panic!("exit record released although the end could not be recorded")
+        })
+        .unwrap_err();
+    assert!(matches!(e, JobsError::NotRecorded { .. }), "{e}");
+    // Not ended anywhere, so the retry on a later turn ends it, once.
+    assert_eq!(jobs.table().get(JobId(2)).unwrap().state, JobState::Running);
+    assert!(on_disk(&dir, 2).ending.is_none());
+    jobs.journal().refuse_writes(false);
+    jobs.apply(JobId(2), end(), Timestamp(5)).unwrap();
+    assert!(jobs.apply(JobId(2), end(), Timestamp(6)).is_err());
+    let ends = events(&jobs).iter().filter(|(e, _)| e == "end").count();
+    assert_eq!(ends, 2, "each job ends exactly once");
+}
+
+#[test]
+fn an_owners_hold_that_cannot_be_recorded_is_refused_with_the_journals_error() {
+    let (dir, jobs) = door();
+    submit(&jobs, 1);
+    jobs.apply(JobId(1), started(), Timestamp(2)).unwrap();
+    jobs.journal().refuse_writes(true);
+    let hold = Change::Paused {
+        reason: "paused by uid 1000".into(),
+        held: true,
+    };
+    let e = jobs.apply(JobId(1), hold, Timestamp(3)).unwrap_err();
+    assert!(
+        e.to_string().contains("no space left on the state dir"),
+        "{e}"
+    );
+    let t = jobs.table();
+    let rec = t.get(JobId(1)).unwrap();
+    assert_eq!((rec.state, rec.held), (JobState::Running, false));
+    drop(t);
+    jobs.journal().refuse_writes(false);
+    assert!(!on_disk(&dir, 1).held);
+}

@@ -30,7 +30,7 @@ use crate::model::exit::ExitEvent;
 use crate::model::job::{JobError, JobId, JobSpec};
 use crate::model::limits::JobLimits;
 use crate::node::cgroup::{
-    CgroupError, DEFAULT_TIMEOUT, JobGroup, Layout, ServiceGroup, Tree, TreeConfig,
+    CgroupError, DEFAULT_TIMEOUT, JobGroup, Layout, Mode, ServiceGroup, Tree, TreeConfig,
 };
 use crate::store::statedir::{StateDir, StateDirError};
 use crate::sys::SpawnError;
@@ -384,6 +384,27 @@ impl Actuator {
         Ok(())
     }
 
+    /// Starts freezing the job and returns at once, so the control loop never waits on it;
+    /// [`Actuator::frozen`] says when the kernel has it frozen.
+    pub fn freeze_now(&mut self, job: JobId) -> Result<(), ActuationError> {
+        let (j, _) = self.group(job)?;
+        let group = j.group.as_mut().ok_or(ActuationError::UnknownJob(job))?;
+        group
+            .freeze_now()
+            .map_err(|e| ActuationError::cgroup(job, e))?;
+        j.paused = true;
+        Ok(())
+    }
+
+    /// Whether the kernel reports the job frozen.
+    pub fn frozen(&mut self, job: JobId) -> Result<bool, ActuationError> {
+        let (j, _) = self.group(job)?;
+        let group = j.group.as_mut().ok_or(ActuationError::UnknownJob(job))?;
+        group
+            .is_frozen()
+            .map_err(|e| ActuationError::cgroup(job, e))
+    }
+
     /// Sets the job's cores, then thaws it. If the cores cannot be set it stays paused.
     pub fn resume(&mut self, job: JobId, cores: CpuSet) -> Result<(), ActuationError> {
         let (j, timeout) = self.group(job)?;
@@ -455,9 +476,39 @@ impl Actuator {
         Ok(())
     }
 
+    /// Starts the kill of every process of the job and returns at once, waiting neither for
+    /// them to be gone nor for the job to start: the control loop never waits on a kill. The
+    /// job's exit event says when it is over. A job its waiter has not started yet is killed
+    /// together with its waiter (the whole group; `cgroup.kill` also takes what is forked
+    /// meanwhile), so nothing of it runs later; its exit event then says the waiter ended
+    /// without a record. Legacy hosts (v1 freezer, no `cgroup.kill`): [`Actuator::kill`].
+    pub fn kill_now(&mut self, job: JobId) -> Result<(), ActuationError> {
+        let legacy = self
+            .jobs
+            .get(&job)
+            .and_then(|j| j.group.as_ref())
+            .is_some_and(|g| g.paths().mode == Mode::Legacy);
+        if legacy {
+            return self.kill(job);
+        }
+        let record = self.state.exit_record(job);
+        let started = std::fs::read_to_string(&record)
+            .is_ok_and(|t| crate::model::exit::record_shows_start(&t));
+        let (j, _) = self.group(job)?;
+        let Some(group) = j.group.as_ref() else {
+            return Err(ActuationError::UnknownJob(job));
+        };
+        group
+            .kill_now(!started)
+            .map_err(|e| ActuationError::cgroup(job, e))?;
+        j.paused = false;
+        Ok(())
+    }
+
     /// Carries out one policy command on the node: the one place that maps a [`Command`] to
     /// the actuator's operations. `launch` is the launch request a `Run` needs (ignored for the
-    /// other commands); `MarkUnschedulable` has nothing to do on the node. The caller records
+    /// other commands); `MarkUnschedulable` has nothing to do on the node; a `Kill` is only
+    /// started ([`Actuator::kill_now`]), its end is the job's exit event. The caller records
     /// the outcome (job table, journal, event log) right after each command, so a crash between
     /// two commands leaves the records matching the node.
     pub fn apply(
@@ -473,7 +524,7 @@ impl Actuator {
             Command::Pause { job, .. } => self.pause(*job),
             Command::Resume { job, cores, .. } => self.resume(*job, *cores),
             Command::Resize { job, cores, .. } => self.resize(*job, *cores),
-            Command::Kill { job, .. } => self.kill(*job),
+            Command::Kill { job, .. } => self.kill_now(*job),
             Command::MarkUnschedulable { .. } => Ok(()),
         }
     }

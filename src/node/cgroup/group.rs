@@ -198,6 +198,16 @@ impl JobGroup {
         self.set_frozen(true, timeout)
     }
 
+    /// Asks the kernel to freeze the job's processes and returns at once (see `is_frozen`).
+    pub fn freeze_now(&mut self) -> Result<(), CgroupError> {
+        let value = if self.paths.mode == Mode::Legacy {
+            "FROZEN"
+        } else {
+            "1"
+        };
+        self.freeze_knob()?.write(value)
+    }
+
     /// Thaws the job's processes and waits until the kernel reports them thawed.
     pub fn thaw(&mut self, timeout: Duration) -> Result<(), CgroupError> {
         self.set_frozen(false, timeout)
@@ -272,6 +282,17 @@ impl JobGroup {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
+    }
+
+    /// Writes `cgroup.kill` and returns without waiting for the processes to be gone: of the
+    /// job's processes (`task/`), or with `waiter` of the whole job group, its waiter too.
+    /// Unified and hybrid modes (legacy has no `cgroup.kill`: use [`JobGroup::kill`]).
+    pub fn kill_now(&self, waiter: bool) -> Result<(), CgroupError> {
+        let dir = match (&self.paths.unified, waiter) {
+            (Some(group), true) => group,
+            _ => &self.paths.task,
+        };
+        write_path(&dir.join(KILL), "1")
     }
 
     /// A directory descriptor on the job's unified group, for clone3(CLONE_INTO_CGROUP).
