@@ -6,12 +6,16 @@
 //! - `steady`: every batch core is held by running jobs, nothing can start (one round).
 //! - `freed`: a quarter of the running jobs just ended, so jobs start and widen (two rounds).
 //!
+//! Jobs belong to eleven users (70 % to one), with fair share on (the default), so the engine
+//! also interleaves users within each rank.
+//!
 //! Run: `cargo bench --bench decide -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use lowsched::decide::fairshare::{Usage, UserOrder};
 use lowsched::decide::policy::{ActiveJob, JobView, PolicyConfig, Snapshot, by_name};
 use lowsched::model::cpuset::CpuSet;
 use lowsched::model::inventory::{GpuSet, Inventory};
@@ -86,9 +90,13 @@ struct World {
     service: CpuSet,
     specs: Vec<JobSpec>,
     submitted: Vec<u64>,
+    /// The owner (uid) of each job: 70 % one heavy user, the rest spread over ten others.
+    owners: Vec<u32>,
     /// (spec index, cores) of running jobs.
     running: Vec<(usize, CpuSet)>,
     pending: Vec<usize>,
+    /// Users by recent core usage (fair share), as the daemon would pass them.
+    users: UserOrder,
 }
 
 fn world(node_cores: usize, pending: usize, freed: bool) -> World {
@@ -113,8 +121,10 @@ fn world(node_cores: usize, pending: usize, freed: bool) -> World {
         service,
         specs: Vec::new(),
         submitted: Vec::new(),
+        owners: Vec::new(),
         running: Vec::new(),
         pending: Vec::new(),
+        users: UserOrder::default(),
     };
     // Fill the batch cores with running jobs of 1-4 cores.
     let mut free: Vec<usize> = batch.iter().collect();
@@ -148,6 +158,26 @@ fn world(node_cores: usize, pending: usize, freed: bool) -> World {
         w.submitted.push(NOW - waited);
         w.pending.push(i as usize);
     }
+    // Owners from a generator of their own, so the job mix stays what it was before owners.
+    let mut who = Lcg(7);
+    w.owners = (0..w.specs.len())
+        .map(|_| {
+            if who.chance(70) {
+                1000
+            } else {
+                1001 + who.below(10) as u32
+            }
+        })
+        .collect();
+    let mut usage = Usage::new(Duration::from_secs(3600));
+    usage.advance(Timestamp(NOW - 60_000), []);
+    let running: Vec<(u32, usize)> = w
+        .running
+        .iter()
+        .map(|&(i, c)| (w.owners[i], c.len()))
+        .collect();
+    usage.advance(Timestamp(NOW), running);
+    w.users = usage.order();
     w
 }
 
@@ -165,6 +195,7 @@ fn bench_decide(c: &mut Criterion) {
                         spec: &w.specs[i],
                         submitted: Timestamp(w.submitted[i]),
                         seq: i as u64,
+                        owner: w.owners[i],
                     };
                     let active: Vec<ActiveJob<'_>> = w
                         .running
@@ -188,6 +219,7 @@ fn bench_decide(c: &mut Criterion) {
                         service_cores: w.service,
                         active: &active,
                         queue: &queue,
+                        users: &w.users,
                     };
                     let state = if freed { "freed" } else { "steady" };
                     let started = policy.decide(&snap).len();

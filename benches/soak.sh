@@ -37,7 +37,7 @@ done
 printf '%s\n' "socket = \"$dir/s.sock\"" "state_dir = \"$dir/state\"" \
     'cgroup_root = "lowsched-soak"' 'log_level = "warning"' \
     '[server]' 'max_connections = 1024' 'max_connections_per_user = 300' \
-    '[jobs]' 'max_queued_per_user = 20000' '[service]' 'enabled = "no"' >"$dir/cfg.toml"
+    '[jobs]' 'max_jobs_per_user = 20000' '[service]' 'enabled = "no"' >"$dir/cfg.toml"
 "$bin" daemon --config "$dir/cfg.toml" >"$dir/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [ -S "$dir/s.sock" ] && break; sleep 0.1; done

@@ -10,7 +10,8 @@
 #   PREFIX       /usr/local        BINDIR       $PREFIX/bin (lowsched, lowsched-shim)
 #   LIBDIR       $PREFIX/lib       UNITDIR      $LIBDIR/systemd/system
 #   SYSUSERSDIR  $LIBDIR/sysusers.d               TMPFILESDIR  $LIBDIR/tmpfiles.d
-#   SYSCONFDIR   /etc (config in $SYSCONFDIR/lowsched/lowsched.toml, never overwritten)
+#   SYSCONFDIR   /etc (config in $SYSCONFDIR/lowsched/lowsched.toml, never overwritten;
+#                logrotate file in $SYSCONFDIR/logrotate.d/lowsched)
 #   DOCDIR       $PREFIX/share/doc/lowsched (README.md, cgroups/ examples, the example config)
 #   DATADIR      $PREFIX/share (man page in man/man1, bash, zsh and fish completions)
 #   PROFILE      release (which cargo build to install: target/$PROFILE)
@@ -76,6 +77,7 @@ files=(
     "$UNITDIR/lowsched.service"
     "$SYSUSERSDIR/lowsched.conf"
     "$TMPFILESDIR/lowsched.conf"
+    "$SYSCONFDIR/logrotate.d/lowsched"
     "$DOCDIR/README.md"
     "$DOCDIR/lowsched.toml"
     "$DOCDIR/cgroups/README.md"
@@ -107,6 +109,8 @@ do_install() {
     chmod 0644 "$DESTDIR$UNITDIR/lowsched.service"
     install -D -m 0644 "$repo/systemd/lowsched.sysusers" "$DESTDIR$SYSUSERSDIR/lowsched.conf"
     install -D -m 0644 "$repo/systemd/lowsched.tmpfiles" "$DESTDIR$TMPFILESDIR/lowsched.conf"
+    # SIGHUP makes the daemon reopen its event logs (systemctl reload).
+    install -D -m 0644 "$repo/systemd/lowsched.logrotate" "$DESTDIR$SYSCONFDIR/logrotate.d/lowsched"
     install -D -m 0644 "$repo/README.md" "$DESTDIR$DOCDIR/README.md"
     install -D -m 0644 "$repo/systemd/lowsched.toml" "$DESTDIR$DOCDIR/lowsched.toml"
     install -D -m 0644 "$repo/cgroups/README.md" "$DESTDIR$DOCDIR/cgroups/README.md"

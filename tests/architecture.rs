@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! The layout's rules, checked on the source text: which stage may use which (`crate::` paths,
-//! in `use` lines and inline), `unsafe` only in `src/sys/`, and files under 600 lines.
+//! in `use` lines and inline), `unsafe` only in `src/sys/`, files under 600 lines, and no Rust
+//! debug formatting (`{:?}`) in messages: only in tests, assertions, panics and `Debug` impls.
 //!
 //! Problem: a plain text search would trip on comments and strings (`// unsafe`, `"crate::sys"`).
 //! Approach: blank out comments, string and char literals (keeping line breaks, so line numbers
@@ -263,6 +264,104 @@ fn violations(path: &str, text: &str) -> Vec<String> {
     out
 }
 
+/// Every string literal of `text` outside comments: (char offset, line, content).
+fn literals(text: &str) -> Vec<(usize, usize, String)> {
+    let c: Vec<char> = text.chars().collect();
+    let code: Vec<char> = code_only(text).chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        // A literal starts where the code (comments and literals blanked) has a blank but the
+        // text has an opening quote that is not inside a comment.
+        let starts = code[i] == ' ' && (c[i] == '"' || raw_string_len(&c[i..]).is_some());
+        let in_comment = starts && {
+            let line_start = c[..i]
+                .iter()
+                .rposition(|&ch| ch == '\n')
+                .map_or(0, |p| p + 1);
+            let before: String = c[line_start..i].iter().collect();
+            before.contains("//") || before.trim_start().starts_with('*')
+        };
+        if !starts || in_comment || (i > 0 && code[i - 1] == ' ' && c[i - 1] == '\'') {
+            i += 1;
+            continue;
+        }
+        let len = raw_string_len(&c[i..]).unwrap_or_else(|| {
+            let mut j = i + 1;
+            while j < c.len() && c[j] != '"' {
+                j += if c[j] == '\\' { 2 } else { 1 };
+            }
+            j + 1 - i
+        });
+        let end = (i + len).min(c.len());
+        let line = c[..i].iter().filter(|&&ch| ch == '\n').count() + 1;
+        out.push((i, line, c[i..end].iter().collect()));
+        i = end;
+    }
+    out
+}
+
+/// Lines of `text` (a non-test source file) that put Rust's debug formatting (`{:?}`,
+/// `{x:?}`, `{:#?}`) into a message. Allowed: `assert*!`, `panic!`, `unreachable!` and
+/// `Debug` impls, which speak to developers. Inline `mod tests` at the end is skipped.
+fn debug_formats(path: &str, text: &str) -> Vec<String> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if name.starts_with("tests") {
+        return Vec::new();
+    }
+    let text = text
+        .split("\n#[cfg(test)]\nmod tests {")
+        .next()
+        .unwrap_or(text);
+    let code: Vec<char> = code_only(text).chars().collect();
+    let mut out = Vec::new();
+    for (at, line, lit) in literals(text) {
+        let debug = lit
+            .match_indices(":?}")
+            .chain(lit.match_indices(":#?}"))
+            .any(|(k, _)| {
+                let open = lit[..k].rfind('{');
+                // `{{:?}}` is a literal brace, not a placeholder.
+                let escaped = |o: usize| o > 0 && lit.as_bytes()[o - 1] == b'{';
+                open.is_some_and(|o| {
+                    !escaped(o) && lit[o + 1..k].chars().all(|ch| is_ident(ch) || ch == '.')
+                })
+            });
+        if !debug {
+            continue;
+        }
+        let before: String = code[..at].iter().collect();
+        let statement = before
+            .rfind([';', '{', '}'])
+            .map_or(before.as_str(), |k| &before[k..]);
+        let in_check = ["assert", "panic!", "unreachable!"]
+            .iter()
+            .any(|m| statement.contains(m));
+        let in_debug_impl = before.rfind("impl").is_some_and(|k| {
+            let head = &before[k..];
+            let decl = head.split('{').next().unwrap_or("");
+            // Inside when the impl's block has not closed before the literal.
+            let mut depth = 0i32;
+            let open_all_along = head[decl.len()..].chars().all(|ch| {
+                depth += match ch {
+                    '{' => 1,
+                    '}' => -1,
+                    _ => 0,
+                };
+                depth > 0
+            });
+            decl.contains("Debug for") && open_all_along
+        });
+        if !in_check && !in_debug_impl {
+            out.push(format!(
+                "{path}:{line}: debug formatting in a message (write a Display form, or \
+                 quote text with model::text::quoted)"
+            ));
+        }
+    }
+    out
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -294,6 +393,7 @@ fn the_source_tree_keeps_the_layout_rules() {
             .into_owned();
         let text = std::fs::read_to_string(file).unwrap();
         broken.extend(violations(&rel, &text));
+        broken.extend(debug_formats(&rel, &text));
     }
     assert!(broken.is_empty(), "\n{}\n", broken.join("\n"));
 }
@@ -403,4 +503,25 @@ fn a_long_file_is_named_with_its_count() {
         ["src/cli/long.rs:601: 601 lines, more than 600: split it by responsibility"]
     );
     assert!(violations("src/cli/ok.rs", &"x\n".repeat(MAX_LINES)).is_empty());
+}
+
+#[test]
+fn debug_formatting_is_caught_in_messages_but_not_in_checks_or_debug_impls() {
+    let text = "fn a() { log(&format!(\"bad {name:?}\")); }\n\
+                #[error(\"x {0:?}\")]\n\
+                fn b() { assert!(x, \"{v:?}\"); panic!(\"{:?}\", y); }\n\
+                impl fmt::Debug for X { fn fmt(&self) { write!(f, \"X({:?})\", self.0) } }\n\
+                // a comment \"{c:?}\"\n\
+                fn c() { let s = \"{:>8} {{:?}} ok\"; write!(f, \"{:#?}\", z); }\n";
+    let v = debug_formats("src/api/a.rs", text);
+    assert_eq!(
+        v.iter()
+            .map(|m| m.split(':').nth(1).unwrap())
+            .collect::<Vec<_>>(),
+        ["1", "2", "6"],
+        "{v:?}"
+    );
+    assert!(debug_formats("src/api/tests.rs", text).is_empty());
+    let tail = "fn f() {}\n#[cfg(test)]\nmod tests {\n fn g() { f(\"{x:?}\"); }\n}\n";
+    assert!(debug_formats("src/api/b.rs", tail).is_empty());
 }

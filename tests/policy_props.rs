@@ -253,6 +253,7 @@ fn view(j: &SimJob) -> JobView<'_> {
         spec: &j.spec,
         submitted: Timestamp(j.submitted),
         seq: j.id,
+        owner: 0,
     }
 }
 
@@ -301,6 +302,7 @@ impl World {
             service_cores: self.service,
             active: &active,
             queue: &queue,
+            users: &lowsched::decide::fairshare::NO_USAGE,
         })
     }
 

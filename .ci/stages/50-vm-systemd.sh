@@ -28,7 +28,7 @@ printf '%s\n' "max_cores = 1" "" "[probe]" "rate = 100" >>"$OVERLAY/etc/lowsched
 # The files systemd/install.sh needs, for the check's live uninstall and install in the guest.
 src=$OVERLAY/root/lowsched-src
 mkdir -p "$src/systemd" "$src/cgroups/memcached.service.d"
-cp systemd/install.sh systemd/lowsched.service.in systemd/lowsched.sysusers systemd/lowsched.tmpfiles \
+cp systemd/install.sh systemd/lowsched.service.in systemd/lowsched.sysusers systemd/lowsched.tmpfiles systemd/lowsched.logrotate \
     systemd/lowsched.toml systemd/lowsched.1 "$src/systemd/"
 cp -r systemd/completions "$src/systemd/"
 cp cgroups/README.md cgroups/lowsched-memcached.toml "$src/cgroups/"

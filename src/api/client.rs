@@ -5,7 +5,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::api::protocol::{ErrorCode, ProtocolError, Reply, Request, Response};
+use crate::api::protocol::{ErrorCode, JobStatus, ProtocolError, Reply, Request, Response};
+use crate::model::job::JobId;
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/lowsched/lowsched.sock";
@@ -176,6 +177,72 @@ pub fn call(path: &Path, req: &Request, patience: Duration) -> Result<Reply, Cli
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
             other => return other,
+        }
+    }
+}
+
+/// How long [`wait_job`] keeps trying to reach a daemon that went away (a restart) before it
+/// gives up: systemd restarts a failed daemon within seconds, recovery takes seconds more.
+pub const RECONNECT_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Whether `e` means the daemon is not there right now (stopping, restarting): the socket is
+/// missing or refuses, the connection broke or closed, or the daemon answered `busy`.
+fn daemon_gone(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { source, .. } => matches!(
+            source.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        ),
+        ClientError::Io { .. } | ClientError::Closed { .. } => true,
+        ClientError::Refused(p) => p.code == ErrorCode::Busy,
+        ClientError::Permission { .. } | ClientError::Garbled { .. } => false,
+    }
+}
+
+/// Waits until job `id` ends and returns its final status, across daemon restarts: when the
+/// daemon goes away, it reconnects with back-off (50 ms doubling to 1 s) for up to `patience`
+/// since the daemon was last reachable, then asks for the job again (the next daemon adopted
+/// it, so its real end is reported). Any other error ends the wait.
+pub fn wait_job(path: &Path, id: JobId, patience: Duration) -> Result<JobStatus, ClientError> {
+    let mut lost: Option<std::time::Instant> = None;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let err = match wait_on_one_connection(path, id, &mut lost) {
+            Ok(job) => return Ok(job),
+            Err(e) if daemon_gone(&e) => e,
+            Err(e) => return Err(e),
+        };
+        let since = *lost.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() + pause > patience {
+            return Err(err);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Waits on one connection until the job ends or the connection fails; a connection that
+/// answers clears `lost`.
+fn wait_on_one_connection(
+    path: &Path,
+    id: JobId,
+    lost: &mut Option<std::time::Instant>,
+) -> Result<JobStatus, ClientError> {
+    let mut client = Client::connect(path)?;
+    loop {
+        let req = Request::Wait(crate::api::protocol::Wait {
+            id,
+            timeout_ms: 30_000,
+        });
+        match client.call(&req)? {
+            Reply::Waited { done: true, job } => return Ok(job),
+            Reply::Waited { done: false, .. } => *lost = None,
+            other => {
+                return Err(ClientError::Garbled {
+                    why: "expected an answer to wait".into(),
+                    line: serde_json::to_string(&other).unwrap_or_default(),
+                });
+            }
         }
     }
 }

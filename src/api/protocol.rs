@@ -257,7 +257,8 @@ impl Request {
                 return Err(ProtocolError::new(
                     UnknownVerb,
                     format!(
-                        "unknown verb {verb:?}; expected one of: {}",
+                        "unknown verb {}; expected one of: {}",
+                        crate::model::text::quoted(&verb),
                         VERBS.join(", ")
                     ),
                 ));

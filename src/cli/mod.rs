@@ -381,19 +381,10 @@ pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
+/// Waits across daemon restarts (see [`crate::api::client::wait_job`]).
 fn wait(socket: &Path, id: JobId) -> Result<ExitCode, ClientError> {
-    let mut client = Client::connect(socket)?;
-    loop {
-        let req = Request::Wait(protocol::Wait {
-            id,
-            timeout_ms: 30_000,
-        });
-        match client.call(&req)? {
-            Reply::Waited { done: true, job } => return Ok(ExitCode::from(wait_code(&job))),
-            Reply::Waited { done: false, .. } => continue,
-            other => return Err(unexpected(other)),
-        }
-    }
+    let job = crate::api::client::wait_job(socket, id, crate::api::client::RECONNECT_PATIENCE)?;
+    Ok(ExitCode::from(wait_code(&job)))
 }
 
 /// The exit code `lowsched wait` reports for a finished job.

@@ -46,7 +46,7 @@ pub fn render_table(r: &StatsReport) -> String {
     let qps = r.qps.map_or("? QPS".into(), |q| format!("{q:.0} QPS"));
     let _ = writeln!(
         s,
-        "memcached {}: {:?}, {qps}, SLO p{} <= {} us, window {} s, probing {}/s{}",
+        "memcached {}: {}, {qps}, SLO p{} <= {} us, window {} s, probing {}/s{}",
         r.server,
         r.status,
         r.slo.quantile * 100.0,

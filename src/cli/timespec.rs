@@ -7,8 +7,9 @@ pub fn parse_time(spec: &str, now_unix_s: f64) -> Result<f64, String> {
     let s = spec.trim();
     let bad = || {
         format!(
-            "time {spec:?}: expected a span ago (90s, 10m, 2h, 1d), Unix seconds, or \
-             YYYY-MM-DDTHH:MM:SS[.fff](Z|+00:00)"
+            "time {}: expected a span ago (90s, 10m, 2h, 1d), Unix seconds, or \
+             YYYY-MM-DDTHH:MM:SS[.fff](Z|+00:00)",
+            crate::model::text::quoted(spec)
         )
     };
     if let Some(unit) = s.chars().last().filter(|c| "smhd".contains(*c)) {

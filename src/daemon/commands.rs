@@ -211,6 +211,13 @@ impl Control {
         let (commands, mut handles) = {
             let table = self.shared.table();
             let active = table.active_views();
+            let at = now();
+            let running = active
+                .iter()
+                .filter(|a| a.state == JobState::Running)
+                .map(|a| (a.job.owner, a.cores.len()));
+            self.usage.advance(at, running);
+            self.users = self.usage.order();
             let mut handles: HashMap<JobId, Queued<()>> = HashMap::new();
             let mut queue: Vec<JobView<'_>> = Vec::new();
             for item in self.shared.jobs.queue().iter() {
@@ -225,18 +232,20 @@ impl Control {
                     spec: &rec.spec,
                     submitted: rec.submitted,
                     seq: item.seq(),
+                    owner: rec.owner.uid,
                 });
                 handles.insert(item.id(), item);
             }
             let snap = Snapshot {
-                now: now(),
+                now: at,
                 node: &self.shared.node,
                 batch_cores: self.batch_cores,
                 service_cores: self.service_cores,
                 active: &active,
                 queue: &queue,
+                users: &self.users,
             };
-            (self.shared.policy.decide(&snap), handles)
+            (self.shared.policy().decide(&snap), handles)
         };
         for cmd in commands {
             // A job leaves the queue when the policy starts it or gives up on it.
@@ -346,7 +355,7 @@ impl Control {
     fn requeue(&mut self, id: JobId) {
         let rank = {
             let table = self.shared.table();
-            table.get(id).map(|r| self.shared.policy.rank(&r.view()))
+            table.get(id).map(|r| self.shared.policy().rank(&r.view()))
         };
         if let Some(rank) = rank {
             self.shared.jobs.requeue(id, rank);

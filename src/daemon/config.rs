@@ -11,6 +11,7 @@ use crate::decide::policy::config::PolicyConfig;
 use crate::model::inventory::Gpu;
 use crate::model::limits::{JobLimits, Rlimit};
 use crate::model::resources::Bytes;
+use crate::model::text::quoted;
 use crate::node::service::ServiceConfig;
 use crate::node::slurm::SlurmConfig;
 
@@ -124,8 +125,10 @@ pub struct JobsConfig {
     pub pids_max: u64,
     /// `memory.max` of a job that names no memory (pure v2); default: 90% of `node.memory`.
     pub memory_max: Option<Bytes>,
-    /// Pending jobs one non-root user may have; a submit over it is refused.
-    pub max_queued_per_user: usize,
+    /// Jobs one non-root user may have pending, running or paused; a submit over it is refused.
+    /// (`max_queued_per_user`, its old name, counted pending jobs only.)
+    #[serde(alias = "max_queued_per_user")]
+    pub max_jobs_per_user: usize,
     /// Pending jobs in all; a submit over it is refused.
     pub max_queued: usize,
     /// Where default job outputs (`<dir>/<id>/stdout`) go; default `<state_dir>/jobs`. Put it
@@ -141,7 +144,7 @@ impl Default for JobsConfig {
             no_new_privs: false,
             pids_max: crate::model::limits::DEFAULT_PIDS_MAX,
             memory_max: None,
-            max_queued_per_user: 10_000,
+            max_jobs_per_user: 10_000,
             max_queued: 100_000,
             output_dir: None,
         }
@@ -151,8 +154,12 @@ impl Default for JobsConfig {
 impl JobsConfig {
     /// The umask as a number.
     pub fn umask_value(&self) -> Result<u32, String> {
-        let v = u32::from_str_radix(self.umask.trim(), 8)
-            .map_err(|_| format!("jobs.umask {:?}: expected octal like \"0022\"", self.umask))?;
+        let v = u32::from_str_radix(self.umask.trim(), 8).map_err(|_| {
+            format!(
+                "jobs.umask {}: expected octal like \"0022\"",
+                quoted(&self.umask)
+            )
+        })?;
         crate::model::limits::check_umask(v).map_err(|e| format!("jobs.umask: {e}"))?;
         Ok(v)
     }
@@ -215,6 +222,12 @@ pub struct PolicySection {
     pub sjf_backlog: usize,
     /// How often the policy runs even when nothing changed (timeouts, starvation), ms.
     pub tick_ms: u64,
+    /// Interleave users' jobs of equal rank, least recent use of cores first.
+    pub fair_share: bool,
+    /// Seconds after which a user's past core usage counts half (fair share).
+    pub fair_share_half_life_s: f64,
+    /// Highest priority a user other than root may set; a higher one is refused at submit.
+    pub max_user_priority: i32,
 }
 
 impl Default for PolicySection {
@@ -226,6 +239,9 @@ impl Default for PolicySection {
             deadline_slack_s: p.deadline_slack.as_secs_f64(),
             sjf_backlog: p.sjf_backlog,
             tick_ms: 250,
+            fair_share: p.fair_share,
+            fair_share_half_life_s: 3600.0,
+            max_user_priority: 100,
         }
     }
 }
@@ -240,6 +256,17 @@ impl PolicySection {
             starvation_age: secs("starvation_age_s", self.starvation_age_s)?,
             deadline_slack: secs("deadline_slack_s", self.deadline_slack_s)?,
             sjf_backlog: self.sjf_backlog,
+            fair_share: self.fair_share,
+        })
+    }
+
+    /// The half-life of users' core usage.
+    pub fn fair_share_half_life(&self) -> Result<std::time::Duration, String> {
+        std::time::Duration::try_from_secs_f64(self.fair_share_half_life_s).map_err(|_| {
+            format!(
+                "policy.fair_share_half_life_s = {} is not a number of seconds >= 0",
+                self.fair_share_half_life_s
+            )
         })
     }
 }
@@ -405,6 +432,15 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The limits checked at submit.
+    pub fn submit_limits(&self) -> crate::decide::users::SubmitLimits {
+        crate::decide::users::SubmitLimits {
+            max_user_priority: self.policy.max_user_priority,
+            max_jobs_per_user: self.jobs.max_jobs_per_user,
+            max_queued: self.jobs.max_queued,
+        }
+    }
+
     /// Parses a TOML text (`path` names it in errors) and checks it.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -454,13 +490,14 @@ impl Config {
         };
         if crate::log::parse_level(&self.log_level).is_none() {
             return Err(bad(format!(
-                "log_level {:?}: expected error, warning, notice, info or debug",
-                self.log_level
+                "log_level {}: expected error, warning, notice, info or debug",
+                quoted(&self.log_level)
             )));
         }
         crate::decide::policy::config::by_name(&self.policy.name, &PolicyConfig::default())
             .map_err(|e| bad(format!("policy.name: {e}")))?;
         self.policy.policy_config().map_err(bad)?;
+        self.policy.fair_share_half_life().map_err(bad)?;
         if let Some(c) = &self.node.cores {
             c.parse::<crate::model::cpuset::CpuSet>()
                 .map_err(|e| bad(format!("node.cores: {e}")))?;
@@ -483,8 +520,8 @@ impl Config {
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(bad(format!(
-                "metrics.listen {:?}: expected HOST:PORT with a numeric address, e.g. 127.0.0.1:9480",
-                self.metrics.listen
+                "metrics.listen {}: expected HOST:PORT with a numeric address, e.g. 127.0.0.1:9480",
+                quoted(&self.metrics.listen)
             )));
         }
         if self.metrics.textfile_interval_ms == 0 {
@@ -501,9 +538,9 @@ impl Config {
             ));
         }
         self.jobs.limits().map_err(bad)?;
-        if self.jobs.max_queued == 0 || self.jobs.max_queued_per_user == 0 {
+        if self.jobs.max_queued == 0 || self.jobs.max_jobs_per_user == 0 {
             return Err(bad(
-                "jobs.max_queued and jobs.max_queued_per_user must be positive".into(),
+                "jobs.max_queued and jobs.max_jobs_per_user must be positive".into(),
             ));
         }
         Ok(())

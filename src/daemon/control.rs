@@ -13,6 +13,7 @@ use crate::api::protocol::{ErrorCode, JobStatus, ProtocolError};
 use crate::daemon::config::JournalConfig;
 use crate::daemon::sdnotify::Notifier;
 use crate::decide::controller::Move;
+use crate::decide::fairshare::{Usage, UserOrder};
 use crate::model::cpuset::CpuSet;
 use crate::model::exit::ExitEvent;
 use crate::model::job::JobId;
@@ -55,6 +56,8 @@ pub struct ControlSetup {
     pub journal: JournalConfig,
     /// Slurm's jobs on this node, when `[slurm]` is on (or waiting for slurmd, with `auto`).
     pub slurm: SlurmSlot,
+    /// Half-life of users' recent core usage (fair share).
+    pub fair_share_half_life: Duration,
 }
 
 /// The control loop's state, run on its own thread.
@@ -64,12 +67,12 @@ pub struct Control {
     exits: Receiver<ExitEvent>,
     ops: Receiver<Op>,
     bell: Receiver<()>,
-    slo: Option<SloLoop>,
+    pub(super) slo: Option<SloLoop>,
     pub(super) batch_cores: CpuSet,
     pub(super) service_cores: CpuSet,
     managed: CpuSet,
     slurm: SlurmSlot,
-    policy_tick: Duration,
+    pub(super) policy_tick: Duration,
     notifier: Notifier,
     watchdog: Option<Duration>,
     journal: JournalConfig,
@@ -84,6 +87,10 @@ pub struct Control {
     pub(super) unrecorded: Vec<ExitEvent>,
     pub(super) last_retry: Instant,
     pub(super) dirty: bool,
+    /// Users' recent core usage, charged on every decision (fair share).
+    pub(super) usage: Usage,
+    /// The order `usage` gives, as the last decision saw it.
+    pub(super) users: UserOrder,
 }
 
 impl std::fmt::Debug for Control {
@@ -126,6 +133,8 @@ impl Control {
             unrecorded: Vec::new(),
             last_retry: Instant::now(),
             dirty: true,
+            usage: Usage::new(s.fair_share_half_life),
+            users: UserOrder::default(),
         }
     }
 

@@ -87,6 +87,36 @@ impl RequestHandler {
         }
     }
 
+    /// The user limits (issues 14 and 15), refused whole before anything is journaled: the
+    /// caller's priority cap (root may submit as a user at any priority), dependencies that
+    /// can be met, and the queue caps counting every array task.
+    fn check_limits(
+        &self,
+        caller: &Caller,
+        uid: u32,
+        specs: &[JobSpec],
+        acc: &Accepted,
+    ) -> Result<(), ProtocolError> {
+        let tasks: usize = specs
+            .iter()
+            .map(|s| s.array.as_ref().map_or(1, |a| a.indices().len()))
+            .sum();
+        let limits = self.shared.limits();
+        for spec in specs {
+            super::queuecap::check_priority(&limits, caller.uid, spec.priority)?;
+        }
+        {
+            let table = self.shared.table();
+            for spec in specs {
+                check_dependencies(&table, spec)?;
+            }
+            let (mine, all) = acc.staged.counts(uid);
+            let earlier = super::queuecap::Earlier { mine, all };
+            super::queuecap::check(&limits, &table, uid, tasks, earlier)?;
+        }
+        Ok(())
+    }
+
     /// Checks and journals `specs` (not yet durable); all or nothing.
     fn accept(
         &self,
@@ -122,20 +152,7 @@ impl RequestHandler {
             fit::check(spec, &self.shared.node, claim)
                 .map_err(|e| err(ErrorCode::Invalid, format!("{which}{e}")))?;
         }
-        let tasks: usize = specs
-            .iter()
-            .map(|s| s.array.as_ref().map_or(1, |a| a.indices().len()))
-            .sum();
-        {
-            let table = self.shared.table();
-            for spec in &specs {
-                check_dependencies(&table, spec)?;
-            }
-            // Queue caps (issue 15): refused whole, before anything is journaled.
-            let (mine, all) = acc.staged.counts(creds.uid);
-            let earlier = super::queuecap::Earlier { mine, all };
-            super::queuecap::check(&table, creds.uid, tasks, earlier)?;
-        }
+        self.check_limits(caller, creds.uid, &specs, acc)?;
         let owner = Owner {
             uid: creds.uid,
             gid: creds.gid,
@@ -185,7 +202,7 @@ impl RequestHandler {
         if acc.staged.is_empty() {
             return Ok(());
         }
-        let policy = &self.shared.policy;
+        let policy = self.shared.policy();
         self.shared
             .jobs
             .accept(&mut acc.staged, |rec| policy.rank(&rec.view()))

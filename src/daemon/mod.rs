@@ -3,7 +3,8 @@
 //!
 //! Threads: the control loop (owns the actuator and the SLO controller), the socket acceptor
 //! and one thread per connection, one sampler per core, the latency probe, the exit watcher,
-//! and a signal thread that turns SIGTERM/SIGINT into an orderly stop. On stop the daemon stops
+//! and a signal thread that turns SIGTERM/SIGINT into an orderly stop and SIGHUP into a reload
+//! (module `reload`). On stop the daemon stops
 //! accepting, logs `end scheduler`, compacts the journal and exits 0; jobs keep running and the
 //! next daemon adopts them.
 
@@ -17,6 +18,7 @@ pub mod observe;
 pub mod queuecap;
 pub mod recovery;
 pub mod relax;
+pub mod reload;
 mod requests;
 pub mod sdnotify;
 pub mod server;
@@ -77,7 +79,7 @@ pub enum DaemonError {
     Signals(nix::errno::Errno),
 }
 
-/// The signals that stop the daemon (SIGHUP is taken and ignored).
+/// The signals the signal thread takes: SIGTERM and SIGINT stop the daemon, SIGHUP reloads.
 fn stop_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
@@ -86,13 +88,14 @@ fn stop_signals() -> SigSet {
     set
 }
 
-/// Starts the thread that turns SIGTERM/SIGINT into a stop. The signals must already be
+/// Starts the thread that turns SIGTERM/SIGINT into a stop and SIGHUP into a reload. The signals must already be
 /// blocked in every thread ([`run`] blocks them before starting any), so only `sigwait` here
 /// receives them.
 fn signal_thread(
     shared: Arc<Shared>,
     stop_server: Arc<AtomicBool>,
     socket: PathBuf,
+    mut reloader: reload::Reloader,
 ) -> Result<(), DaemonError> {
     let set = stop_signals();
     std::thread::Builder::new()
@@ -100,9 +103,7 @@ fn signal_thread(
         .spawn(move || {
             loop {
                 match set.wait() {
-                    Ok(Signal::SIGHUP) => crate::log::info(
-                        "SIGHUP: nothing to reload; restart to apply config changes",
-                    ),
+                    Ok(Signal::SIGHUP) => reloader.hangup(&shared),
                     Ok(sig) => {
                         crate::log::notice(&format!("{sig}: stopping (jobs keep running)"));
                         shared.stopping.store(true, Ordering::Relaxed);
@@ -130,29 +131,44 @@ pub fn check_config(o: &Overrides) -> Result<Option<PathBuf>, DaemonError> {
     Ok(used)
 }
 
-pub fn run(o: &Overrides) -> Result<(), DaemonError> {
-    let (cfg, used) = Config::load(o)?;
-    let notifier = prepare_process(&cfg, used.as_deref())?;
-    let (jobs, replay) = startup::open_store(&cfg)?;
-    let node = startup::inventory(&cfg)?;
-    let policy = startup::policy(&cfg)?;
-    let (mut actuator, exits) = startup::actuator(&cfg, &node)?;
+/// The start-up line saying what the daemon runs on.
+fn log_node(
+    actuator: &crate::node::actuator::Actuator,
+    node: &crate::model::inventory::Inventory,
+    policy: &str,
+) {
     crate::log::info(&format!(
-        "cgroup root {} ({:?}), cores [{}], {} memory, {} GPUs, policy {}",
+        "cgroup root {} ({}), cores [{}], {} memory, {} GPUs, policy {policy}",
         actuator.tree().root().display(),
         actuator.tree().mode(),
         node.cores,
         node.memory,
         node.gpus.len(),
-        policy.name()
     ));
+}
+
+pub fn run(o: &Overrides) -> Result<(), DaemonError> {
+    let (cfg, used) = Config::load(o)?;
+    let notifier = prepare_process(&cfg, used.as_deref())?;
+    // Journal replay and adopting running jobs can outlast systemd's start timeout.
+    let starting = notifier.keep_starting(
+        sdnotify::EXTEND_EVERY,
+        sdnotify::EXTEND_BY,
+        sdnotify::EXTEND_AT_MOST,
+    );
+    let (jobs, replay) = startup::open_store(&cfg)?;
+    let node = startup::inventory(&cfg)?;
+    let policy = startup::policy(&cfg)?;
+    let (mut actuator, exits) = startup::actuator(&cfg, &node)?;
+    log_node(&actuator, &node, policy.name());
     let recovered = startup::recover(&replay, &mut actuator, &jobs, policy.as_ref(), &node)?;
     let (ops_tx, ops_rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared {
         jobs,
-        policy,
+        policy: std::sync::RwLock::new(Arc::from(policy)),
         node: node.clone(),
         service_claim: startup::service_claim(&cfg),
+        limits: std::sync::RwLock::new(cfg.submit_limits()),
         next_id: AtomicU64::new(replay.next_id.max(1)),
         ops: ops_tx,
         probe: Arc::new(Mutex::new(None)),
@@ -161,10 +177,17 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
             Path::new("/proc/self"),
             crate::sys::clock::unix_time_s(),
         )),
+        history_generation: AtomicU64::new(0),
     });
     let _ = shared.jobs.events().set_tap(shared.metrics.clone());
     let server = Server::bind(&cfg.socket, Limits::from(&cfg))?;
-    signal_thread(shared.clone(), server.stop_flag(), cfg.socket.clone())?;
+    let reloader = reload::Reloader::new(o.clone(), cfg.clone());
+    signal_thread(
+        shared.clone(),
+        server.stop_flag(),
+        cfg.socket.clone(),
+        reloader,
+    )?;
     // Before any job is touched: a metrics address in use stops the start-up here.
     let observers =
         observe::Observers::start(&cfg, shared.clone()).map_err(DaemonError::Observe)?;
@@ -191,7 +214,12 @@ pub fn run(o: &Overrides) -> Result<(), DaemonError> {
         watchdog: watchdog_interval(),
         journal: cfg.journal.clone(),
         slurm,
+        fair_share_half_life: cfg
+            .policy
+            .fair_share_half_life()
+            .map_err(DaemonError::Policy)?,
     });
+    starting.done();
     control.start(recovered.ended_while_down, &cfg.socket);
     control.run();
     observers.stop();

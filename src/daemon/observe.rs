@@ -85,8 +85,17 @@ fn observe(shared: &Shared, mut out: Outputs) {
     let mut last: Option<(f64, u64)> = None;
     let mut last_textfile: Option<Instant> = None;
     let mut history_failed = false;
+    let mut generation = shared.history_generation.load(Ordering::Relaxed);
     loop {
         let stopping = shared.stopping.load(Ordering::Relaxed);
+        let now_generation = shared.history_generation.load(Ordering::Relaxed);
+        if now_generation != generation {
+            generation = now_generation;
+            if let Some(h) = out.history.as_mut() {
+                h.reopen();
+                history_failed = false;
+            }
+        }
         if let Some(probe) = shared.probe() {
             let (mut start, mut windows) = probe.windows_after(last.map(|(_, i)| i));
             if last.is_some_and(|(s, _)| s != start) {

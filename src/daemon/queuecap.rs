@@ -1,28 +1,14 @@
-//! Caps on waiting jobs, checked at submit: one user's pending jobs (root is not capped) and
-//! all pending jobs. A submit over either is refused whole, with the cap in the message.
+//! The submit-time limits ([`crate::decide::users`]) applied to the job table: counts what a
+//! user holds and turns a refusal into a protocol error. A submit over a limit is refused
+//! whole, before anything is journaled.
 //!
-//! The caps are set once at start-up ([`configure`]); until then nothing is capped.
-
-use std::sync::OnceLock;
+//! The limits live in [`super::shared::Shared`] (`limits`), so a reload (SIGHUP) changes them.
 
 use crate::api::protocol::{ErrorCode, ProtocolError};
+use crate::decide::users::{Holding, LimitError, SubmitLimits};
 use crate::model::jobstate::JobState;
 
 use super::jobs::JobTable;
-
-/// Pending jobs per non-root user, and in all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueCaps {
-    pub per_user: usize,
-    pub total: usize,
-}
-
-static CAPS: OnceLock<QueueCaps> = OnceLock::new();
-
-/// Sets the caps for this process (first call wins).
-pub fn configure(caps: QueueCaps) {
-    let _ = CAPS.set(caps);
-}
 
 /// Jobs accepted earlier in the same request batch, not yet in the table: `uid`'s and all.
 #[derive(Clone, Copy, Debug, Default)]
@@ -31,56 +17,41 @@ pub struct Earlier {
     pub all: usize,
 }
 
-/// Refuses adding `adding` pending jobs for `uid` when a cap would be passed. Not an error
-/// code clients retry on (`busy`): the queue drains on the scale of jobs, not of seconds.
-pub fn check(
-    table: &JobTable,
-    uid: u32,
-    adding: usize,
-    earlier: Earlier,
-) -> Result<(), ProtocolError> {
-    let Some(caps) = CAPS.get() else {
-        return Ok(());
-    };
-    check_against(caps, table, uid, adding, earlier)
-}
-
-fn check_against(
-    caps: &QueueCaps,
-    table: &JobTable,
-    uid: u32,
-    adding: usize,
-    earlier: Earlier,
-) -> Result<(), ProtocolError> {
-    let (mut mine, mut all) = (0, 0);
-    for r in table.iter().filter(|r| r.state == JobState::Pending) {
-        all += 1;
-        if r.owner.uid == uid {
+/// What `uid` holds (pending, running or paused jobs) and what is pending in all.
+fn holding(table: &JobTable, uid: u32, earlier: Earlier) -> Holding {
+    let (mut mine, mut queued) = (0, 0);
+    for r in table.iter() {
+        let pending = r.state == JobState::Pending;
+        queued += usize::from(pending);
+        if r.owner.uid == uid && (pending || r.state.is_active()) {
             mine += 1;
         }
     }
-    let (mine, all) = (mine + earlier.mine, all + earlier.all);
-    if uid != 0 && mine + adding > caps.per_user {
-        return Err(ProtocolError::new(
-            ErrorCode::Conflict,
-            format!(
-                "too many queued jobs for uid {uid}: {mine} pending, {adding} more would pass the \
-                 limit of {} per user; nothing was submitted",
-                caps.per_user
-            ),
-        ));
+    Holding {
+        mine: mine + earlier.mine,
+        queued: queued + earlier.all,
     }
-    if all + adding > caps.total {
-        return Err(ProtocolError::new(
-            ErrorCode::Conflict,
-            format!(
-                "too many queued jobs: {all} pending, {adding} more would pass the limit of {}; \
-                 nothing was submitted",
-                caps.total
-            ),
-        ));
-    }
-    Ok(())
+}
+
+/// Refuses a priority above the cap for a non-root `uid`.
+pub fn check_priority(limits: &SubmitLimits, uid: u32, priority: i32) -> Result<(), ProtocolError> {
+    limits
+        .check_priority(uid, priority)
+        .map_err(|e| ProtocolError::new(ErrorCode::Forbidden, e.to_string()))
+}
+
+/// Refuses adding `adding` jobs for `uid` when a limit would be passed. Not an error code
+/// clients retry on (`busy`): the queue drains on the scale of jobs, not of seconds.
+pub fn check(
+    limits: &SubmitLimits,
+    table: &JobTable,
+    uid: u32,
+    adding: usize,
+    earlier: Earlier,
+) -> Result<(), ProtocolError> {
+    limits
+        .check_counts(uid, holding(table, uid, earlier), adding)
+        .map_err(|e: LimitError| ProtocolError::new(ErrorCode::Conflict, e.to_string()))
 }
 
 #[cfg(test)]
@@ -91,36 +62,46 @@ mod tests {
 
     use super::super::jobs::JobRecord;
 
-    fn table(jobs: &[(u64, u32)]) -> JobTable {
-        JobTable::of(jobs.iter().map(|&(id, uid)| {
+    fn table(jobs: &[(u64, u32, JobState)]) -> JobTable {
+        JobTable::of(jobs.iter().map(|&(id, uid, state)| {
             let owner = Owner {
                 uid,
                 gid: uid,
                 user: uid.to_string(),
             };
             let spec = JobSpec::new(vec!["true".into()]);
-            JobRecord::new(JobId(id), spec, owner, Timestamp(0))
+            let mut r = JobRecord::new(JobId(id), spec, owner, Timestamp(0));
+            r.state = state;
+            r
         }))
     }
 
     #[test]
-    fn per_user_and_total_caps_refuse_with_the_limit() {
-        let caps = QueueCaps {
-            per_user: 2,
-            total: 4,
+    fn running_jobs_count_toward_the_user_limit_and_finished_ones_do_not() {
+        let limits = SubmitLimits {
+            max_user_priority: 0,
+            max_jobs_per_user: 2,
+            max_queued: 4,
         };
-        let t = table(&[(1, 1000), (2, 1000), (3, 1001)]);
+        let t = table(&[
+            (1, 1000, JobState::Pending),
+            (2, 1000, JobState::Running),
+            (3, 1001, JobState::Pending),
+            (4, 1001, JobState::Succeeded),
+        ]);
         let none = Earlier::default();
-        let e = check_against(&caps, &t, 1000, 1, none).unwrap_err();
+        let e = check(&limits, &t, 1000, 1, none).unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
         assert!(e.message.contains("limit of 2 per user"), "{}", e.message);
-        check_against(&caps, &t, 1001, 1, none).unwrap();
+        check(&limits, &t, 1001, 1, none).unwrap();
         // Earlier jobs of the same batch count.
         let one = Earlier { mine: 1, all: 1 };
-        assert!(check_against(&caps, &t, 1001, 1, one).is_err());
-        // Root is not capped per user, but by the total.
-        check_against(&caps, &t, 0, 1, none).unwrap();
-        let e = check_against(&caps, &t, 0, 2, none).unwrap_err();
+        assert!(check(&limits, &t, 1001, 1, one).is_err());
+        // Root has no per-user limit, but the total cap (pending jobs) holds.
+        check(&limits, &t, 0, 2, none).unwrap();
+        let e = check(&limits, &t, 0, 3, none).unwrap_err();
         assert!(e.message.contains("limit of 4"), "{}", e.message);
+        let e = check_priority(&limits, 1000, 1).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
     }
 }

@@ -25,7 +25,7 @@ pub enum RelaxError {
     Layout(String),
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("cannot write {data:?} to {path}: {source}")]
+    #[error("cannot write {} to {path}: {source}", crate::model::text::quoted(.data))]
     Write {
         path: PathBuf,
         data: String,

@@ -78,7 +78,19 @@ impl Control {
                 let r = self.hold(id, &caller, false);
                 replies.push((reply, r.map(|_| id), caller));
             }
+            Op::Reload(live) => self.reload(*live),
         }
+    }
+
+    /// The control loop's part of a config reload: the controller's thresholds, the policy
+    /// tick and the fair-share half-life; then a decision with the new policy.
+    fn reload(&mut self, live: super::reload::LiveControl) {
+        self.policy_tick = live.policy_tick;
+        self.usage.set_half_life(live.fair_share_half_life);
+        if let Some(slo) = self.slo.as_mut() {
+            slo.set_controller(live.controller);
+        }
+        self.dirty = true;
     }
 
     /// Cancels a job: a pending one ends here; a running or paused one is killed without
@@ -251,7 +263,10 @@ impl Control {
                     self.thaw(f.id);
                     let why = match other {
                         Err(e) => e.to_string(),
-                        _ => format!("not frozen within {DEFAULT_TIMEOUT:?}"),
+                        _ => format!(
+                            "not frozen within {}",
+                            crate::model::text::Span(DEFAULT_TIMEOUT)
+                        ),
                     };
                     Err(refuse(
                         ErrorCode::Internal,

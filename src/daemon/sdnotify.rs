@@ -1,19 +1,28 @@
-//! systemd's notify protocol: READY=1, STATUS=…, WATCHDOG=1 and STOPPING=1 datagrams to
-//! `$NOTIFY_SOCKET`, and the watchdog interval from `$WATCHDOG_USEC`.
+//! systemd's notify protocol: READY=1, STATUS=…, WATCHDOG=1, STOPPING=1 and
+//! EXTEND_TIMEOUT_USEC=… datagrams to `$NOTIFY_SOCKET`, and the watchdog interval from
+//! `$WATCHDOG_USEC`.
 
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
+/// While the daemon starts (journal replay, adopting jobs), it asks systemd for this much more
+/// time every [`EXTEND_EVERY`], so a long recovery is not killed by `TimeoutStartSec`...
+pub const EXTEND_BY: Duration = Duration::from_secs(30);
+pub const EXTEND_EVERY: Duration = Duration::from_secs(10);
+/// ...but not forever: a start-up stuck this long lets systemd's timeout act again.
+pub const EXTEND_AT_MOST: Duration = Duration::from_secs(30 * 60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("cannot send {state:?} to notify socket {socket}: {source}")]
+    #[error("cannot send {} to notify socket {socket}: {source}", crate::model::text::quoted(.state))]
     Send {
         socket: String,
         state: String,
@@ -74,6 +83,80 @@ impl Notifier {
     pub fn stopping(&self) -> Result<(), NotifyError> {
         self.notify("STOPPING=1")
     }
+
+    /// Asks systemd to let start-up run `by` longer from now.
+    pub fn extend_timeout(&self, by: Duration, status: &str) -> Result<(), NotifyError> {
+        self.notify(&format!(
+            "EXTEND_TIMEOUT_USEC={}\nSTATUS={}",
+            by.as_micros(),
+            one_line(status)
+        ))
+    }
+
+    /// Until [`Starting::done`] (or drop), asks for more start-up time every `every` (by
+    /// `by`), for at most `at_most`. Nothing happens when not run by systemd.
+    pub fn keep_starting(&self, every: Duration, by: Duration, at_most: Duration) -> Starting {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+        let Some((name, addr, sock)) = &self.target else {
+            return Starting {
+                done: tx,
+                thread: None,
+            };
+        };
+        let Ok(sock) = sock.try_clone() else {
+            return Starting {
+                done: tx,
+                thread: None,
+            };
+        };
+        let me = Notifier {
+            target: Some((name.clone(), addr.clone(), sock)),
+        };
+        let thread = std::thread::Builder::new()
+            .name("lowsched-starting".into())
+            .spawn(move || {
+                let began = Instant::now();
+                while began.elapsed() < at_most {
+                    let status = format!("starting: recovering ({} s)", began.elapsed().as_secs());
+                    if let Err(e) = me.extend_timeout(by, &status) {
+                        crate::log::warn(&e.to_string());
+                    }
+                    match rx.recv_timeout(every) {
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                }
+            })
+            .ok();
+        Starting { done: tx, thread }
+    }
+}
+
+/// A start-up in progress (see [`Notifier::keep_starting`]).
+#[derive(Debug)]
+pub struct Starting {
+    done: crossbeam_channel::Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Starting {
+    /// Stops asking for more time (call before READY=1).
+    pub fn done(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.done.send(());
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -117,6 +200,25 @@ mod tests {
         n.stopping().unwrap();
         let len = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"STOPPING=1");
+        // A long start-up asks for more time until it is done.
+        let starting = n.keep_starting(
+            Duration::from_millis(20),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        );
+        for _ in 0..2 {
+            let len = server.recv(&mut buf).unwrap();
+            let text = std::str::from_utf8(&buf[..len]).unwrap();
+            assert!(
+                text.starts_with("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=starting"),
+                "{text}"
+            );
+        }
+        starting.done();
+        server.set_nonblocking(true).unwrap();
+        while server.recv(&mut buf).is_ok() {}
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(server.recv(&mut buf).is_err(), "nothing after done");
         // A socket that went away is an error naming it and what was not sent.
         drop(server);
         std::fs::remove_file(&path).unwrap();

@@ -104,7 +104,22 @@ pub struct SloSetup {
     pub shared: Option<Arc<Shared>>,
 }
 
+/// Partial shares need a CPU quota on the job sharing the service's cores, which the actuator
+/// does not set yet: until it does, shares are all-or-nothing (still learned).
+fn all_or_nothing(cfg: ControllerConfig) -> ControllerConfig {
+    ControllerConfig {
+        share_quota: 1.0,
+        share_quota_min: 1.0,
+        ..cfg
+    }
+}
+
 impl SloLoop {
+    /// Takes the controller's new thresholds (SIGHUP).
+    pub fn set_controller(&mut self, cfg: ControllerConfig) {
+        self.controller.set_config(all_or_nothing(cfg));
+    }
+
     pub fn new(s: SloSetup) -> Result<SloLoop, String> {
         // 0: every managed core but one, so batch always keeps a core to make progress on (a
         // 2-core node would otherwise hand a single-threaded memcached both cores and starve
@@ -114,13 +129,7 @@ impl SloLoop {
         } else {
             s.cfg.max_cores
         };
-        // Partial shares need a CPU quota on the job sharing the service's cores, which the
-        // actuator does not set yet: until it does, shares are all-or-nothing (still learned).
-        let ctl_cfg = ControllerConfig {
-            share_quota: 1.0,
-            share_quota_min: 1.0,
-            ..s.controller.clone()
-        };
+        let ctl_cfg = all_or_nothing(s.controller.clone());
         let (min, max) = (
             s.cfg.min_cores.min(s.managed.len()),
             max.min(s.managed.len()),
@@ -274,7 +283,7 @@ impl SloLoop {
             ));
         }
         crate::log::notice(&format!(
-            "protecting {} (pid {pid}, found by {:?}) by {}",
+            "protecting {} (pid {pid}, found by {}) by {}",
             self.cfg.name,
             found.by,
             if placement == Placement::Group {
@@ -428,7 +437,7 @@ impl SloLoop {
         let json = json!({
             "p95_recent_us": fast, "p95_window_us": window, "service_cpu": service.cores,
             "service_core_util": core_util, "qps": inputs.qps,
-            "probe": sig.map(|s| format!("{:?}", s.status)),
+            "probe": sig.map(|s| s.status.to_string()),
         });
         (inputs, json)
     }

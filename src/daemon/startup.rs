@@ -359,9 +359,5 @@ fn jobs_config(
             .map_or(node.memory.get() / 10 * 9, |b| b.get()),
     );
     acfg.output_dir = cfg.jobs.output_dir.clone();
-    super::queuecap::configure(super::queuecap::QueueCaps {
-        per_user: cfg.jobs.max_queued_per_user,
-        total: cfg.jobs.max_queued,
-    });
     Ok(())
 }

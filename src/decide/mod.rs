@@ -4,6 +4,8 @@
 //! its own. May use `model/` only (the architecture test checks it).
 
 pub mod controller;
+pub mod fairshare;
 pub mod policy;
 pub mod queue;
 pub mod slurm;
+pub mod users;

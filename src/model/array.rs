@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::model::job::JobId;
+use crate::model::text::quoted;
 
 /// Most tasks one array may have (Slurm's default `MaxArraySize` is 1001).
 pub const MAX_TASKS: usize = 10_000;
@@ -60,7 +61,7 @@ impl FromStr for ArraySpec {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let accepted = "accepted: 0-99, 1,3,5-7, 0-15:4 (every 4th), each with an optional %N \
                         (at most N tasks at once)";
-        let bad = |why: &str| format!("array {text:?}: {why}; {accepted}");
+        let bad = |why: &str| format!("array {}: {why}; {accepted}", quoted(text));
         let (list, limit) = match text.trim().split_once('%') {
             Some((l, n)) => {
                 let n: u32 = n.parse().map_err(|_| bad("%N needs a whole number"))?;
@@ -76,7 +77,12 @@ impl FromStr for ArraySpec {
                 .parse::<u32>()
                 .ok()
                 .filter(|n| *n <= MAX_INDEX)
-                .ok_or_else(|| bad(&format!("{w:?} is not an index from 0 to {MAX_INDEX}")))
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "{} is not an index from 0 to {MAX_INDEX}",
+                        quoted(w)
+                    ))
+                })
         };
         let mut indices = Vec::new();
         for part in list.split(',') {
@@ -158,7 +164,12 @@ impl FromStr for JobRef {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("bad job id {s:?}: expected a job id (12) or an array task (12_3)");
+        let bad = || {
+            format!(
+                "bad job id {}: expected a job id (12) or an array task (12_3)",
+                quoted(s)
+            )
+        };
         let t = s.trim();
         match t.split_once('_') {
             Some((a, i)) => Ok(Self::Task(

@@ -16,7 +16,7 @@ const WORDS: usize = MAX_CPUS / 64;
 /// Why a CPU list could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CpuSetError {
-    #[error("bad CPU list {text:?}: {what}")]
+    #[error("bad CPU list {}: {what}", super::text::quoted(.text))]
     Parse { text: String, what: &'static str },
     #[error("CPU {cpu} is beyond the supported maximum of {max}", max = MAX_CPUS - 1)]
     TooLarge { cpu: usize },

@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 /// Why a user could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("no user named {name:?}")]
+    #[error("no user named {}", super::text::quoted(.name))]
     NoSuchName { name: String },
     #[error("no user with uid {uid}")]
     NoSuchUid { uid: u32 },
-    #[error("bad user name {name:?}")]
+    #[error("bad user name {}", super::text::quoted(.name))]
     BadName { name: String },
 }
 

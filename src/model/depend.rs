@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::job::JobId;
 use crate::model::jobstate::JobState;
+use crate::model::text::quoted;
 
 /// Most dependencies one job may name.
 pub const MAX_DEPENDENCIES: usize = 256;
@@ -60,7 +61,8 @@ impl FromStr for DepKind {
             .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
                 format!(
-                    "unknown dependency type {s:?}; accepted: {}",
+                    "unknown dependency type {}; accepted: {}",
+                    quoted(s),
                     Self::ALL.map(Self::as_str).join(", ")
                 )
             })
@@ -125,7 +127,13 @@ pub fn parse_ids(kind: DepKind, text: &str) -> Result<Vec<Dependency>, String> {
                     kind,
                     job: JobId(n),
                 })
-                .map_err(|_| format!("bad job id {w:?} in {text:?}: expected ids like 12 or 12,13"))
+                .map_err(|_| {
+                    format!(
+                        "bad job id {} in {}: expected ids like 12 or 12,13",
+                        quoted(w),
+                        quoted(text)
+                    )
+                })
         })
         .collect::<Result<_, _>>()?;
     Ok(out)
@@ -137,15 +145,16 @@ pub fn parse_ids(kind: DepKind, text: &str) -> Result<Vec<Dependency>, String> {
 pub fn parse_slurm(text: &str) -> Result<Vec<Dependency>, String> {
     if text.contains('?') {
         return Err(format!(
-            "dependency {text:?}: '?' (any one of them) is not supported; all listed must hold \
-             (separate them with ',')"
+            "dependency {}: '?' (any one of them) is not supported; all listed must hold \
+             (separate them with ',')",
+            quoted(text)
         ));
     }
     let mut out = Vec::new();
     for part in text.split(',') {
         let (kind, ids) = part
             .split_once(':')
-            .ok_or_else(|| format!("dependency {part:?}: expected TYPE:ID[:ID...]"))?;
+            .ok_or_else(|| format!("dependency {}: expected TYPE:ID[:ID...]", quoted(part)))?;
         let kind: DepKind = kind.parse()?;
         out.extend(parse_ids(kind, ids)?);
     }

@@ -58,16 +58,19 @@ impl ExitStatus {
         }
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         let number = || {
-            rest.trim()
-                .parse::<i32>()
-                .map_err(|_| format!("bad exit record {line:?}: expected a number"))
+            rest.trim().parse::<i32>().map_err(|_| {
+                format!(
+                    "bad exit record {}: expected a number",
+                    super::text::quoted(line)
+                )
+            })
         };
         match word {
             "exited" => Ok(Some(Self::Exited(number()?))),
             "signaled" => Ok(Some(Self::Signaled(number()?))),
             "not-started" => Ok(Some(Self::NotStarted(rest.to_string()))),
             "lost" => Ok(Some(Self::Lost(rest.to_string()))),
-            _ => Err(format!("bad exit record {line:?}")),
+            _ => Err(format!("bad exit record {}", super::text::quoted(line))),
         }
     }
 }

@@ -204,7 +204,7 @@ fn is_default_colocation(c: &Colocation) -> bool {
 /// Why a job spec was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {
-    #[error("bad job id {text:?}: expected a non-negative integer")]
+    #[error("bad job id {}: expected a non-negative integer", super::text::quoted(.text))]
     BadId { text: String },
     #[error("job has no command (argv is empty)")]
     EmptyArgv,
@@ -222,7 +222,7 @@ pub enum JobError {
     },
     #[error("job name must not be empty")]
     EmptyName,
-    #[error("bad environment variable name {name:?}: must be non-empty and contain no '='")]
+    #[error("bad environment variable name {}: must be non-empty and contain no '='", super::text::quoted(.name))]
     EnvName { name: String },
     #[error("bad core range {min}:{max}: need 1 <= min <= max")]
     Cores { min: u32, max: u32 },
@@ -233,7 +233,7 @@ pub enum JobError {
          give a size with a unit, e.g. 512M or 8G"
     )]
     MemoryFloor { bytes: u64, floor: Bytes },
-    #[error("{field} {text:?} contains a control character (shown escaped); use printable text")]
+    #[error("{field} {} contains a control character (shown escaped); use printable text", super::text::quoted(.text))]
     Control { field: &'static str, text: String },
     #[error(transparent)]
     Limit(#[from] LimitError),
@@ -299,7 +299,7 @@ impl JobSpec {
             if k.is_empty() || k.contains('=') {
                 return Err(JobError::EnvName { name: k.clone() });
             }
-            check_nul(&format!("env name {k:?}"), k)?;
+            check_nul(&format!("env name {}", super::text::quoted(k)), k)?;
             check_nul(&format!("env {k}"), v)?;
         }
         check_len("dependencies", self.dependencies.len(), MAX_DEPENDENCIES)?;

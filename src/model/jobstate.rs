@@ -109,7 +109,7 @@ impl FromStr for JobState {
         Self::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown job state {s:?}"))
+            .ok_or_else(|| format!("unknown job state {}", super::text::quoted(s)))
     }
 }
 

@@ -36,11 +36,11 @@ pub const RLIMITS: &[(&str, u32)] = &[
 /// Why a limit was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
-    #[error("unknown resource limit {name:?}; known: {}", known())]
+    #[error("unknown resource limit {}; known: {}", super::text::quoted(.name), known())]
     UnknownName { name: String },
-    #[error("bad limit {text:?}: expected N, SOFT:HARD or unlimited")]
+    #[error("bad limit {}: expected N, SOFT:HARD or unlimited", super::text::quoted(.text))]
     BadValue { text: String },
-    #[error("limit {text:?}: the soft limit is above the hard limit")]
+    #[error("limit {}: the soft limit is above the hard limit", super::text::quoted(.text))]
     SoftAboveHard { text: String },
     #[error("umask {value:#o} is not between 0 and 0777")]
     Umask { value: u32 },

@@ -9,15 +9,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResourceError {
     #[error(
-        "bad memory size {text:?}: expected bytes or a number with a unit k, m, g or t \
-         (optionally followed by b or ib), e.g. 512m, 8g, 16GB, 1.5G"
+        "bad memory size {}: expected bytes or a number with a unit k, m, g or t \
+         (optionally followed by b or ib), e.g. 512m, 8g, 16GB, 1.5G",
+        super::text::quoted(.text)
     )]
     Memory { text: String },
-    #[error("memory size {text:?} is too large")]
+    #[error("memory size {} is too large", super::text::quoted(.text))]
     MemoryOverflow { text: String },
-    #[error("bad core count {text:?}: expected N or MIN:MAX with 1 <= MIN <= MAX")]
+    #[error("bad core count {}: expected N or MIN:MAX with 1 <= MIN <= MAX", super::text::quoted(.text))]
     Cores { text: String },
-    #[error("bad GPU request {text:?}: expected N, VARIANT or VARIANT:N (e.g. 2, A100, A100:2)")]
+    #[error("bad GPU request {}: expected N, VARIANT or VARIANT:N (e.g. 2, A100, A100:2)", super::text::quoted(.text))]
     Gpus { text: String },
 }
 

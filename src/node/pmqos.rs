@@ -33,7 +33,7 @@ pub enum PmQosError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write {data:?} to {path}: {source}")]
+    #[error("cannot write {} to {path}: {source}", crate::model::text::quoted(.data))]
     Write {
         path: PathBuf,
         data: String,

@@ -61,7 +61,7 @@ impl EncodedHistogram {
         let mut buf = Vec::new();
         V2DeflateSerializer::new()
             .serialize(h, &mut buf)
-            .map_err(|e| LatencyError::Encode(format!("{e:?}")))?;
+            .map_err(|e| LatencyError::Encode(e.to_string()))?;
         Ok(Self(base64::engine::general_purpose::STANDARD.encode(buf)))
     }
 
@@ -71,7 +71,7 @@ impl EncodedHistogram {
             .map_err(|e| LatencyError::Decode(e.to_string()))?;
         Deserializer::new()
             .deserialize(&mut bytes.as_slice())
-            .map_err(|e| LatencyError::Decode(format!("{e:?}")))
+            .map_err(|e| LatencyError::Decode(e.to_string()))
     }
 }
 

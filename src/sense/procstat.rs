@@ -50,9 +50,9 @@ impl CpuTimes {
 /// Why a `/proc/stat` buffer could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProcStatError {
-    #[error("/proc/stat line for {line:?} is malformed: {what}")]
+    #[error("/proc/stat line for {} is malformed: {what}", crate::model::text::quoted(.line))]
     Malformed { line: String, what: &'static str },
-    #[error("/proc/stat read was cut off inside the {line:?} line (buffer of {len} bytes)")]
+    #[error("/proc/stat read was cut off inside the {} line (buffer of {len} bytes)", crate::model::text::quoted(.line))]
     Truncated { line: String, len: usize },
 }
 

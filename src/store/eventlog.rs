@@ -172,6 +172,8 @@ pub struct EventLog {
     inner: Mutex<Inner>,
     added: Condvar,
     tap: std::sync::OnceLock<std::sync::Arc<dyn EventTap>>,
+    /// The files' group (see [`EventLog::open_with_group`]), kept for [`EventLog::reopen`].
+    group: Option<u32>,
 }
 
 impl EventLog {
@@ -183,28 +185,12 @@ impl EventLog {
 
     /// As [`EventLog::open`], with the files' group set to `group`.
     pub fn open_with_group(dir: &Path, group: Option<u32>) -> Result<EventLog, EventLogError> {
-        let open = |name: &str| {
-            let path = dir.join(name);
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(LOG_MODE)
-                .open(&path)
-                .map_err(|source| EventLogError::Open {
-                    path: path.clone(),
-                    source,
-                })?;
-            // Files made by older versions were 0644: fix owner and mode on every start.
-            std::os::unix::fs::fchown(&file, Some(0), Some(group.unwrap_or(0)))
-                .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(LOG_MODE)))
-                .map_err(|source| EventLogError::Open { path, source })?;
-            Ok(file)
-        };
-        let log = Self::with_files(
+        let mut log = Self::with_files(
             Some(dir.to_path_buf()),
-            Some(open(EVENTS_LOG)?),
-            Some(open(EVENTS_JSONL)?),
+            Some(open_file(dir, EVENTS_LOG, group)?),
+            Some(open_file(dir, EVENTS_JSONL, group)?),
         );
+        log.group = group;
         log.record(Event::new(
             SCHEDULER,
             None,
@@ -214,6 +200,24 @@ impl EventLog {
             },
         ));
         Ok(log)
+    }
+
+    /// Closes both files and opens them again by name (after logrotate renamed them: later
+    /// events go to new files). On failure the old files stay in use.
+    pub fn reopen(&self) -> Result<(), EventLogError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let log = open_file(dir, EVENTS_LOG, self.group)?;
+        let jsonl = open_file(dir, EVENTS_JSONL, self.group)?;
+        let mut inner = self.lock();
+        for f in [&inner.log, &inner.jsonl].into_iter().flatten() {
+            let _ = f.sync_data();
+        }
+        inner.log = Some(log);
+        inner.jsonl = Some(jsonl);
+        inner.write_error = None;
+        Ok(())
     }
 
     /// An event log that only keeps the in-memory ring (tests, tools).
@@ -234,6 +238,7 @@ impl EventLog {
             }),
             added: Condvar::new(),
             tap: std::sync::OnceLock::new(),
+            group: None,
         }
     }
 
@@ -397,6 +402,25 @@ impl EventLog {
     }
 }
 
+/// Opens `dir/name` for appending, readable by root and `group` only (`None`: root's group).
+fn open_file(dir: &Path, name: &str, group: Option<u32>) -> Result<File, EventLogError> {
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_MODE)
+        .open(&path)
+        .map_err(|source| EventLogError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    // Files made by older versions were 0644: fix owner and mode on every open.
+    std::os::unix::fs::fchown(&file, Some(0), Some(group.unwrap_or(0)))
+        .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(LOG_MODE)))
+        .map_err(|source| EventLogError::Open { path, source })?;
+    Ok(file)
+}
+
 fn write_both(inner: &mut Inner, line: &[u8], jline: &[u8]) -> io::Result<()> {
     if let Some(f) = inner.log.as_mut() {
         f.write_all(line)?;
@@ -439,140 +463,4 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn iso_dates() {
-        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.000000+00:00");
-        let t = UNIX_EPOCH + Duration::from_micros(1_795_393_561_123_456);
-        assert_eq!(iso8601(t), "2026-11-23T00:26:01.123456+00:00");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert!(iso8601(leap).starts_with("2000-02-29T00:00:00"));
-    }
-
-    #[test]
-    fn both_files_in_the_course_format_and_jsonl() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(dir.path()).unwrap();
-        let cores: CpuSet = "2-3".parse().unwrap();
-        log.record(Event::new(
-            "blackscholes",
-            Some(JobId(4)),
-            Kind::Start { cores, threads: 2 },
-        ));
-        log.record(
-            Event::new(
-                "memcached",
-                None,
-                Kind::UpdateCores {
-                    cores: "0-1".parse().unwrap(),
-                },
-            )
-            .because("p95 900us > 800us"),
-        );
-        log.record(Event::new("blackscholes", Some(JobId(4)), Kind::Pause));
-        log.record(Event::new("blackscholes", Some(JobId(4)), Kind::Unpause));
-        log.record(Event::new(
-            "my job",
-            Some(JobId(5)),
-            Kind::Custom {
-                text: "resized".into(),
-            },
-        ));
-        log.record(Event::new("blackscholes", Some(JobId(4)), Kind::End));
-        log.close();
-        let text = std::fs::read_to_string(dir.path().join(EVENTS_LOG)).unwrap();
-        let rest: Vec<String> = text
-            .lines()
-            .map(|l| {
-                let (time, rest) = l.split_once(' ').unwrap();
-                assert!(time.len() == 32 && time.ends_with("+00:00"), "{time}");
-                rest.to_string()
-            })
-            .collect();
-        assert_eq!(
-            rest,
-            [
-                "start scheduler",
-                "start blackscholes [2,3] 2",
-                "update_cores memcached [0,1]",
-                "pause blackscholes",
-                "unpause blackscholes",
-                "custom my_job resized",
-                "end blackscholes",
-                "end scheduler",
-            ]
-        );
-        let jsonl = std::fs::read_to_string(dir.path().join(EVENTS_JSONL)).unwrap();
-        let second: Value = serde_json::from_str(jsonl.lines().nth(2).unwrap()).unwrap();
-        assert_eq!(second["reason"], "p95 900us > 800us");
-        assert_eq!(second["args"][0], "[0,1]");
-        let first: Value = serde_json::from_str(jsonl.lines().nth(1).unwrap()).unwrap();
-        assert_eq!(first["id"], 4);
-    }
-
-    #[test]
-    fn files_are_for_root_and_the_group_and_hold_no_escape_codes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(EVENTS_LOG);
-        std::fs::write(&path, "").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let log = EventLog::open_with_group(dir.path(), Some(4242)).unwrap();
-        log.record(
-            Event::new(
-                "\u{1b}[2Jjob",
-                None,
-                Kind::Custom {
-                    text: "\u{1b}]0;x\u{7}".into(),
-                },
-            )
-            .because("\u{1b}c"),
-        );
-        log.close();
-        for name in [EVENTS_LOG, EVENTS_JSONL] {
-            let meta = std::fs::metadata(dir.path().join(name)).unwrap();
-            assert_eq!(meta.permissions().mode() & 0o777, 0o640, "{name}");
-            if nix::unistd::geteuid().is_root() {
-                assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 4242, "{name}");
-            }
-            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
-            assert!(
-                !text.contains('\u{1b}') && !text.contains('\u{7}'),
-                "{name}: {text:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_ring_is_bounded_in_bytes() {
-        let log = EventLog::in_memory();
-        let big = "r".repeat(12 * 1024);
-        for i in 0..2_000 {
-            log.record(Event::new(format!("j{i}"), None, Kind::End).because(big.clone()));
-        }
-        let inner = log.lock();
-        assert!(inner.ring_bytes <= RING_BYTES, "{}", inner.ring_bytes);
-        assert!(inner.ring.len() < 2_000 && inner.ring.len() > 100);
-        let sum: usize = inner.ring.iter().map(EventRecord::weight).sum();
-        assert_eq!(sum, inner.ring_bytes);
-        assert_eq!(inner.ring.back().unwrap().job, "j1999");
-    }
-
-    #[test]
-    fn since_returns_new_events_and_waits_for_them() {
-        let log = std::sync::Arc::new(EventLog::in_memory());
-        log.record(Event::new("a", None, Kind::End));
-        let (got, last) = log.since(0, 10, Duration::ZERO);
-        assert_eq!((got.len(), last), (1, 1));
-        let (got, last) = log.since(1, 10, Duration::from_millis(10));
-        assert_eq!((got.len(), last), (0, 1));
-        let l2 = log.clone();
-        let t = std::thread::spawn(move || l2.since(1, 10, Duration::from_secs(10)));
-        std::thread::sleep(Duration::from_millis(20));
-        log.record(Event::new("b", None, Kind::End));
-        let (got, last) = t.join().unwrap();
-        assert_eq!(got[0].job, "b");
-        assert_eq!(last, 2);
-    }
-}
+mod tests;

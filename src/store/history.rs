@@ -127,7 +127,7 @@ fn encode(h: &Histogram<u64>) -> Result<String, HistoryError> {
     let mut buf = Vec::new();
     V2DeflateSerializer::new()
         .serialize(h, &mut buf)
-        .map_err(|e| HistoryError::Encode(format!("{e:?}")))?;
+        .map_err(|e| HistoryError::Encode(e.to_string()))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(buf))
 }
 
@@ -202,6 +202,12 @@ impl HistoryWriter {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Closes the current segment: the next window starts a new pair of files (SIGHUP, so a
+    /// file renamed or removed by an operator is not written to again).
+    pub fn reopen(&mut self) {
+        self.current = None;
     }
 
     /// Appends one window (histogram in µs, failures apart) and flushes it to the files.
@@ -375,7 +381,7 @@ pub fn read_hlog(path: &Path) -> Result<Vec<Interval>, HistoryError> {
                     de.deserialize(&mut raw.as_slice())
                         .map_err(|e| HistoryError::Decode {
                             path: path.to_path_buf(),
-                            why: format!("{e:?}"),
+                            why: e.to_string(),
                         })?;
                 let ts = iv.start_timestamp().as_secs_f64();
                 // Java's rule: without BaseTime, timestamps a year or more below StartTime are

@@ -135,7 +135,7 @@ section "protected service: memcached.service with cgroups/memcached.service.d/l
 check "memcached.service is active with the drop-in (CPUWeight=$(show CPUWeight memcached.service))" \
     sh -c 'systemctl is-active --quiet memcached && [ "$(systemctl show -P CPUWeight memcached)" = 10000 ]'
 eventually 60 "lowsched found memcached (pid file or the unit's cgroup) and pins its threads" \
-    sh -c "journalctl -b -u $unit -o cat | grep -qE 'protecting memcached \(pid [0-9]+, found by (PidFile|Cgroup).*pinning its threads'"
+    sh -c "journalctl -b -u $unit -o cat | grep -qE 'protecting memcached \(pid [0-9]+, found by (pid file|cgroup).*pinning its threads'"
 journal | grep -m1 'protecting memcached' | sed 's/^/    journal: /'
 mc=$(cat /run/memcached/memcached.pid)
 check "memcached (pid $mc) stays in its own unit's cgroup" in_procs "$mc" /sys/fs/cgroup/system.slice/memcached.service/cgroup.procs

@@ -44,7 +44,7 @@ fn sample_report() -> StatsReport {
 fn table_shows_percentiles_windows_against_the_slo_and_counts() {
     let r = sample_report();
     let t = render_table(&r);
-    assert!(t.contains("Up, 1234 QPS"), "{t}");
+    assert!(t.contains("up, 1234 QPS"), "{t}");
     assert!(t.contains("windows over SLO: 1 / 5 (20.0 %)"), "{t}");
     for col in ["p50", "p90", "p95", "p99", "p99.9", "max"] {
         assert!(t.contains(col), "{t}");

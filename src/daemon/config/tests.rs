@@ -73,3 +73,17 @@ fn errors_name_the_file_and_the_key() {
         .to_string();
     assert!(e.contains("node.cores"), "{e}");
 }
+
+#[test]
+fn fairness_keys_parse_and_the_old_per_user_name_still_reads() {
+    let text =
+        "[jobs]\nmax_queued_per_user = 7\n[policy]\nmax_user_priority = 5\nfair_share = false";
+    let cfg = Config::parse(text, Path::new("x")).unwrap();
+    assert_eq!(cfg.jobs.max_jobs_per_user, 7);
+    assert_eq!(cfg.submit_limits().max_user_priority, 5);
+    assert!(!cfg.policy.policy_config().unwrap().fair_share);
+    let e = Config::parse("[policy]\nfair_share_half_life_s = -1", Path::new("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fair_share_half_life_s"), "{e}");
+}

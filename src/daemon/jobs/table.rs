@@ -72,6 +72,7 @@ impl JobRecord {
             spec: &self.spec,
             submitted: self.submitted,
             seq: self.id.0,
+            owner: self.owner.uid,
         }
     }
 

@@ -264,6 +264,15 @@ impl Controller {
         &self.cfg
     }
 
+    /// Takes new thresholds (a config reload), keeping the rung it is on and what it learnt.
+    /// `share_when_idle` shaped the ladder when it was built, so it keeps its old value.
+    pub fn set_config(&mut self, cfg: ControllerConfig) {
+        self.cfg = ControllerConfig {
+            share_when_idle: self.cfg.share_when_idle,
+            ..cfg
+        };
+    }
+
     /// Fraction of the service's cores' time batch may take now: 0 while they are exclusive.
     pub fn share_quota(&self) -> f64 {
         match &self.sharing {

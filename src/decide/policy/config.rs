@@ -29,6 +29,9 @@ pub struct PolicyConfig {
     /// `adaptive`: switch to `sjf` when at least this many pending jobs carry an estimate.
     /// Default 8.
     pub sjf_backlog: usize,
+    /// Interleave different users' pending jobs of equal rank, least recent use of cores first
+    /// ([`crate::decide::fairshare`]); false keeps plain submission order. Default true.
+    pub fair_share: bool,
 }
 
 impl Default for PolicyConfig {
@@ -37,6 +40,7 @@ impl Default for PolicyConfig {
             starvation_age: Duration::from_secs(300),
             deadline_slack: Duration::from_secs(60),
             sjf_backlog: 8,
+            fair_share: true,
         }
     }
 }
@@ -44,7 +48,7 @@ impl Default for PolicyConfig {
 /// Why a policy could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("unknown policy {name:?}: valid policies are {valid}", valid = NAMES.join(", "))]
+    #[error("unknown policy {}: valid policies are {valid}", crate::model::text::quoted(.name), valid = NAMES.join(", "))]
     Unknown { name: String },
 }
 

@@ -157,6 +157,7 @@ mod tests {
             spec,
             submitted: Timestamp(0),
             seq: id,
+            owner: 0,
         }
     }
 

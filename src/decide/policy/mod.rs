@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::decide::fairshare::UserOrder;
 use crate::model::cpuset::CpuSet;
 use crate::model::inventory::{GpuSet, Inventory};
 use crate::model::job::{JobId, JobSpec, Timestamp};
@@ -40,6 +41,8 @@ pub struct JobView<'a> {
     pub submitted: Timestamp,
     /// Submission order, unique and increasing; breaks rank ties.
     pub seq: u64,
+    /// The owner's uid: fair share interleaves users' jobs of equal rank.
+    pub owner: u32,
 }
 
 /// A job that has processes on the node: running, or paused (frozen).
@@ -75,6 +78,9 @@ pub struct Snapshot<'a> {
     pub active: &'a [ActiveJob<'a>],
     /// Pending jobs in queue order (the active policy's rank, then submission order).
     pub queue: &'a [JobView<'a>],
+    /// Users by recent core usage, for fair share among jobs of equal rank
+    /// ([`crate::decide::fairshare`]); `&NO_USAGE` when nobody used any.
+    pub users: &'a UserOrder,
 }
 
 impl Snapshot<'_> {

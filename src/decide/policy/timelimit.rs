@@ -78,6 +78,7 @@ mod tests {
                 spec,
                 submitted: Timestamp(0),
                 seq: id,
+                owner: 0,
             },
             state,
             cores: CpuSet::new(),
@@ -97,6 +98,7 @@ mod tests {
             service_cores: CpuSet::new(),
             active,
             queue: &[],
+            users: &Default::default(),
         };
         expired(&snap)
     }

@@ -175,8 +175,24 @@ fn reap(w: &Watch) -> String {
         Id::PIDFd(w.pidfd.as_fd()),
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
     ) {
-        Ok(ws) => format!("{ws:?}"),
+        Ok(ws) => wait_status(&ws),
         Err(e) => format!("not our child: {e}"),
+    }
+}
+
+/// How a waiter process ended, in words.
+fn wait_status(ws: &nix::sys::wait::WaitStatus) -> String {
+    use nix::sys::wait::WaitStatus as W;
+    match ws {
+        W::Exited(pid, code) => format!("pid {pid} exited with {code}"),
+        W::Signaled(pid, sig, core) => {
+            let core = if *core { " (core dumped)" } else { "" };
+            format!("pid {pid} killed by {sig}{core}")
+        }
+        W::Stopped(pid, sig) => format!("pid {pid} stopped by {sig}"),
+        W::StillAlive => "still running".into(),
+        W::Continued(pid) => format!("pid {pid} continued"),
+        _ => "in an unusual state".into(),
     }
 }
 

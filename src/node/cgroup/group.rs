@@ -32,6 +32,16 @@ pub enum Mode {
     Legacy,
 }
 
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Unified => "unified",
+            Mode::Hybrid => "hybrid",
+            Mode::Legacy => "legacy",
+        })
+    }
+}
+
 /// Where one job's groups are. Serializable: the waiter gets it in its launch request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobPaths {

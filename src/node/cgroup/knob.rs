@@ -124,7 +124,7 @@ impl Knob {
             let value = keyed(&text, key).ok_or_else(|| CgroupError::Parse {
                 path: self.path.clone(),
                 text: text.clone(),
-                what: format!("no {key:?} line"),
+                what: format!("no {} line", crate::model::text::quoted(key)),
             })?;
             if value == want {
                 return Ok(());

@@ -60,19 +60,19 @@ pub enum CgroupError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("cannot write {data:?} to {path}: {source}")]
+    #[error("cannot write {} to {path}: {source}", crate::model::text::quoted(.data))]
     Write {
         path: PathBuf,
         data: String,
         source: io::Error,
     },
-    #[error("{path}: gave up after {waited:?} waiting for {what}")]
+    #[error("{path}: gave up after {} waiting for {what}", crate::model::text::span(.waited))]
     Timeout {
         path: PathBuf,
         what: String,
         waited: Duration,
     },
-    #[error("{path}: unexpected content {text:?}: {what}")]
+    #[error("{path}: unexpected content {}: {what}", crate::model::text::quoted(.text))]
     Parse {
         path: PathBuf,
         text: String,

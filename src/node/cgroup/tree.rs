@@ -75,7 +75,10 @@ fn root_dir(
     match root {
         RootName::Named(name) => {
             if name.is_empty() || name.contains("..") {
-                return Err(CgroupError::Layout(format!("bad root name {name:?}")));
+                return Err(CgroupError::Layout(format!(
+                    "bad root name {}",
+                    crate::model::text::quoted(name)
+                )));
             }
             Ok(mount.point.join(name))
         }

@@ -37,6 +37,16 @@ pub enum FoundBy {
     Cgroup(PathBuf),
 }
 
+impl std::fmt::Display for FoundBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FoundBy::PidFile(p) => write!(f, "pid file {}", p.display()),
+            FoundBy::ProcessName(n) => write!(f, "process name {}", crate::model::text::quoted(n)),
+            FoundBy::Cgroup(p) => write!(f, "cgroup {}", p.display()),
+        }
+    }
+}
+
 /// The service's processes as last found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {

@@ -115,7 +115,7 @@ impl Default for ServiceConfig {
 pub enum ServiceError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("pid file {path} does not hold a pid: {text:?}")]
+    #[error("pid file {path} does not hold a pid: {}", crate::model::text::quoted(.text))]
     BadPidFile { path: PathBuf, text: String },
     #[error("cannot set the CPU affinity of thread {tid} of pid {pid} to [{cores}]: {source}")]
     Affinity {

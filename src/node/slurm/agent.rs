@@ -351,7 +351,7 @@ impl SlurmAgent {
             };
             out.push(SlurmChange::Failed {
                 id,
-                what: format!("{request:?}: {what}"),
+                what: format!("{request}: {what}"),
             });
         }
     }

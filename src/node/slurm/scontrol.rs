@@ -22,7 +22,7 @@ const POLL: Duration = Duration::from_millis(5);
 pub enum ToolError {
     #[error("cannot run {program}: {source}")]
     Spawn { program: PathBuf, source: io::Error },
-    #[error("{program} {args}: no answer within {timeout:?} (killed)")]
+    #[error("{program} {args}: no answer within {} (killed)", crate::model::text::span(.timeout))]
     Timeout {
         program: PathBuf,
         args: String,

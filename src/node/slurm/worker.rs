@@ -32,6 +32,21 @@ pub enum Request {
     End(u64),
 }
 
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Suspend(id) => write!(f, "suspend job {id}"),
+            Request::Resume(id) => write!(f, "resume job {id}"),
+            Request::Drain(reason) => {
+                write!(f, "drain the node ({})", crate::model::text::quoted(reason))
+            }
+            Request::Undrain => f.write_str("undrain the node"),
+            Request::Allocation(id) => write!(f, "read job {id}'s allocation"),
+            Request::End(id) => write!(f, "read how job {id} ended"),
+        }
+    }
+}
+
 /// What comes back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {

@@ -22,7 +22,7 @@ pub fn write_interval_log<'h>(
     comment: &str,
     intervals: impl Iterator<Item = (f64, f64, &'h Histogram<u64>)>,
 ) -> Result<(), HlogError> {
-    let hlog_err = |e: &dyn std::fmt::Debug| HlogError(format!("{e:?}"));
+    let hlog_err = |e: &dyn std::fmt::Display| HlogError(e.to_string());
     let start = UNIX_EPOCH + Duration::from_secs_f64(start_unix_s.max(0.0));
     let mut ser = V2DeflateSerializer::new();
     {

@@ -27,16 +27,31 @@ pub enum Reply {
     },
 }
 
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Values { hits } => write!(f, "VALUE ({hits} found)"),
+            Reply::Stored => f.write_str("STORED"),
+            Reply::NotStored => f.write_str("NOT_STORED"),
+            Reply::Exists => f.write_str("EXISTS"),
+            Reply::NotFound => f.write_str("NOT_FOUND"),
+            Reply::Deleted => f.write_str("DELETED"),
+            Reply::Failed { server: true } => f.write_str("SERVER_ERROR"),
+            Reply::Failed { server: false } => f.write_str("ERROR"),
+        }
+    }
+}
+
 /// The stream cannot be parsed any further.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
-    #[error("memcached sent garbage: {line:?}")]
+    #[error("memcached sent garbage: {}", crate::model::text::quoted(.line))]
     Garbage { line: String },
     #[error("memcached sent a line longer than {MAX_LINE} bytes")]
     LineTooLong,
     #[error("memcached announced a {len}-byte value, more than the {MAX_VALUE} accepted")]
     ValueTooLarge { len: usize },
-    #[error("bad key {key:?}: 1 to {MAX_KEY} bytes, no spaces or control characters")]
+    #[error("bad key {}: 1 to {MAX_KEY} bytes, no spaces or control characters", crate::model::text::quoted(.key))]
     BadKey { key: String },
 }
 

@@ -109,6 +109,18 @@ pub enum ProbeStatus {
     Garbage,
 }
 
+impl std::fmt::Display for ProbeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Starting => "starting",
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Stalled => "stalled",
+            Self::Garbage => "garbage",
+        })
+    }
+}
+
 impl ProbeStatus {
     fn from_code(c: u64) -> Self {
         match c {

@@ -127,8 +127,9 @@ impl Probe {
         if let Some(&oldest) = self.waiting.front() {
             if now.saturating_sub(oldest) > self.cfg.timeout.as_nanos() as u64 {
                 let msg = format!(
-                    "no answer from {} within {:?}",
-                    self.cfg.server, self.cfg.timeout
+                    "no answer from {} within {}",
+                    self.cfg.server,
+                    crate::model::text::Span(self.cfg.timeout)
                 );
                 self.drop_conn(now, ProbeStatus::Stalled, msg);
             }

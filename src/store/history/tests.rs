@@ -137,3 +137,22 @@ fn a_missing_history_is_empty() {
             .is_empty()
     );
 }
+
+/// SIGHUP: after a reopen the next window goes to a new pair of files, even when the old ones
+/// were renamed away, and the history still reads back whole.
+#[test]
+fn reopen_starts_new_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_800_000_000.0;
+    let mut w = HistoryWriter::new(dir.path(), Rotation::default(), "reopen");
+    w.append(&win(t0, 0), &window_us(&[100])).unwrap();
+    let hdir = dir.path().join(HISTORY_DIR);
+    let before = hlog_files(&hdir).unwrap();
+    assert_eq!(before.len(), 1);
+    w.reopen();
+    w.append(&win(t0 + 1.0, 0), &window_us(&[200])).unwrap();
+    let after = hlog_files(&hdir).unwrap();
+    assert_eq!(after.len(), 2, "{after:?}");
+    let ivs = read_intervals(&hdir, None, None).unwrap();
+    assert_eq!(ivs.len(), 2);
+}

@@ -102,7 +102,11 @@ impl Schedule {
                 continue;
             }
             let bad = |what: &str| {
-                LoadgenError::Config(format!("{origin} line {}: {what}: {raw:?}", n + 1))
+                LoadgenError::Config(format!(
+                    "{origin} line {}: {what}: {}",
+                    n + 1,
+                    crate::model::text::quoted(raw)
+                ))
             };
             let mut it = line.split_whitespace();
             let (Some(t), Some(q), None) = (it.next(), it.next(), it.next()) else {

@@ -113,7 +113,7 @@ pub(super) fn preload(
             {
                 used += m;
                 if reply != Reply::Stored {
-                    return Err(err(format!("memcached answered {reply:?} to a set")));
+                    return Err(err(format!("memcached answered {reply} to a set")));
                 }
                 stored += 1;
             }

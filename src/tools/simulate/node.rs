@@ -127,6 +127,7 @@ impl<'a> Node<'a> {
                     spec: &spec,
                     submitted: Timestamp::from_millis(0),
                     seq: id.0,
+                    owner: 0,
                 };
                 let rank = policy.rank(&view);
                 SimJob {
@@ -359,6 +360,7 @@ impl<'a> Node<'a> {
                 service_cores: self.alloc.service,
                 active: &active,
                 queue: &queue,
+                users: &crate::decide::fairshare::NO_USAGE,
             };
             self.policy.decide(&snap)
         };
@@ -395,5 +397,6 @@ fn view(j: &SimJob) -> JobView<'_> {
         spec: &j.spec,
         submitted: Timestamp::from_millis(0),
         seq: j.id.0,
+        owner: 0,
     }
 }

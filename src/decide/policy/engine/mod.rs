@@ -42,10 +42,13 @@ mod emit;
 mod ledger;
 mod pending;
 mod rounds;
+mod share;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_colocation;
+#[cfg(test)]
+mod tests_fairshare;
 
 use std::cmp::Reverse;
 

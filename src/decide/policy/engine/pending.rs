@@ -11,6 +11,9 @@
 //! rest are taken in rank order lazily from a heap, and once no core is open the remainder can
 //! only time out or reserve memory and GPUs, so only those few are sorted. When the queue is
 //! already in rank order, none of this sorting happens.
+//!
+//! Fair share refines the order within one rank: in the same pass each job gets its round and
+//! its owner's place (module `share`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -21,13 +24,28 @@ use crate::model::job::JobId;
 use crate::model::resources::Bytes;
 
 use super::ledger::{Reserved, lowest_gpus, pick};
+use super::share::Share;
 use super::{Decision, IdFilter, Kind, Placement, emit, range};
 use crate::decide::policy::{JobView, Rank};
 
-/// A pending job's place in the order (rank, sequence), its index in the snapshot's queue, and
-/// what the first pass learnt from its spec: its minimum core count, and whether it acts even
-/// when it cannot start. (rank, sequence) is unique, so the last fields never decide the order.
-type Key = (Rank, u64, usize, usize, bool);
+/// A pending job's place in the order, its index in the snapshot's queue, and what the first
+/// pass learnt from its spec: its minimum core count, and whether it acts even when it cannot
+/// start. (rank, round, place, owner, seq) is unique, so the last fields never decide the order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct Key {
+    rank: Rank,
+    /// Fair share: the owner's running jobs plus its earlier pending jobs of the same rank (0
+    /// when off).
+    round: u32,
+    /// Fair share: the owner's place by recent usage, least first (0 when off).
+    place: u32,
+    /// Fair share: the owner's uid, the last tie-break between users (0 when off).
+    owner: u32,
+    seq: u64,
+    index: usize,
+    min: usize,
+    acts: bool,
+}
 
 /// What the pass remembers from one job to the next.
 struct Pass {
@@ -49,12 +67,28 @@ impl Decision<'_, '_> {
             blocked: None,
             lead_idle: None,
         };
+        let mut share = Share::new(self.snap, self.cfg.fair_share);
         let mut keys: Vec<Key> = Vec::new();
-        for (i, job) in self.snap.queue.iter().enumerate() {
-            let min = range(job.spec).0;
-            let acts = self.acts_without_cores(job);
-            let key = ((self.rank)(job), job.seq, i, min, acts);
-            if min <= open || acts {
+        for (index, job) in self.snap.queue.iter().enumerate() {
+            let rank = (self.rank)(job);
+            let (round, place, owner) = match share.as_mut() {
+                Some(s) => {
+                    let (round, place) = s.assign(rank, job.owner);
+                    (round, place, job.owner)
+                }
+                None => (0, 0, 0),
+            };
+            let key = Key {
+                rank,
+                round,
+                place,
+                owner,
+                seq: job.seq,
+                index,
+                min: range(job.spec).0,
+                acts: self.acts_without_cores(job),
+            };
+            if key.min <= open || key.acts {
                 keys.push(key);
             } else if pass.lead_idle.is_none_or(|l| key < l) {
                 pass.lead_idle = Some(key);
@@ -77,7 +111,7 @@ impl Decision<'_, '_> {
             .into_vec()
             .into_iter()
             .map(|Reverse(k)| k)
-            .filter(|k| k.4)
+            .filter(|k| k.acts)
             .collect();
         rest.sort_unstable();
         for key in rest {
@@ -97,11 +131,11 @@ impl Decision<'_, '_> {
 
     /// One pending job's turn.
     fn consider(&mut self, pass: &mut Pass, key: Key) {
-        let job = self.snap.queue[key.2];
+        let job = self.snap.queue[key.index];
         if pass.active_ids.contains(job.id) || pass.handled.contains(&job.id) {
             return;
         }
-        let (_, _, _, min, acts) = key;
+        let Key { min, acts, .. } = key;
         if self.ledger.open_count() < min && !acts {
             // The common case on a busy node, decided without touching the spec again.
             pass.blocked.get_or_insert(key);
@@ -148,7 +182,7 @@ impl Decision<'_, '_> {
                 .flatten()
                 .filter(|&b| b < key)
                 .min()
-                .map(|b| self.snap.queue[b.2].id);
+                .map(|b| self.snap.queue[b.index].id);
             self.place(Placement {
                 job,
                 kind: Kind::Started { gpus, past },

@@ -21,6 +21,8 @@ pub(super) struct J {
     pub gpus: GpuSet,
     pub started: u64,
     pub held: bool,
+    /// The owner's uid (fair share).
+    pub owner: u32,
 }
 
 pub(super) fn cpus(s: &str) -> CpuSet {
@@ -44,6 +46,7 @@ pub(super) fn pending(id: u64, spec: JobSpec) -> J {
         gpus: GpuSet::default(),
         started: 0,
         held: false,
+        owner: 0,
     }
 }
 
@@ -69,6 +72,7 @@ pub(super) struct Case {
     pub batch: CpuSet,
     pub service: CpuSet,
     pub now: u64,
+    pub users: crate::decide::fairshare::UserOrder,
 }
 
 impl Case {
@@ -80,6 +84,7 @@ impl Case {
             batch: all,
             service: CpuSet::new(),
             now: 10_000,
+            users: Default::default(),
         }
     }
 
@@ -96,6 +101,7 @@ impl Case {
                 spec: &j.spec,
                 submitted: Timestamp(j.submitted),
                 seq: j.id,
+                owner: j.owner,
             }
         }
         let active: Vec<ActiveJob<'_>> = jobs
@@ -124,6 +130,7 @@ impl Case {
             service_cores: self.service,
             active: &active,
             queue: &queue,
+            users: &self.users,
         };
         let first = policy.decide(&snap);
         assert_eq!(policy.decide(&snap), first, "same snapshot, same commands");
@@ -470,6 +477,7 @@ fn adaptive_switches_modes_by_the_documented_rule() {
                 spec: s,
                 submitted: Timestamp(0),
                 seq: i as u64,
+                owner: 0,
             })
             .collect();
         let snap = Snapshot {
@@ -479,6 +487,7 @@ fn adaptive_switches_modes_by_the_documented_rule() {
             service_cores: CpuSet::new(),
             active: &[],
             queue: &queue,
+            users: &crate::decide::fairshare::NO_USAGE,
         };
         choose(&snap, &cfg)
     };

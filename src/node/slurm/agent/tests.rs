@@ -211,7 +211,7 @@ fn a_missing_scontrol_still_freezes_and_reports_the_missing_tool() {
         "FROZEN",
         "the service is protected first"
     );
-    let suspend_failed = |c: &SlurmChange| matches!(c, SlurmChange::Failed { id: Some(7), what } if what.starts_with("Suspend"));
+    let suspend_failed = |c: &SlurmChange| matches!(c, SlurmChange::Failed { id: Some(7), what } if what.starts_with("suspend job 7"));
     let all = scan_until(&mut a, |c| c.iter().any(suspend_failed));
     let failed = all
         .iter()
