@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::decide::policy::{Command, JobView, Snapshot};
+use crate::decide::policy::{Command, JobView, Snapshot, hold, timelimit};
 use crate::decide::queue::Queued;
 use crate::model::exit::{ExitEvent, ExitStatus};
 use crate::model::inventory::GpuSet;
@@ -205,6 +205,24 @@ impl Control {
         }
     }
 
+    /// The turn's commands: kills of jobs past their run-time limit first (within one policy
+    /// tick of it; the policy's commands for them are dropped, their cores are free at the next
+    /// decision), then the policy's, then the give-ups on jobs whose dependencies can never
+    /// be met.
+    fn commands_for(&self, snap: &Snapshot<'_>, never: Vec<Command>) -> Vec<Command> {
+        let mut commands = timelimit::expired(snap);
+        let expired: Vec<JobId> = commands.iter().map(Command::job).collect();
+        commands.extend(
+            self.shared
+                .policy()
+                .decide(snap)
+                .into_iter()
+                .filter(|c| !expired.contains(&c.job())),
+        );
+        commands.extend(never);
+        commands
+    }
+
     /// Runs the policy on the current snapshot and carries out its commands in order.
     pub fn decide(&mut self) {
         self.dirty = false;
@@ -236,16 +254,20 @@ impl Control {
                 });
                 handles.insert(item.id(), item);
             }
+            // Jobs waiting for others or for room in their array are not offered to the
+            // policy; those whose dependencies can never be met are given up on.
+            let states = |id: JobId| table.states(id);
+            let screened = hold::screen(&queue, &active, &states);
             let snap = Snapshot {
                 now: at,
                 node: &self.shared.node,
                 batch_cores: self.batch_cores,
                 service_cores: self.service_cores,
                 active: &active,
-                queue: &queue,
+                queue: &screened.ready,
                 users: &self.users,
             };
-            (self.shared.policy().decide(&snap), handles)
+            (self.commands_for(&snap, screened.never), handles)
         };
         for cmd in commands {
             // A job leaves the queue when the policy starts it or gives up on it.
