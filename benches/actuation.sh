@@ -3,6 +3,7 @@
 # not part of the test pass/fail). Run as root on a quiet machine (check `uptime`):
 #
 #     benches/actuation.sh [JOBS]      # default 300
+#     PAUSE=0 benches/actuation.sh     # launches only (no pause/resume clients competing)
 #
 # Starts `lowsched daemon` (no protected service, temp socket, state dir and cgroup root),
 # submits JOBS short jobs (`sleep 0.2`) and, while they run, pauses and resumes each running
@@ -41,6 +42,7 @@ python3 -c 'import json, sys; json.dump([{"name": "a%d" % i, "argv": ["sleep", "
 while :; do
     running=$("$bin" status --state running --noheader --format id 2>/dev/null || true)
     left=$("$bin" status --state pending,running,paused --noheader --format id 2>/dev/null | wc -l)
+    [ "${PAUSE:-1}" = 0 ] && running=
     for id in $running; do
         "$bin" pause "$id" >/dev/null 2>&1 && "$bin" resume "$id" >/dev/null 2>&1 || true
     done
@@ -58,13 +60,13 @@ for line in open(sys.argv[1]):
     for k in got:
         if k in inputs:
             got[k].append(inputs[k])
-print("| what | count | median | p99 | max |")
-print("|---|---|---|---|---|")
+print("| what | count | median | p90 | p99 | max |")
+print("|---|---|---|---|---|---|")
 for k, v in got.items():
     v.sort()
     if not v:
-        print(f"| {k} | 0 | - | - | - |")
+        print(f"| {k} | 0 | - | - | - | - |")
         continue
     p = lambda q: v[min(len(v) - 1, int(len(v) * q))]
-    print(f"| {k} | {len(v)} | {p(0.5)} us | {p(0.99)} us | {v[-1]} us |")
+    print(f"| {k} | {len(v)} | {p(0.5)} us | {p(0.9)} us | {p(0.99)} us | {v[-1]} us |")
 EOF
