@@ -53,8 +53,9 @@ disjoint() {
     done
     return 0
 }
-# job_field ID FIELD: a field of `lowsched status ID` ("state", "cores", "pids", "exit").
-job_field() { lowsched status "$1" 2>/dev/null | sed -n "s/^$2: *//p"; }
+# job_field ID FIELD: a field of `lowsched status ID` ("state", "cores", "pids", "exit"); the
+# detail view's "(asked N)" after what was given is left out.
+job_field() { lowsched status "$1" 2>/dev/null | sed -n "s/^$2: *//p" | sed 's/ (asked [^)]*)$//'; }
 job_state_is() { [ "$(job_field "$1" state)" = "$2" ]; }
 job_running_with_cores() { job_state_is "$1" running && [ "$(job_field "$1" cores)" != - ]; }
 main_pid() { show MainPID; }
