@@ -264,7 +264,8 @@ struct Shared {
     service: SeqCell<8>,
     stop: AtomicBool,
     service_tx: crossbeam_channel::Sender<ServiceSource>,
-    /// The per-core threads, to wake one whose core becomes watched (and all at the stop).
+    /// The per-core threads, in slot order, to wake one whose core becomes watched (and all at
+    /// the stop).
     threads: OnceLock<Vec<Thread>>,
     /// The sweeper's CPU time so far.
     sweep_cpu_ns: AtomicU64,
@@ -326,11 +327,18 @@ impl SamplerHandle {
     /// always watched. A core newly watched gets its thread back at once; its first reading
     /// after that sets a baseline, so its utilization is fresh one period later.
     pub fn watch(&self, cores: &CpuSet) {
-        for s in &self.shared.slots {
+        let threads = self.shared.threads.get();
+        for (i, s) in self.shared.slots.iter().enumerate() {
             let on = cores.contains(s.cpu) || s.cpu == self.shared.service_cpu;
-            s.watched.store(on, Ordering::Release);
+            let was = s.watched.swap(on, Ordering::AcqRel);
+            // Only a newly watched core's thread is asleep and must wake; one no longer
+            // watched parks by itself at the end of its period.
+            if on && !was {
+                if let Some(t) = threads.and_then(|t| t.get(i)) {
+                    t.unpark();
+                }
+            }
         }
-        self.shared.wake_all();
     }
 
     /// Points the service sampler at a new source (service restarted or moved). Takes effect at

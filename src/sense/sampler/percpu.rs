@@ -15,7 +15,7 @@ use crate::sys::clock::{monotonic_ns, thread_cpu_ns};
 use crate::sys::uring::DeadlineReads;
 
 /// Largest `/proc/stat` read buffer (a host with thousands of CPUs and IRQs).
-const MAX_STAT_BUF: usize = 16 << 20;
+pub(super) const MAX_STAT_BUF: usize = 16 << 20;
 /// Reopen a vanished file at most this often.
 const REOPEN_NS: u64 = 1_000_000_000;
 

@@ -14,15 +14,12 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::percpu::next_deadline;
+use super::percpu::{MAX_STAT_BUF, next_deadline};
 use super::reading::{self, Reading};
 use super::{SamplerConfig, Shared};
 use crate::sense::procstat;
 use crate::sys::clock::{monotonic_ns, thread_cpu_ns};
 use crate::sys::uring::DeadlineReads;
-
-/// Largest `/proc/stat` read buffer (a host with thousands of CPUs and IRQs).
-const MAX_STAT_BUF: usize = 16 << 20;
 
 /// One core as the sweeper knows it.
 struct Swept {
